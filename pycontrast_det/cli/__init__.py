@@ -1,0 +1,56 @@
+"""The ``pycontrast-zoo`` command: one argparse parser, subcommands registered by topic modules.
+
+Each topic module exposes ``register(subparsers)`` and must not import torch at module level, so that
+``pycontrast-zoo list`` stays fast and light.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+from ..errors import ZooError
+
+_TOPICS = ("zoo_cmds", "convert_cmd", "predict_cmd", "engine_cmds")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="pycontrast-zoo",
+        description="PyContrast detection-transfer model zoo: list, fetch, convert, predict, evaluate, reproduce.",
+    )
+    parser.add_argument("--manifest", metavar="PATH", action="append", default=None,
+                        help="use this manifest instead of (first one) or merged over the shipped zoo.yaml; "
+                             "repeatable (also PYCONTRAST_ZOO_MANIFEST)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for topic in _TOPICS:
+        try:
+            module = importlib.import_module(f".{topic}", __name__)
+        except ModuleNotFoundError as exc:  # a topic not yet present in this checkout
+            if exc.name != f"{__name__}.{topic}":
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point: parse, run the chosen subcommand, turn a ZooError into a one-line message and exit 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.func(args)
+    except ZooError as exc:
+        print(f"pycontrast-zoo {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

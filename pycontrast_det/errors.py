@@ -1,0 +1,60 @@
+"""Every error the library raises, one class per kind of failure, each message saying what to do.
+
+All derive from :class:`ZooError` so that the CLI can print them without a traceback.
+"""
+from __future__ import annotations
+
+
+class ZooError(Exception):
+    """Base class: a failure the user can act on; the CLI prints the message and exits 2."""
+
+
+class ManifestError(ZooError):
+    """zoo.yaml (or a user manifest) is malformed: names the file, entry and field."""
+
+
+class UnknownEntryError(ZooError, KeyError):
+    """No zoo entry (detector or pretrain) of that name; the message offers close matches."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigError(ZooError):
+    """A config file or a KEY VALUE override is malformed, unknown, or not supported by the model."""
+
+
+class DownloadError(ZooError):
+    """Every URL of a file failed; the message lists each URL and why."""
+
+
+class ChecksumError(DownloadError):
+    """Downloaded or cached bytes do not match the expected sha256 or size."""
+
+
+class HTMLResponseError(DownloadError):
+    """A server answered with an HTML page (dead link, quota page) instead of weights."""
+
+
+class OfflineError(ZooError):
+    """Offline mode is on and the file is not in the cache; says where to put it."""
+
+
+class CheckpointFormatError(ZooError):
+    """A checkpoint's format is unknown, or it cannot initialise the requested network."""
+
+
+class UnsafeCheckpointError(CheckpointFormatError):
+    """A checkpoint would run code or build non-data objects on load; it was refused."""
+
+
+class ArchitectureMismatchError(CheckpointFormatError):
+    """A checkpoint's keys or shapes belong to another architecture than the model's."""
+
+
+class DatasetError(ZooError):
+    """A dataset is missing, its annotations are malformed, or its categories do not match."""
+
+
+class Detectron2NotInstalledError(ZooError, ImportError):
+    """An operation needs detectron2, which is not importable here."""
