@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 from ..errors import ZooError
 
-_TOPICS = ("zoo_cmds", "convert_cmd", "predict_cmd", "engine_cmds")
+_TOPICS = ("zoo_cmds", "convert_cmd", "predict_cmd", "eval_cmds", "train_cmds")
 
 
 def build_parser() -> argparse.ArgumentParser:
