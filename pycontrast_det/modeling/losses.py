@@ -218,7 +218,7 @@ def fast_rcnn_losses(class_logits: Tensor, box_deltas: Tensor, sampled: Sequence
     if deltas.shape[1] == 4:  # class-agnostic regression
         fg_deltas = deltas[fg]
     else:
-        fg_deltas = deltas.view(len(deltas), num_classes, 4)[fg, gt_classes[fg]]
+        fg_deltas = deltas.reshape(len(deltas), num_classes, 4)[fg, gt_classes[fg]]
     loss_box = _box_regression_loss(rois[fg], fg_deltas, gt_boxes[fg], head.BBOX_REG_WEIGHTS,
                                     head.BBOX_REG_LOSS_TYPE, head.SMOOTH_L1_BETA, key="MODEL.ROI_BOX_HEAD")
     loss_box = loss_box / max(gt_classes.numel(), 1) * head.get("BBOX_REG_LOSS_WEIGHT", 1.0)
