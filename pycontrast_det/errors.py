@@ -58,3 +58,7 @@ class DatasetError(ZooError):
 
 class Detectron2NotInstalledError(ZooError, ImportError):
     """An operation needs detectron2, which is not importable here."""
+
+
+class NonFiniteLossError(ZooError, FloatingPointError):
+    """A training loss became NaN or infinite; names the iteration and every loss (detectron2 stops too)."""
