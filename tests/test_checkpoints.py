@@ -1,9 +1,27 @@
 """Checkpoint reading, conversion and renaming: real files, real pickles, real torchvision weights."""
 from __future__ import annotations
 
-import torch
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
-from pycontrast_det.checkpoints import d2_to_model, model_to_d2
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from pycontrast_det.checkpoints import (
+    convert_to_detectron2, converted_pretrain_path, d2_to_model, model_to_d2, read_checkpoint, write_d2_pkl,
+    write_safetensors,
+)
+from pycontrast_det.cli import main as cli_main
+from pycontrast_det.errors import ArchitectureMismatchError, CheckpointFormatError, UnsafeCheckpointError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 R50_BLOCKS = (3, 4, 6, 3)
@@ -92,3 +110,350 @@ def test_d2_to_model_reports_unexpected_dropped_and_missing():
     ours, report = d2_to_model(state, "fpn")
     assert report.unexpected == ("roi_heads.res5.norm.weight",) and report.missing == ()
     assert ours["roi_heads.box_head.5.weight"].dtype == torch.float32
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pretrain conversion
+# ---------------------------------------------------------------------------------------------------------
+
+def _random_state(model: "torch.nn.Module", seed: int = 0) -> dict:
+    """A state dict with every value random (BN weights and running stats included), so equality means something."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, v in model.state_dict().items():
+        if v.is_floating_point():
+            out[k] = torch.randn(v.shape, generator=gen)
+        else:
+            out[k] = torch.randint(0, 1000, v.shape, generator=gen, dtype=v.dtype)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tv_r50() -> dict:
+    return _random_state(torchvision.models.resnet50(weights=None))
+
+
+def pycontrast_names(state: dict) -> dict:
+    """PyContrast's convert_pretrained.py renaming, written out as its substring rules (the oracle)."""
+    out = {}
+    for k, v in state.items():
+        if k.startswith("fc."):
+            continue
+        if "layer" not in k:
+            k = "stem." + k
+        for t in (1, 2, 3, 4):
+            k = k.replace(f"layer{t}", f"res{t + 1}")
+        for t in (1, 2, 3):
+            k = k.replace(f"bn{t}", f"conv{t}.norm")
+        k = k.replace("downsample.0", "shortcut").replace("downsample.1", "shortcut.norm")
+        out[k] = v.numpy()
+    return out
+
+
+def assert_same_state(got: dict, expected: dict) -> None:
+    assert set(got) == set(expected)
+    for k, v in expected.items():
+        assert isinstance(got[k], np.ndarray), k
+        assert got[k].dtype == v.dtype and got[k].shape == v.shape, k
+        np.testing.assert_array_equal(got[k], v, err_msg=k)
+
+
+def _pycontrast_file(tv: dict, path: Path, with_ema: bool = False) -> Path:
+    encoder = {f"module.encoder.{k}": v for k, v in tv.items() if not k.startswith("fc.")}
+    heads = {"module.head.0.weight": torch.randn(2048, 2048), "module.head.2.weight": torch.randn(128, 2048),
+             "module.head_jig.fc1.weight": torch.randn(4, 4)}
+    obj = {"model": {**encoder, **heads}, "contrast": {"memory": torch.randn(100, 128)},
+           "optimizer": {"state": {0: {"momentum_buffer": torch.randn(3)}}, "param_groups": [{"lr": 0.03}]},
+           "epoch": 200}
+    if with_ema:
+        obj["model"] = {k: torch.zeros_like(v) for k, v in obj["model"].items()}  # EMA must come from model_ema
+        obj["model_ema"] = {**{f"encoder.{k}": v for k, v in tv.items() if not k.startswith("fc.")},
+                            "head.0.weight": torch.randn(2, 2)}
+    torch.save(obj, path)
+    return path
+
+
+def _moco_file(tv: dict, path: Path) -> Path:
+    q = {f"module.encoder_q.{k}": v for k, v in tv.items() if not k.startswith("fc.")}
+    q.update({"module.encoder_q.fc.0.weight": torch.randn(2048, 2048), "module.encoder_q.fc.2.weight":
+              torch.randn(128, 2048)})
+    k = {f"module.encoder_k.{n}": torch.randn(1) for n in list(tv)[:5]}
+    state = {**q, **k, "module.queue": torch.randn(128, 64), "module.queue_ptr": torch.zeros(1, dtype=torch.long)}
+    torch.save({"epoch": 200, "arch": "resnet50", "state_dict": state, "optimizer": {"state": {}}}, path)
+    return path
+
+
+def test_pycontrast_ema_moco_torchvision_and_safetensors_all_give_pycontrasts_318_keys(tv_r50, tmp_path):
+    from safetensors.torch import save_file
+
+    expected = pycontrast_names(tv_r50)
+    assert len(expected) == 318
+    sources = {
+        "pycontrast": (_pycontrast_file(tv_r50, tmp_path / "InfoMin_200.pth"), False),
+        "pycontrast-ema": (_pycontrast_file(tv_r50, tmp_path / "MoCov2.pth", with_ema=True), True),
+        "moco": (_moco_file(tv_r50, tmp_path / "moco_v2_200ep_pretrain.pth.tar"), False),
+        "torchvision": (tmp_path / "r50.pth", False),
+        "safetensors": (tmp_path / "r50.safetensors", False),
+    }
+    torch.save(tv_r50, sources["torchvision"][0])
+    save_file({f"module.encoder.{k}": v.contiguous() for k, v in tv_r50.items()}, str(sources["safetensors"][0]))
+    for label, (path, ema) in sources.items():
+        state, report = convert_to_detectron2(path, ema=ema)
+        assert_same_state(state, expected)
+        assert report.ok and report.missing == [] and report.filled == [], label
+        assert len(report.kept) == 318 and len(report.renamed) == 318, label
+        assert report.stride_in_1x1 is False and report.input_format == "RGB"
+        assert report.format == ("torchvision" if label == "torchvision" else
+                                 "moco" if label == "moco" else "pycontrast"), label
+    # what was dropped, and why
+    _, report = convert_to_detectron2(sources["pycontrast"][0])
+    assert report.dropped["module.head.0.weight"] == "projection head"
+    assert report.dropped["module.head_jig.fc1.weight"] == "jigsaw projection head"
+    assert {"contrast", "optimizer", "epoch"} <= set(report.dropped)
+    _, report = convert_to_detectron2(sources["moco"][0])
+    assert report.dropped["module.queue"] == "MoCo negative queue"
+    assert report.dropped["module.encoder_q.fc.0.weight"] == "classifier / projection fc"
+    assert all(report.dropped[k].startswith("MoCo momentum") for k in report.dropped if "encoder_k" in k)
+    _, report = convert_to_detectron2(sources["torchvision"][0])
+    assert set(report.dropped) == {"fc.weight", "fc.bias"}
+
+
+def _c2_blob_name(d2: str) -> str:
+    """MSRA's caffe2 blob name for a detectron2 backbone name (detectron2's renaming read backwards)."""
+    parts = d2.split(".")
+    if parts[0] == "stem":
+        layer, rest = "conv1", parts[2:]
+    else:
+        branch = {"shortcut": "branch1", "conv1": "branch2a", "conv2": "branch2b", "conv3": "branch2c"}[parts[2]]
+        layer, rest = f"{parts[0]}_{parts[1]}_{branch}", parts[3:]
+    if rest == ["weight"]:
+        return f"{layer}_w"
+    norm_layer = "res_conv1" if layer == "conv1" else layer
+    return f"{norm_layer}_bn_" + {"weight": "s", "bias": "b"}[rest[1]]
+
+
+def test_msra_caffe2_blobs_get_detectron2s_names(tv_r50, tmp_path):
+    expected = pycontrast_names(tv_r50)
+    affine = {k: v for k, v in expected.items() if not k.endswith(("running_mean", "running_var", "tracked"))}
+    blobs = {_c2_blob_name(k): v for k, v in affine.items()}
+    assert {"conv1_w", "res_conv1_bn_s", "res2_0_branch2a_w", "res5_2_branch2c_bn_b", "res3_0_branch1_w"} <= set(blobs)
+    blobs.update({"fc1000_w": np.zeros((1000, 2048), np.float32), "fc1000_b": np.zeros(1000, np.float32),
+                  "res2_0_branch2a_w_momentum": np.zeros((64, 64, 1, 1), np.float32)})
+    path = tmp_path / "R-50.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"blobs": blobs}, f, protocol=2)  # caffe2-era pickles are protocol 2
+    state, report = convert_to_detectron2(path)
+    assert report.format == "msra_c2" and report.ok
+    assert set(state) == set(expected) and len(state) == 318
+    for k, v in affine.items():
+        np.testing.assert_array_equal(state[k], v, err_msg=k)
+    # affine-only norms: running stats are the identity detectron2 uses for them
+    assert len(report.filled) == 53 * 3
+    np.testing.assert_array_equal(state["res4.5.conv2.norm.running_var"], np.ones(256, np.float32))
+    np.testing.assert_array_equal(state["stem.conv1.norm.running_mean"], np.zeros(64, np.float32))
+    assert state["res2.0.shortcut.norm.num_batches_tracked"].dtype == np.int64
+    assert report.stride_in_1x1 is True and report.input_format == "BGR"
+    assert "STRIDE_IN_1X1 True" in report.summary()
+    assert report.dropped["fc1000_w"] == "ImageNet classifier"
+    assert report.dropped["res2_0_branch2a_w_momentum"] == "SGD momentum blob"
+    assert report.renamed["res_conv1_bn_s"] == "stem.conv1.norm.weight"
+    assert report.renamed["res3_0_branch1_bn_b"] == "res3.0.shortcut.norm.bias"
+
+
+def test_d2_pkl_written_and_read_back_exactly(tv_r50, tmp_path):
+    expected = pycontrast_names(tv_r50)
+    path = write_d2_pkl(expected, tmp_path / "out" / "infomin.pkl", author="tester")
+    with open(path, "rb") as f:
+        obj = pickle.load(f)  # our own file: plain pickle to check the exact structure detectron2 reads
+    assert set(obj) == {"model", "__author__", "matching_heuristics"}
+    assert obj["__author__"] == "tester" and obj["matching_heuristics"] is True
+    assert_same_state(obj["model"], expected)
+    # the safe reader reads it too, as a detectron2 backbone, and conversion is then the identity
+    ckpt = read_checkpoint(path)
+    assert ckpt.format == "detectron2" and set(ckpt.other_entries) == {"__author__", "matching_heuristics"}
+    state, report = convert_to_detectron2(ckpt)
+    assert_same_state(state, expected)
+    assert report.renamed == {} and report.ok and report.stride_in_1x1 is None
+    # safetensors round trip keeps values and dtypes
+    st = write_safetensors(expected, tmp_path / "infomin.safetensors", metadata={"format": "detectron2"})
+    state, _ = convert_to_detectron2(st)
+    assert_same_state(state, expected)
+    assert not list(path.parent.glob(".*.tmp")), "temporary files left behind"
+
+
+class _Payload:
+    """Unpickling this creates a file: what a malicious checkpoint would do (a harmless stand-in)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_malicious_pickle_is_refused_and_does_not_run(tmp_path):
+    # the payload is real: a plain pickle.load runs it
+    witness = tmp_path / "witness"
+    pickle.loads(pickle.dumps({"model": {"x": _Payload(witness)}})).get("model")["x"].close()
+    assert witness.exists()
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps({"model": {"conv1.weight": np.zeros(3), "x": _Payload(marker)}}))
+    with pytest.raises(UnsafeCheckpointError) as err:
+        read_checkpoint(path)
+    assert str(path) in str(err.value) and "io.open" in str(err.value)
+    assert not marker.exists()
+    # same through the torch reader: torch.save of a payload, loaded with weights_only
+    pth = tmp_path / "evil.pth"
+    torch.save({"model": {"conv1.weight": torch.zeros(3)}, "x": _Payload(marker)}, pth)
+    with pytest.raises(UnsafeCheckpointError, match="evil.pth"):
+        read_checkpoint(pth)
+    assert not marker.exists()
+
+
+def test_pth_with_non_tensor_object_is_refused(tmp_path):
+    import argparse
+
+    path = tmp_path / "with_args.pth"
+    torch.save({"model": {"module.encoder.conv1.weight": torch.zeros(64, 3, 7, 7)},
+                "opt": argparse.Namespace(lr=0.1)}, path)
+    with pytest.raises(UnsafeCheckpointError, match=r"with_args\.pth.*weights_only"):
+        read_checkpoint(path)
+
+
+def test_cmc_is_refused_with_a_reason(tmp_path):
+    half = _random_state(torchvision.models.resnet50(weights=None, width_per_group=32))
+    model = {f"module.encoder1.{k}": v for k, v in half.items()}
+    model.update({f"module.encoder2.{k}": v for k, v in half.items()})
+    path = tmp_path / "CMC.pth"
+    torch.save({"model": model, "epoch": 200}, path)
+    with pytest.raises(CheckpointFormatError, match=r"CMC.*L and ab.*RGB ResNet-50"):
+        convert_to_detectron2(path)
+    # CLI: the same message, exit 2
+    assert cli_main(["convert", str(path), str(tmp_path / "out.pkl")]) == 2
+    assert not (tmp_path / "out.pkl").exists()
+
+
+def test_other_architectures_are_refused(tmp_path):
+    r18 = tmp_path / "r18.pth"
+    torch.save(_random_state(torchvision.models.resnet18(weights=None)), r18)
+    with pytest.raises(ArchitectureMismatchError, match="wrong shape for a ResNet-50"):
+        convert_to_detectron2(r18)
+    r101 = tmp_path / "r101.pth"
+    torch.save(_random_state(torchvision.models.resnet101(weights=None)), r101)
+    with pytest.raises(ArchitectureMismatchError, match=r"no place in a ResNet-50.*layer3\.6"):
+        convert_to_detectron2(r101)
+    gray = _random_state(torchvision.models.resnet50(weights=None))
+    gray["conv1.weight"] = gray["conv1.weight"][:, :1]
+    path = tmp_path / "gray.pth"
+    torch.save(gray, path)
+    with pytest.raises(ArchitectureMismatchError, match="conv1 takes 1 input channels"):
+        convert_to_detectron2(path)
+    unknown = tmp_path / "vit.pth"
+    torch.save({"model": {"blocks.0.attn.qkv.weight": torch.zeros(3, 3)}}, unknown)
+    with pytest.raises(CheckpointFormatError, match="unknown checkpoint layout"):
+        convert_to_detectron2(unknown)
+
+
+def test_wrong_format_or_ema_choice_gives_zero_keys_error(tv_r50, tmp_path):
+    path = _pycontrast_file(tv_r50, tmp_path / "InsDis.pth")
+    with pytest.raises(CheckpointFormatError, match="no ResNet-50 backbone weights found as format 'moco'"):
+        convert_to_detectron2(path, format="moco")
+    with pytest.raises(CheckpointFormatError, match="no 'model_ema'"):
+        convert_to_detectron2(path, ema=True)
+
+
+def test_partial_backbone_is_reported_missing(tv_r50, tmp_path):
+    partial = {k: v for k, v in tv_r50.items() if not k.startswith("layer4.2.")}
+    path = tmp_path / "partial.pth"
+    torch.save({"model": {f"module.encoder.{k}": v for k, v in partial.items()}}, path)
+    state, report = convert_to_detectron2(path)
+    assert not report.ok
+    assert sorted(report.missing) == sorted(k for k in pycontrast_names(tv_r50) if k.startswith("res5.2."))
+    assert len(state) == 318 - len(report.missing)
+
+
+def test_d2_fixture_files_load_through_the_reader(d2_fixtures):
+    for arch, expected in (("fpn", expected_fpn_keys()), ("c4", expected_c4_keys())):
+        ckpt = read_checkpoint(d2_fixtures / arch / "weights_fp16.pth")
+        assert ckpt.format == "detectron2"
+        ours, report = d2_to_model(ckpt.state, arch, expected_keys=expected)
+        assert report.ok and set(ours) == expected
+        assert all(v.dtype == torch.float32 for k, v in ours.items() if not k.endswith("num_batches_tracked"))
+        # a full detector is not a backbone pretrain
+        with pytest.raises(CheckpointFormatError, match="detector checkpoint"):
+            convert_to_detectron2(ckpt)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# cache and CLI
+# ---------------------------------------------------------------------------------------------------------
+
+def test_converting_twice_hits_the_cache(tv_r50, tmp_path, monkeypatch, _isolated_cache):
+    from pycontrast_det.checkpoints import cache
+
+    calls = []
+    real = cache.convert_to_detectron2
+    monkeypatch.setattr(cache, "convert_to_detectron2", lambda *a, **k: calls.append(a) or real(*a, **k))
+    src = _pycontrast_file(tv_r50, tmp_path / "PIRL.pth")
+    first = converted_pretrain_path(src)
+    second = converted_pretrain_path(src)
+    assert first == second and len(calls) == 1
+    assert first.is_relative_to(_isolated_cache) and first.suffix == ".pkl"
+    assert json.loads(first.with_suffix(".json").read_text())["format"] == "pycontrast"
+    with open(first, "rb") as f:
+        assert_same_state(pickle.load(f)["model"], pycontrast_names(tv_r50))
+    # a copy with the same bytes elsewhere is the same entry; different bytes or the EMA choice are not
+    copy = tmp_path / "copy" / "PIRL.pth"
+    copy.parent.mkdir()
+    shutil.copy(src, copy)
+    assert converted_pretrain_path(copy) == first and len(calls) == 1
+    ema_src = _pycontrast_file(tv_r50, tmp_path / "InfoMin.pth", with_ema=True)
+    assert converted_pretrain_path(ema_src, ema=True) != first and len(calls) == 2
+
+
+def test_cache_refuses_a_partial_backbone(tv_r50, tmp_path, _isolated_cache):
+    path = tmp_path / "partial.pth"
+    torch.save({k: v for k, v in tv_r50.items() if not k.startswith("layer1.0.")}, path)
+    with pytest.raises(CheckpointFormatError, match="missing"):
+        converted_pretrain_path(path)
+    assert not list(_isolated_cache.rglob("*.pkl"))
+
+
+def test_cli_convert_end_to_end(tv_r50, tmp_path, capsys):
+    src = _moco_file(tv_r50, tmp_path / "moco.pth.tar")
+    out = tmp_path / "moco.pkl"
+    assert cli_main(["convert", str(src), str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "kept: 318" in text and "module.encoder_q.layer1.0.bn1.weight -> res2.0.conv1.norm.weight" in text
+    assert "dropped: module.queue (MoCo negative queue)" in text and "STRIDE_IN_1X1 False" in text
+    with open(out, "rb") as f:
+        assert_same_state(pickle.load(f)["model"], pycontrast_names(tv_r50))
+
+    st = tmp_path / "moco.safetensors"
+    assert cli_main(["convert", str(src), str(st), "--json-report", "--from", "moco"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["output"] == str(st) and report["to"] == "safetensors" and len(report["kept"]) == 318
+    assert_same_state(convert_to_detectron2(st)[0], pycontrast_names(tv_r50))
+
+    partial = tmp_path / "partial.pth"
+    torch.save({k: v for k, v in tv_r50.items() if not k.startswith("layer2.")}, partial)
+    assert cli_main(["convert", str(partial), str(tmp_path / "partial.pkl"), "-q"]) == 1
+    captured = capsys.readouterr()
+    assert "MISSING: res3.0.conv1.weight" in captured.out and "nothing written" in captured.err
+    assert not (tmp_path / "partial.pkl").exists()
+
+
+def test_cli_convert_runs_as_a_program_without_importing_torch_at_parse_time(tv_r50, tmp_path):
+    probe = ("import sys, pycontrast_det.cli as c; c.build_parser(); "
+             "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", probe], check=True, cwd=REPO_ROOT,
+                   env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    src = tmp_path / "tv.pth"
+    torch.save(tv_r50, src)
+    done = subprocess.run([sys.executable, "-m", "pycontrast_det", "convert", str(src), str(tmp_path / "o.pkl"),
+                           "-q"], capture_output=True, text=True, cwd=REPO_ROOT,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert "kept: 318" in done.stdout and (tmp_path / "o.pkl").is_file()

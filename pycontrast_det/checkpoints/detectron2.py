@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional
 
+from .arrays import as_float32_tensor
 from .keymap import Rule, bottleneck_rules, rename, resnet_rules
 
 ARCHS = ("fpn", "c4")
@@ -68,16 +69,6 @@ def _rules(arch: str) -> list[Rule]:
     return RULES[arch]
 
 
-def _as_float32_tensor(value: Any) -> "Any":
-    import numpy as np
-    import torch
-
-    tensor = torch.from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value
-    if not isinstance(tensor, torch.Tensor):
-        tensor = torch.as_tensor(tensor)
-    return tensor.float() if tensor.is_floating_point() and tensor.dtype != torch.float32 else tensor
-
-
 def d2_to_model(state: Mapping[str, Any], arch: str,
                 expected_keys: Optional[Iterable[str]] = None) -> tuple[dict[str, Any], MappingReport]:
     """Rename a detectron2 state dict (tensors or numpy arrays) to our model's keys for ``arch`` ("fpn"|"c4").
@@ -98,7 +89,7 @@ def d2_to_model(state: Mapping[str, Any], arch: str,
         if new is None:
             unexpected.append(key)
         else:
-            out[new] = _as_float32_tensor(value)
+            out[new] = as_float32_tensor(value)
             source[new] = key
     missing: list[str] = []
     if expected_keys is not None:

@@ -1,0 +1,29 @@
+"""Tensor <-> numpy conversions for checkpoint values, without copying where the dtype allows."""
+from __future__ import annotations
+
+from typing import Any
+
+
+def as_numpy(value: Any) -> Any:
+    """A numpy view of a tensor or array (bfloat16, which numpy lacks, becomes float32)."""
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        return value
+    import torch
+
+    tensor = value.detach()
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.float()
+    return tensor.cpu().numpy()
+
+
+def as_float32_tensor(value: Any) -> Any:
+    """A tensor sharing the value's memory; floating values of another precision are cast to float32."""
+    import numpy as np
+    import torch
+
+    tensor = torch.from_numpy(np.require(value, requirements="C")) if isinstance(value, np.ndarray) else value
+    if not isinstance(tensor, torch.Tensor):
+        tensor = torch.as_tensor(tensor)
+    return tensor.float() if tensor.is_floating_point() and tensor.dtype != torch.float32 else tensor

@@ -1,0 +1,65 @@
+"""Converted pretrains cached by (source sha256, format, ema, converter version): the same file converts once."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+from ..errors import CheckpointFormatError
+from .pretrain import convert_to_detectron2
+from .writers import write_d2_pkl
+
+# bump when the conversion's output changes, so that stale cached files are not reused
+CONVERTER_VERSION = 1
+_CHUNK = 1 << 20
+_digests: dict[tuple[str, int, int], str] = {}
+
+
+def _cache_root() -> Path:
+    """The zoo's cache root: PYCONTRAST_ZOO_HOME, else $XDG_CACHE_HOME/pycontrast-zoo, else ~/.cache/pycontrast-zoo."""
+    if os.environ.get("PYCONTRAST_ZOO_HOME"):
+        return Path(os.environ["PYCONTRAST_ZOO_HOME"])
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "pycontrast-zoo"
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, remembered for this process while its size and mtime stay the same."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _digests:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(_CHUNK), b""):
+                digest.update(chunk)
+        _digests[key] = digest.hexdigest()
+    return _digests[key]
+
+
+def converted_pretrain_path(source: Union[str, Path], format: Optional[str] = None, ema: bool = False) -> Path:
+    """A detectron2 ``.pkl`` of ``source``'s ResNet-50 backbone, converted on first use and cached.
+
+    The conversion report is kept beside it as ``.json``. Raises CheckpointFormatError when the source lacks
+    backbone keys (a partial backbone is never cached as if it were whole).
+    """
+    from filelock import FileLock
+
+    source = Path(source)
+    name = f"{file_sha256(source)[:32]}-{format or 'auto'}{'-ema' if ema else ''}-v{CONVERTER_VERSION}"
+    folder = _cache_root() / "converted"
+    target = folder / f"{name}.pkl"
+    if target.is_file():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / f"{name}.lock")):
+        if target.is_file():  # another process converted it while we waited
+            return target
+        state, report = convert_to_detectron2(source, format=format, ema=ema)
+        if report.missing:
+            raise CheckpointFormatError(
+                f"{source}: {len(report.missing)} ResNet-50 backbone weights are missing "
+                f"(e.g. {report.missing[:4]}); run `pycontrast-zoo convert {source} OUT` to see the full report")
+        (folder / f"{name}.json").write_text(report.to_json())
+        write_d2_pkl(state, target)
+    return target

@@ -1,0 +1,172 @@
+"""Any supported pre-trained ResNet-50 -> detectron2 backbone state dict, named as PyContrast's converter names it.
+
+Torchvision-style encoders (PyContrast, its EMA, MoCo, torchvision) lose their prefix and are renamed
+``conv1 -> stem.conv1``, ``layer1..4 -> res2..5``, ``bn{i} -> conv{i}.norm``, ``downsample.0/1 ->
+shortcut(.norm)``; MSRA caffe2 blobs are renamed as detectron2 renames them on load. The result is checked
+against an RGB ResNet-50 (318 keys, exact shapes): anything else is refused rather than converted to nothing.
+
+``num_batches_tracked`` is kept, as PyContrast's script keeps it: detectron2's SyncBN/BN backbones have that
+buffer, so all 318 keys match. A source without it (MSRA blobs) gets 0, which no BN with momentum reads.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from ..errors import ArchitectureMismatchError, CheckpointFormatError
+from .arrays import as_numpy
+from .keymap import rename, resnet_rules
+from .r50 import r50_d2_shapes
+from .readers import Checkpoint, read_checkpoint
+from .report import ConversionReport
+
+_TORCHVISION_NAMES = resnet_rules("", "")  # detectron2 backbone names <-> torchvision ResNet names
+
+# source keys outside the encoder: why they are dropped
+_HEAD_REASONS = (
+    ("module.head_jig.", "jigsaw projection head"),
+    ("module.head.", "projection head"),
+    ("head.", "projection head"),
+    ("module.encoder_k.", "MoCo momentum (key) encoder"),
+    ("module.queue", "MoCo negative queue"),
+    ("encoder_k.", "momentum (key) encoder"),
+)
+
+# MSRA caffe2 blob names: layer part -> detectron2 module, parameter suffix -> parameter name
+_C2_NORM = re.compile(r"(?P<layer>.+)_bn_(?P<p>s|b|rm|riv)\Z")
+_C2_CONV = re.compile(r"(?P<layer>.+)_(?P<p>w|b)\Z")
+_C2_PARAMS = {"w": "weight", "s": "weight", "b": "bias", "rm": "running_mean", "riv": "running_var"}
+_C2_BLOCK = re.compile(r"res(?P<s>\d+)_(?P<b>\d+)_branch(?P<branch>1|2a|2b|2c)\Z")
+_C2_BRANCH = {"1": "shortcut", "2a": "conv1", "2b": "conv2", "2c": "conv3"}
+
+_RGB_NOTE = ("torchvision-style ResNet (stride 2 in the 3x3 conv, RGB input normalised by ImageNet mean/std): "
+             "use MODEL.RESNETS.STRIDE_IN_1X1 False and INPUT.FORMAT RGB (the *_infomin configs)")
+_MSRA_NOTE = ("MSRA caffe2 ResNet (stride 2 in the 1x1 conv, BGR input minus mean, std 1): use "
+              "MODEL.RESNETS.STRIDE_IN_1X1 True and INPUT.FORMAT BGR (the supervised configs); its norms are "
+              "affine-only, so running_mean 0 / running_var 1 are filled in, which is what detectron2 itself "
+              "uses for them")
+
+
+def _c2_to_d2(name: str) -> Optional[str]:
+    """detectron2's name for an MSRA caffe2 blob, or None when it is no backbone blob."""
+    m = _C2_NORM.match(name)
+    norm = m is not None
+    m = m or _C2_CONV.match(name)
+    if m is None:
+        return None
+    layer, param = m.group("layer"), _C2_PARAMS[m.group("p")]
+    if layer in ("conv1", "res_conv1"):
+        module = "stem.conv1"
+    else:
+        block = _C2_BLOCK.match(layer)
+        if block is None:
+            return None
+        module = f"res{block['s']}.{block['b']}.{_C2_BRANCH[block['branch']]}"
+    return f"{module}.norm.{param}" if norm else f"{module}.{param}"
+
+
+def _source_name(ckpt: Checkpoint, key: str) -> tuple[Optional[str], str]:
+    """(detectron2 backbone name or None, why it was dropped when None)."""
+    if ckpt.format == "msra_c2":
+        if key.endswith("_momentum"):
+            return None, "SGD momentum blob"
+        if key.startswith(("fc1000_", "pred_")):
+            return None, "ImageNet classifier"
+        return _c2_to_d2(key), "not a ResNet-50 backbone blob"
+    if ckpt.format == "detectron2":
+        if key.startswith(("backbone.", "roi_heads.", "proposal_generator.")):
+            raise CheckpointFormatError(
+                f"{ckpt.path}: a detectron2 detector checkpoint ({key}, ...), not a backbone pretrain; "
+                "use it as detector weights (d2_to_model / load(..., weights=...))")
+        return key, ""
+    if not key.startswith(ckpt.prefix):
+        why = next((reason for p, reason in _HEAD_REASONS if key.startswith(p)), "outside the encoder")
+        return None, why
+    name = key[len(ckpt.prefix):]
+    if name.startswith("fc.") or name == "fc":
+        return None, "classifier / projection fc"
+    return rename(name, _TORCHVISION_NAMES, to_ours=False), "not a ResNet-50 backbone key"
+
+
+def _check_shapes(ckpt: Checkpoint, out: dict[str, Any], source_of: dict[str, str]) -> None:
+    shapes = r50_d2_shapes()
+    conv1 = out.get("stem.conv1.weight")
+    if conv1 is not None and tuple(conv1.shape)[1:2] != (3,):
+        raise ArchitectureMismatchError(
+            f"{ckpt.path}: conv1 takes {tuple(conv1.shape)[1]} input channels ({source_of['stem.conv1.weight']} "
+            f"has shape {tuple(conv1.shape)}); an RGB ResNet-50 needs 3")
+    wrong = [(k, tuple(v.shape), shapes[k]) for k, v in out.items() if tuple(v.shape) != shapes[k]]
+    if wrong:
+        listed = "; ".join(f"{source_of[k]} has {got}, ResNet-50 needs {need}" for k, got, need in wrong[:4])
+        raise ArchitectureMismatchError(
+            f"{ckpt.path}: {len(wrong)} weights have the wrong shape for a ResNet-50 ({listed}); "
+            "is it another width or depth (e.g. ResNet-18/34, a wide ResNet)?")
+
+
+def _fill(out: dict[str, Any], report: ConversionReport, fmt: str) -> None:
+    """Add the buffers a format does not store: num_batches_tracked (any), running stats (MSRA only)."""
+    import numpy as np
+
+    for key, shape in r50_d2_shapes().items():
+        if key in out or ".norm." not in key or f"{key.rsplit('.', 1)[0]}.weight" not in out:
+            continue
+        param = key.rsplit(".", 1)[1]
+        if param == "num_batches_tracked":
+            out[key] = np.zeros((), dtype=np.int64)
+        elif fmt == "msra_c2" and param in ("running_mean", "running_var"):
+            out[key] = (np.zeros if param == "running_mean" else np.ones)(shape, dtype=np.float32)
+        else:
+            continue
+        report.filled.append(key)
+
+
+def convert_to_detectron2(source: Union[str, Path, Checkpoint], format: Optional[str] = None,
+                          ema: bool = False) -> tuple[dict[str, Any], ConversionReport]:
+    """Pretrain file (or read Checkpoint) -> ({detectron2 backbone key: numpy array}, report).
+
+    Raises CheckpointFormatError / ArchitectureMismatchError when the weights cannot initialise an RGB
+    ResNet-50 (CMC, other depths or widths, no backbone keys at all). Keys that are merely absent are
+    listed in ``report.missing``.
+    """
+    ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source, format=format, ema=ema)
+    report = ConversionReport(source=str(ckpt.path), format=ckpt.format, ema=ckpt.ema)
+    report.dropped.update({entry: "not backbone weights (top-level entry)" for entry in ckpt.other_entries})
+    shapes = r50_d2_shapes()
+    out: dict[str, Any] = {}
+    source_of: dict[str, str] = {}
+    foreign: list[str] = []
+    for key, value in ckpt.state.items():
+        name, why = _source_name(ckpt, key)
+        if name is None:
+            if why.startswith("not a ResNet-50"):
+                foreign.append(key)
+            report.dropped[key] = why
+            continue
+        if name not in shapes:
+            foreign.append(key)
+            continue
+        out[name] = as_numpy(value)
+        source_of[name] = key
+        if name != key:
+            report.renamed[key] = name
+    if not out:
+        raise CheckpointFormatError(
+            f"{ckpt.path}: no ResNet-50 backbone weights found as format {ckpt.format!r} (encoder prefix "
+            f"{ckpt.prefix!r}, first keys {list(ckpt.state)[:5]}); choose the right --from format")
+    if foreign:
+        raise ArchitectureMismatchError(
+            f"{ckpt.path}: {len(foreign)} encoder weights have no place in a ResNet-50 (e.g. {foreign[:4]}); "
+            "is it a deeper ResNet or another network?")
+    _check_shapes(ckpt, out, source_of)
+    _fill(out, report, ckpt.format)
+    report.kept = [k for k in shapes if k in out]
+    report.missing = [k for k in shapes if k not in out]
+    ordered = {k: out[k] for k in report.kept}
+    if ckpt.format == "msra_c2":
+        report.stride_in_1x1, report.input_format = True, "BGR"
+        report.notes.append(_MSRA_NOTE)
+    elif ckpt.format != "detectron2":
+        report.stride_in_1x1, report.input_format = False, "RGB"
+        report.notes.append(_RGB_NOTE)
+    return ordered, report
