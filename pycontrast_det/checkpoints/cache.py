@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Optional, Union
 
 from ..errors import CheckpointFormatError
+from ..store import cache_dir
 from .pretrain import convert_to_detectron2
 from .writers import write_d2_pkl
 
@@ -14,14 +14,6 @@ from .writers import write_d2_pkl
 CONVERTER_VERSION = 1
 _CHUNK = 1 << 20
 _digests: dict[tuple[str, int, int], str] = {}
-
-
-def _cache_root() -> Path:
-    """The zoo's cache root: PYCONTRAST_ZOO_HOME, else $XDG_CACHE_HOME/pycontrast-zoo, else ~/.cache/pycontrast-zoo."""
-    if os.environ.get("PYCONTRAST_ZOO_HOME"):
-        return Path(os.environ["PYCONTRAST_ZOO_HOME"])
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(xdg) / "pycontrast-zoo"
 
 
 def file_sha256(path: Path) -> str:
@@ -47,7 +39,7 @@ def converted_pretrain_path(source: Union[str, Path], format: Optional[str] = No
 
     source = Path(source)
     name = f"{file_sha256(source)[:32]}-{format or 'auto'}{'-ema' if ema else ''}-v{CONVERTER_VERSION}"
-    folder = _cache_root() / "converted"
+    folder = cache_dir() / "converted"
     target = folder / f"{name}.pkl"
     if target.is_file():
         return target
