@@ -1,0 +1,1 @@
+from .evaluation import EvalResult, compare_with_published, evaluate

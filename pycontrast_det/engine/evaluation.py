@@ -1,0 +1,269 @@
+"""COCO evaluation of a detector on a dataset: inference, COCO results file, COCOeval for boxes and masks.
+
+The numbers are detectron2's ``COCOEvaluator`` numbers: AP, AP50, AP75, APs, APm, APl in percent, with
+masks scored by mask area (the box is left out of segm results, as detectron2 does). ``backend`` picks
+pycocotools (the reference) or faster-coco-eval (same numbers, faster; ``benchmarks/eval.py``).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+from ..errors import ConfigError
+from . import comm
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+BACKENDS = ("auto", "pycocotools", "faster-coco-eval")
+COCO_VAL2017_IMAGES = 5000
+NOISE_AP = 0.3  # run-to-run spread of R50-FPN 1x on COCO (MoCo maintainers)
+
+
+@dataclass
+class EvalResult:
+    """COCO metrics (percent) per task (``bbox``, ``segm``), where the files went, and what was evaluated."""
+
+    dataset: str
+    split: str
+    num_images: int
+    metrics: dict[str, dict[str, float]]
+    per_category: dict[str, dict[str, float]] = field(default_factory=dict)
+    summary: dict[str, str] = field(default_factory=dict)  # COCOeval's printed table per task
+    backend: str = "pycocotools"
+    results_json: Optional[Path] = None
+    metrics_json: Optional[Path] = None
+    seconds: float = 0.0
+    is_coco_val2017: bool = False
+
+    @property
+    def bbox(self) -> dict[str, float]:
+        return self.metrics.get("bbox", {})
+
+    @property
+    def segm(self) -> dict[str, float]:
+        return self.metrics.get("segm", {})
+
+
+def evaluate(model_or_entry: Union[str, Callable[[list[dict]], list[dict]]], dataset: Any = "shapes", *,
+             split: str = "val", device: str = "cpu", output_dir: Optional[Union[str, os.PathLike]] = None,
+             backend: str = "auto", max_images: Optional[int] = None, rank: Optional[int] = None,
+             world_size: Optional[int] = None, cfg: Any = None, num_workers: int = 0) -> EvalResult:
+    """Run ``model_or_entry`` over ``dataset`` (name, path or DatasetSpec) and score it with COCOeval.
+
+    ``model_or_entry``: a zoo entry name (loaded on ``device``), or a model / callable taking
+    batched_inputs and returning per-image ``{"boxes", "scores", "classes"[, "masks"]}`` in original pixels
+    (the model's eval-mode output); its ``.cfg`` (or ``cfg``) sets input size and format. In a process group,
+    every rank infers on its slice and rank 0 scores; all ranks return the same result. ``output_dir``
+    receives ``coco_instances_results.json`` and ``metrics.json`` (one detectron2-style JSON line).
+    """
+    import torch
+
+    from ..data import build_test_loader, check_num_classes, resolve_dataset
+
+    backend = _pick_backend(backend)
+    rank = comm.get_rank() if rank is None else rank
+    world_size = comm.get_world_size() if world_size is None else world_size
+    if world_size > 1 and not comm.is_distributed():
+        raise ConfigError(f"world_size {world_size} needs an initialised torch.distributed process group")
+    spec = dataset if hasattr(dataset, "json_file") else resolve_dataset(dataset, split)
+    model = _load_model(model_or_entry, device) if isinstance(model_or_entry, str) else model_or_entry
+    cfg = cfg if cfg is not None else getattr(model, "cfg", None)
+    if cfg is None:
+        raise ConfigError("evaluate() needs the model's config for input size and format: pass cfg=, or a model "
+                          "with a .cfg attribute")
+    check_num_classes(spec, cfg.MODEL.ROI_HEADS.NUM_CLASSES, model=type(model).__name__)
+    loader = build_test_loader(cfg, spec, rank=rank, world_size=world_size, max_images=max_images,
+                               num_workers=num_workers)
+
+    started = time.perf_counter()
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    image_ids: list[int] = []
+    results: list[dict] = []
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                for inputs, outputs in zip(batch, model(batch)):
+                    image_ids.append(inputs["image_id"])
+                    results.extend(instances_to_coco(inputs["image_id"], outputs, spec.category_ids))
+    finally:
+        if was_training:
+            model.train()
+    image_ids, results = _gather(image_ids, results, world_size)
+
+    outcome = None
+    if rank == 0:
+        tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+        outcome = _score(spec, image_ids, results, tasks, backend, output_dir)
+        outcome.seconds = time.perf_counter() - started
+    return comm.broadcast_object(outcome) if world_size > 1 else outcome
+
+
+def instances_to_coco(image_id: int, outputs: Mapping[str, Any], category_ids: Sequence[int]) -> list[dict]:
+    """One image's predictions -> COCO result dicts (XYWH boxes, dataset category ids, RLE masks)."""
+    import numpy as np
+    from pycocotools import mask as mask_util
+
+    boxes = outputs["boxes"].detach().cpu().double().numpy().reshape(-1, 4)
+    scores = outputs["scores"].detach().cpu().double().numpy().reshape(-1).tolist()
+    classes = outputs["classes"].detach().cpu().numpy().reshape(-1).tolist()
+    boxes[:, 2:] -= boxes[:, :2]
+    rles = None
+    if outputs.get("masks") is not None and len(scores):
+        masks = outputs["masks"].detach().cpu().numpy().astype(np.uint8)
+        rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+    out = []
+    for i, (box, score, cls) in enumerate(zip(boxes.tolist(), scores, classes)):
+        result = {"image_id": int(image_id), "category_id": int(category_ids[cls]), "bbox": box, "score": score}
+        if rles is not None:
+            rle = rles[i]
+            result["segmentation"] = {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+        out.append(result)
+    return out
+
+
+def compare_with_published(entry: Any, metrics: Union[EvalResult, Mapping[str, Mapping[str, float]]], *,
+                           dataset: Optional[str] = None) -> str:
+    """A small table of the entry's published box/mask AP next to the measured ones, with the difference."""
+    from ..zoo import get_entry
+
+    entry = get_entry(entry) if isinstance(entry, str) else entry
+    if isinstance(metrics, EvalResult):
+        like_for_like = metrics.is_coco_val2017 and metrics.num_images == COCO_VAL2017_IMAGES
+        where = f"{metrics.dataset} ({metrics.num_images} images)"
+        values = metrics.metrics
+    else:
+        like_for_like, where, values = dataset == "coco_2017_val", dataset or "an unnamed dataset", metrics
+    lines = [f"{entry.name} on {where}", f"{'':8}{'published':>10}{'measured':>10}{'diff':>8}"]
+    for task, label, published in (("bbox", "box AP", entry.box_ap), ("segm", "mask AP", entry.mask_ap)):
+        measured = values.get(task, {}).get("AP")
+        if measured is None:
+            lines.append(f"{label:8}{published:>10.1f}{'-':>10}{'-':>8}")
+        else:
+            lines.append(f"{label:8}{published:>10.1f}{measured:>10.1f}{measured - published:>+8.1f}")
+    if like_for_like:
+        lines.append(f"Differences within about {NOISE_AP} AP are run-to-run noise on COCO val2017.")
+    else:
+        lines.append(f"Not like-for-like: the published numbers are on all {COCO_VAL2017_IMAGES} COCO val2017 "
+                     f"images; this was measured on {where}.")
+    return "\n".join(lines)
+
+
+def _pick_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown evaluation backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    available = importlib.util.find_spec("faster_coco_eval") is not None
+    if backend == "auto":
+        return "faster-coco-eval" if available else "pycocotools"
+    if backend == "faster-coco-eval" and not available:
+        raise ConfigError("backend 'faster-coco-eval' is not installed: pip install faster-coco-eval "
+                          "(or use backend='pycocotools')")
+    return backend
+
+
+def _load_model(entry: str, device: str) -> Any:
+    from ..modeling import load
+
+    return load(entry, device=device)
+
+
+def _gather(image_ids: list[int], results: list[dict], world_size: int) -> tuple[list[int], list[dict]]:
+    """Every rank's image ids and results, concatenated in rank order (identity in one process)."""
+    if world_size == 1:
+        return image_ids, results
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * world_size
+    dist.all_gather_object(parts, (image_ids, results))
+    return [i for ids, _ in parts for i in ids], [r for _, res in parts for r in res]
+
+
+def _score(spec: Any, image_ids: list[int], results: list[dict], tasks: Sequence[str], backend: str,
+           output_dir: Optional[Union[str, os.PathLike]]) -> EvalResult:
+    """COCOeval per task on the evaluated images; write the files; log the tables."""
+    gt = _load_gt(spec.json_file, backend)
+    if not all("segmentation" in r for r in results) or not any(
+            "segmentation" in a for a in gt.dataset.get("annotations", [])):
+        tasks = [t for t in tasks if t != "segm"]  # no masks predicted, or none annotated
+    result = EvalResult(dataset=spec.name, split=spec.split, num_images=len(image_ids), metrics={},
+                        backend=backend, is_coco_val2017=spec.is_coco_val2017)
+    names = dict(zip(spec.category_ids, spec.category_names))
+    for task in tasks:
+        drop = "segmentation" if task == "bbox" else "bbox"  # segm: score sizes by mask area, as detectron2
+        task_results = [{k: v for k, v in r.items() if k != drop} for r in results]
+        stats, precision, text = _coco_eval(gt, task_results, task, sorted(set(image_ids)), backend)
+        result.metrics[task] = {m: (float(s) * 100 if s >= 0 else float("nan")) for m, s in zip(METRICS, stats)}
+        result.per_category[task] = _per_category_ap(precision, spec.category_ids, names)
+        result.summary[task] = text
+        logger.info(f"Evaluation results for {task} on {spec.name}:\n{text}")
+    if output_dir is not None:
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        result.results_json = out / "coco_instances_results.json"
+        result.results_json.write_text(json.dumps(results))
+        row = {f"{task}/{m}": v for task, values in result.metrics.items() for m, v in values.items()}
+        row.update({f"{task}/AP-{n}": v for task, values in result.per_category.items() for n, v in values.items()})
+        result.metrics_json = out / "metrics.json"
+        result.metrics_json.write_text(json.dumps(row, sort_keys=True) + "\n")
+    return result
+
+
+def _load_gt(json_file: Path, backend: str) -> Any:
+    if backend == "faster-coco-eval":
+        from faster_coco_eval import COCO
+    else:
+        from pycocotools.coco import COCO
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(json_file))
+
+
+def _coco_eval(gt: Any, results: list[dict], iou_type: str, image_ids: list[int], backend: str) -> tuple:
+    """(stats[:6], precision array [T,R,K,A,M], printed summary) of COCOeval on ``image_ids``."""
+    if backend == "faster-coco-eval":
+        from faster_coco_eval import COCOeval_faster
+
+        def make(dt: Any) -> Any:
+            return COCOeval_faster(gt, dt, iou_type, print_function=print)
+    else:
+        from pycocotools.cocoeval import COCOeval
+
+        def make(dt: Any) -> Any:
+            return COCOeval(gt, dt, iou_type)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_eval = make(gt.loadRes(results) if results else _empty_results(gt))
+        coco_eval.params.imgIds = image_ids
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+    summary = io.StringIO()
+    with contextlib.redirect_stdout(summary):
+        coco_eval.summarize()
+    return list(coco_eval.stats[:6]), coco_eval.eval["precision"], summary.getvalue().rstrip()
+
+
+def _empty_results(gt: Any) -> Any:
+    """A results set with no detections (``loadRes`` refuses an empty list): every AP is 0."""
+    empty = type(gt)()
+    empty.dataset = {"images": list(gt.dataset["images"]), "categories": list(gt.dataset["categories"]),
+                     "annotations": []}
+    empty.createIndex()
+    return empty
+
+
+def _per_category_ap(precision: Any, category_ids: Sequence[int], names: Mapping[int, str]) -> dict[str, float]:
+    """AP (percent, IoU .50:.95, all areas, 100 dets) per category name; NaN where a category has no gt."""
+    out = {}
+    for k, cid in enumerate(category_ids):
+        values = precision[:, :, k, 0, -1]
+        values = values[values > -1]
+        out[names[cid]] = float(values.mean() * 100) if values.size else float("nan")
+    return out
