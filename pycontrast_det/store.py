@@ -247,16 +247,16 @@ class _Partial:
         else:
             self.path.unlink(missing_ok=True)
 
-    def commit(self, dest: Path, sha256: Optional[str], size: Optional[int], origin: str) -> Path:
+    def commit(self, dest: Path, sha256: Optional[str], size: Optional[int]) -> Path:
         """Check size and sha256, then atomically publish as ``dest``; on mismatch discard and raise."""
         self.fh.close()
         actual = self.sha.hexdigest()
         if size is not None and self.size != size:
             self.path.unlink(missing_ok=True)
-            raise ChecksumError(f"{origin}: size mismatch: expected {size} bytes, got {self.size}; discarded")
+            raise ChecksumError(f"size mismatch: expected {size} bytes, got {self.size}; discarded")
         if sha256 is not None and actual != sha256:
             self.path.unlink(missing_ok=True)
-            raise ChecksumError(f"{origin}: sha256 mismatch: expected {sha256}, got {actual} "
+            raise ChecksumError(f"sha256 mismatch: expected {sha256}, got {actual} "
                                 f"({self.size} bytes); discarded")
         _publish(self.path, dest)
         return dest
@@ -432,14 +432,12 @@ def _http_attempt(session, url: str, partial: _Partial, expected_size: Optional[
             offset = 0
         ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if ctype in ("text/html", "application/xhtml+xml"):
-            raise HTMLResponseError(f"{url}: the server sent an HTML page (Content-Type {ctype}), not the file: "
+            raise HTMLResponseError(f"the server sent an HTML page (Content-Type {ctype}), not the file: "
                                     f"a dead link, a quota or login page")
         length = resp.headers.get("Content-Length")
         encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
         body = int(length) if length is not None and not encoded else None
         total = offset + body if body is not None else expected_size
-        if expected_size is not None and body is not None and total != expected_size:
-            raise ChecksumError(f"{url}: size mismatch: the server announces {total} bytes, expected {expected_size}")
         received = 0
         with _progress(total, offset, desc, quiet) as bar:
             while True:
@@ -447,14 +445,21 @@ def _http_attempt(session, url: str, partial: _Partial, expected_size: Optional[
                 chunk = resp.raw.read1(CHUNK_BYTES, decode_content=True)
                 if not chunk:
                     break
-                if partial.size == 0 and _looks_like_html(chunk):
-                    raise HTMLResponseError(f"{url}: the server sent an HTML page, not the file: "
-                                            f"a dead link, a quota or login page")
+                if received == 0:
+                    _check_start(chunk, offset, total, expected_size)
                 partial.write(chunk)
                 received += len(chunk)
                 bar.update(len(chunk))
         if body is not None and received < body:
             raise _Transient(f"connection closed after {received} of {body} bytes")
+
+
+def _check_start(first: bytes, offset: int, total: Optional[int], expected_size: Optional[int]) -> None:
+    """Refuse a response early: an HTML page instead of the file, or a size other than the expected one."""
+    if offset == 0 and _looks_like_html(first):
+        raise HTMLResponseError("the server sent an HTML page, not the file: a dead link, a quota or login page")
+    if expected_size is not None and total is not None and total != expected_size:
+        raise ChecksumError(f"size mismatch: the server announces {total} bytes, expected {expected_size}")
 
 
 # ------------------------------------------------------------------------------------------ fetching
@@ -569,7 +574,7 @@ def _fetch_one(session, url: str, dest: Path, sha: Optional[str], size: Optional
     except BaseException:
         partial.discard()
         raise
-    partial.commit(dest, sha, size, url)
+    partial.commit(dest, sha, size)
 
 
 def import_from_dir(directory: Union[str, os.PathLike], file: FileRef, key: str) -> Path:
@@ -597,9 +602,9 @@ def import_from_dir(directory: Union[str, os.PathLike], file: FileRef, key: str)
             partial.discard()
             raise
         try:
-            return partial.commit(dest, sha, size, str(candidate))
+            return partial.commit(dest, sha, size)
         except ChecksumError as exc:
-            errors.append(str(exc))
+            errors.append(f"{candidate}: {exc}")
     looked = ", ".join(str(c) for c in candidates)
     detail = ("; ".join(errors)) if errors else f"not found (looked at {looked})"
     raise (ChecksumError if errors else DownloadError)(f"--from-dir {root}: {key} ({file.filename}): {detail}")
