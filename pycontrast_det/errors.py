@@ -62,3 +62,7 @@ class Detectron2NotInstalledError(ZooError, ImportError):
 
 class NonFiniteLossError(ZooError, FloatingPointError):
     """A training loss became NaN or infinite; names the iteration and every loss (detectron2 stops too)."""
+
+
+class LogFormatError(ZooError):
+    """A training log (detectron2 log.txt or metrics.json) is missing or has nothing we can read."""
