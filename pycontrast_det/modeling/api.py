@@ -1,0 +1,138 @@
+"""``load``: a ready-to-use MaskRCNN from a zoo entry or a config, with its weights, in eval mode."""
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+
+from ..errors import ArchitectureMismatchError
+from .build import build_model
+from .meta_arch import MaskRCNN
+
+log = logging.getLogger(__name__)
+
+
+def _resolve(entry_or_config: Any, overrides: Sequence[str]):
+    """(config, entry or None): an entry name goes through the zoo, anything else is a config."""
+    from ..config import load_config
+
+    if isinstance(entry_or_config, str) and not Path(entry_or_config).is_file():
+        from ..zoo import load_manifest
+
+        zoo = load_manifest()
+        if entry_or_config in zoo.entries:
+            entry = zoo.entries[entry_or_config]
+            return load_config(entry.config_path, overrides), entry
+    if isinstance(entry_or_config, Mapping) and hasattr(entry_or_config, "clone"):  # an existing CfgNode
+        cfg = entry_or_config.clone()
+        cfg.defrost()
+        cfg.merge_from_list(list(overrides))
+        return cfg.freeze(), None
+    return load_config(entry_or_config, overrides), None
+
+
+def _local_weights(weights: Union[str, Path]) -> Path:
+    """A weights path, or a URL fetched through the store's verified cache."""
+    text = str(weights)
+    if "://" not in text or text.startswith("file://"):
+        return Path(text[len("file://"):] if text.startswith("file://") else text)
+    from ..store import fetch_file
+    from ..zoo import FileRef, url_basename
+
+    ref = FileRef(urls=(text,), sha256=None, size_bytes=None, format="detectron2")
+    return fetch_file(ref, f"user/{url_basename(text)}")
+
+
+def _detector_state(path: Path, model: MaskRCNN) -> dict[str, Any]:
+    """A checkpoint's weights under our key names: detectron2 keys renamed, or our own keys taken as they are."""
+    from ..checkpoints import d2_to_model
+    from ..checkpoints.readers import read_checkpoint
+
+    state = read_checkpoint(path).state
+    expected = model.state_dict().keys()
+    if sum(k in expected for k in state) > len(state) // 2:  # saved from this package's model
+        return {k: torch.as_tensor(v) for k, v in state.items()}
+    mapped, report = d2_to_model(state, model.arch, expected)
+    if report.unexpected:
+        mapped.update({k: state[k] for k in report.unexpected})  # reported by load_weights as unexpected
+    return mapped
+
+
+def load_weights(model: MaskRCNN, state: Mapping[str, Any], source: str, strict: bool = True) -> list[str]:
+    """Load ``state`` (our key names) into ``model``; ArchitectureMismatchError lists every missing or
+    unexpected key and shape mismatch (missing keys are allowed, and returned, when not ``strict``)."""
+    own = model.state_dict()
+    unexpected = sorted(k for k in state if k not in own)
+    missing = sorted(k for k in own if k not in state)
+    shapes = sorted(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                    for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape))
+    if unexpected or shapes or (strict and missing):
+        parts = [f"{len(missing)} missing: {missing[:8]}" if strict and missing else "",
+                 f"{len(unexpected)} unexpected: {unexpected[:8]}" if unexpected else "",
+                 f"{len(shapes)} shape mismatches: {shapes[:8]}" if shapes else ""]
+        raise ArchitectureMismatchError(
+            f"{source} does not fit the {model.arch.upper()} model of this config "
+            f"({'; '.join(p for p in parts if p)}); check that the config matches the checkpoint "
+            "(FPN vs C4, NUM_CLASSES, norms)")
+    model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()}, strict=False)
+    return missing
+
+
+def _pretrain_backbone(entry, model: MaskRCNN) -> Optional[dict[str, Any]]:
+    """The entry's pre-trained ResNet-50 under our key names, or None when it starts from random init."""
+    from ..checkpoints import d2_to_model
+    from ..checkpoints.pretrain import convert_to_detectron2
+    from ..store import fetch_pretrain
+
+    from ..zoo import load_manifest
+
+    pretrain = load_manifest().pretrain(entry.pretrain)
+    if pretrain.file is None:
+        return None
+    path, ref = fetch_pretrain(pretrain.name)
+    backbone, _ = convert_to_detectron2(path, format=ref.format)
+    if model.arch == "fpn":
+        prefixed = {f"backbone.bottom_up.{k}": v for k, v in backbone.items()}
+    else:  # C4: res5 is the ROI head
+        prefixed = {(f"roi_heads.{k}" if k.startswith("res5.") else f"backbone.{k}"): v for k, v in backbone.items()}
+    state, _ = d2_to_model(prefixed, model.arch)
+    return state
+
+
+def load(entry_or_config: Union[str, Path, Mapping[str, Any]], weights: Union[str, Path, None] = None,
+         device: Union[str, torch.device] = "cpu", pretrained: bool = True, overrides: Sequence[str] = ()
+         ) -> MaskRCNN:
+    """A MaskRCNN in eval mode on ``device``.
+
+    ``entry_or_config``: a zoo entry name (its config and, with ``pretrained``, its published detector
+    weights), or a config (path, name under configs/, CfgNode). ``weights``: a path or URL of a detector
+    checkpoint (detectron2 or this package's keys) replacing the entry's. An entry without a published
+    detector (the C4 rows) gets its pre-trained backbone only, with a warning. ``pretrained=False``: random
+    init. ``overrides``: ``KEY VALUE`` config overrides.
+    """
+    cfg, entry = _resolve(entry_or_config, overrides)
+    model = build_model(cfg)
+    if weights is not None:
+        path = _local_weights(weights)
+        load_weights(model, _detector_state(path, model), str(path))
+    elif pretrained and entry is not None:
+        if entry.model is not None:
+            from ..store import fetch_entry_file
+
+            path = fetch_entry_file(entry.name, "model")
+            load_weights(model, _detector_state(path, model), f"{entry.name} ({path})")
+        else:
+            state = _pretrain_backbone(entry, model)
+            what = (f"its pre-trained backbone ({entry.pretrain}) only" if state is not None
+                    else "random initialisation (its pretrain is 'rand')")
+            if state is not None:
+                load_weights(model, state, f"pretrain {entry.pretrain}", strict=False)
+            message = (f"{entry.name}: no detector weights were published for this row; the model has "
+                       f"{what}, and its heads are untrained: train it first (pycontrast-zoo train)")
+            warnings.warn(message, stacklevel=2)
+            log.warning(message)
+    return model.to(device).eval()

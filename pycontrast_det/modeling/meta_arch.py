@@ -1,0 +1,145 @@
+"""MaskRCNN: detectron2's GeneralizedRCNN semantics (normalise, pad, backbone, RPN, ROI heads, postprocess)
+plus ``predict`` for plain images."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .postprocess import rescale
+from .preprocess import resize_shortest_edge
+
+ImageLike = Union[str, Path, "PIL.Image.Image", np.ndarray, Tensor]  # noqa: F821
+
+
+def _as_rgb_uint8(image: Any) -> np.ndarray:
+    """HWC uint8 RGB array from a path, a PIL image, an HWC uint8 array, or a CHW tensor (uint8, or float 0-1)."""
+    from PIL import Image
+
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as pil:
+            return np.asarray(pil.convert("RGB"))
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    if isinstance(image, Tensor):
+        if image.ndim != 3 or image.shape[0] not in (1, 3):
+            raise ValueError(f"a tensor image must be CHW with 1 or 3 channels, got shape {tuple(image.shape)}")
+        if image.is_floating_point():
+            image = (image.detach().float() * 255).round().clamp(0, 255)
+        image = image.detach().to("cpu", torch.uint8).expand(3, -1, -1).permute(1, 2, 0).numpy()
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise ValueError(f"an array image must be uint8 (HWC RGB), got {image.dtype}")
+        if image.ndim == 2:
+            image = np.stack([image] * 3, axis=-1)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"an array image must be HWC RGB, got shape {image.shape}")
+        return np.ascontiguousarray(image)
+    raise TypeError(f"cannot read an image from {type(image).__name__}; pass a path, PIL image, HWC uint8 array "
+                    "or CHW tensor")
+
+
+class MaskRCNN(nn.Module):
+    """Mask R-CNN taking detectron2-style batched inputs; see the project brief for the exact interface."""
+
+    def __init__(self, cfg, arch: str, backbone: nn.Module, rpn: nn.Module, roi_heads: nn.Module,
+                 class_names: Sequence[str]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.arch = arch  # "fpn" or "c4": the checkpoint key layout (pycontrast_det.checkpoints.d2_to_model)
+        self.backbone = backbone
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+        self.class_names = list(class_names)
+        self.size_divisibility = backbone.size_divisibility
+        self.register_buffer("pixel_mean", torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def preprocess(self, batched_inputs: Sequence[dict]) -> tuple[Tensor, list[tuple[int, int]]]:
+        """Normalised images padded (zeros, bottom/right) to the batch maximum, rounded up to the
+        backbone's size divisibility; and each image's unpadded (h, w)."""
+        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        max_h, max_w = max(s[0] for s in sizes), max(s[1] for s in sizes)
+        if self.size_divisibility > 1:
+            d = self.size_divisibility
+            max_h, max_w = (max_h + d - 1) // d * d, (max_w + d - 1) // d * d
+        if len(images) == 1:
+            batch = F.pad(images[0], [0, max_w - sizes[0][1], 0, max_h - sizes[0][0]]).unsqueeze(0)
+        else:
+            batch = images[0].new_zeros((len(images), images[0].shape[0], max_h, max_w))
+            for img, pad in zip(images, batch):
+                pad[:, :img.shape[-2], :img.shape[-1]].copy_(img)
+        return batch, sizes
+
+    def forward(self, batched_inputs: Sequence[dict]) -> Union[dict[str, Tensor], list[dict[str, Tensor]]]:
+        """Training: the five losses. Eval: per image boxes/scores/classes(/masks) in original pixels."""
+        images, sizes = self.preprocess(batched_inputs)
+        features = self.backbone(images)
+        if self.training:
+            targets = [self._target(x) for x in batched_inputs]
+            proposals, losses = self.rpn(features, sizes, [t["boxes"] for t in targets])
+            _, roi_losses = self.roi_heads(features, proposals, sizes, targets)
+            return {**losses, **roi_losses}
+        proposals, _ = self.rpn(features, sizes)
+        detections, _ = self.roi_heads(features, proposals, sizes)
+        return [rescale(det, size, int(x.get("height", size[0])), int(x.get("width", size[1])))
+                for det, size, x in zip(detections, sizes, batched_inputs)]
+
+    def _target(self, item: dict) -> dict:
+        if "instances" not in item:
+            raise ValueError("training inputs need an 'instances' dict with boxes, classes and masks")
+        inst = dict(item["instances"])
+        inst["boxes"] = torch.as_tensor(inst["boxes"], dtype=torch.float32).reshape(-1, 4).to(self.device)
+        inst["classes"] = torch.as_tensor(inst["classes"], dtype=torch.int64).to(self.device)
+        if isinstance(inst.get("masks"), Tensor):
+            inst["masks"] = inst["masks"].to(self.device)
+        return inst
+
+    def to_input(self, image: ImageLike) -> dict:
+        """A batched-input dict for one image: RGB uint8 -> config channel order -> detectron2's test resize."""
+        rgb = _as_rgb_uint8(image)
+        array = rgb[:, :, ::-1] if self.cfg.INPUT.FORMAT == "BGR" else rgb
+        resized = resize_shortest_edge(np.ascontiguousarray(array), self.cfg.INPUT.MIN_SIZE_TEST,
+                                       self.cfg.INPUT.MAX_SIZE_TEST)
+        tensor = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))).float()
+        return {"image": tensor, "height": rgb.shape[0], "width": rgb.shape[1]}
+
+    @torch.inference_mode()
+    def predict(self, images: Union[ImageLike, Sequence[ImageLike]], score_thresh: float | None = None,
+                batch_size: int = 4) -> Union[dict[str, Any], list[dict[str, Any]]]:
+        """Detect objects in one image or a list (paths, PIL images, HWC uint8 RGB arrays, CHW tensors).
+
+        Returns per image ``boxes`` [N, 4] XYXY pixels, ``scores``, ``labels`` (0-based), ``label_names``,
+        ``masks`` bool [N, H, W] (CPU tensors). ``score_thresh`` replaces ROI_HEADS.SCORE_THRESH_TEST.
+        """
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        was_training = self.training
+        saved_thresh = self.roi_heads.score_thresh
+        self.eval()
+        if score_thresh is not None:
+            self.roi_heads.score_thresh = float(score_thresh)
+        try:
+            results = []
+            for start in range(0, len(items), batch_size):
+                batch = [self.to_input(im) for im in items[start:start + batch_size]]
+                for out in self(batch):
+                    labels = out["classes"].cpu()
+                    result = {"boxes": out["boxes"].float().cpu(), "scores": out["scores"].float().cpu(),
+                              "labels": labels, "label_names": [self.class_names[i] for i in labels.tolist()]}
+                    if "masks" in out:
+                        result["masks"] = out["masks"].cpu()
+                    results.append(result)
+        finally:
+            self.roi_heads.score_thresh = saved_thresh
+            self.train(was_training)
+        return results[0] if single else results

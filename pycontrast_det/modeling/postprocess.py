@@ -1,0 +1,105 @@
+"""Turning head outputs into detections: detectron2's per-class NMS, rescale to the original size, mask paste."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import batched_nms
+
+from .boxes import clip_boxes, decode_boxes, nonempty
+
+
+@dataclass
+class Detections:
+    """One image's detections: XYXY boxes, scores, 0-based classes, optional (N, 1, S, S) mask probabilities."""
+
+    boxes: Tensor
+    scores: Tensor
+    classes: Tensor
+    mask_probs: Tensor | None = None
+
+    def select(self, keep: Tensor) -> "Detections":
+        """The detections at ``keep`` (indices or a boolean mask)."""
+        probs = None if self.mask_probs is None else self.mask_probs[keep]
+        return Detections(self.boxes[keep], self.scores[keep], self.classes[keep], probs)
+
+
+def fast_rcnn_inference(class_logits: Tensor, box_deltas: Tensor, proposal_boxes: Sequence[Tensor],
+                        image_sizes: Sequence[tuple[int, int]], box_weights: Sequence[float], score_thresh: float,
+                        nms_thresh: float, topk: int) -> list[Detections]:
+    """Softmax (background last), class-specific decode, clip, score threshold, per-class NMS, top-k.
+
+    No minimum box size (unlike torchvision); boxes are in resized-image coordinates.
+    """
+    counts = [len(b) for b in proposal_boxes]
+    boxes_all = decode_boxes(box_deltas, torch.cat(list(proposal_boxes)), box_weights).split(counts)
+    probs_all = F.softmax(class_logits.float(), dim=-1).split(counts)
+    results = []
+    for boxes, scores, image_size in zip(boxes_all, probs_all, image_sizes):
+        valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
+        if not bool(valid.all()):
+            boxes, scores = boxes[valid], scores[valid]
+        scores = scores[:, :-1]
+        boxes = clip_boxes(boxes.reshape(-1, 4), image_size).view(-1, scores.shape[1], 4)
+        keep_mask = scores > score_thresh
+        inds = keep_mask.nonzero()
+        boxes, scores = boxes[keep_mask], scores[keep_mask]
+        keep = batched_nms(boxes, scores, inds[:, 1], nms_thresh)
+        if topk >= 0:
+            keep = keep[:topk]
+        results.append(Detections(boxes[keep], scores[keep], inds[keep, 1]))
+    return results
+
+
+def mask_probabilities(mask_logits: Tensor, classes: Tensor) -> Tensor:
+    """Sigmoid of each detection's own-class mask channel, (N, 1, S, S) float32."""
+    if mask_logits.shape[1] == 1:
+        return mask_logits.float().sigmoid()
+    rows = torch.arange(len(classes), device=mask_logits.device)
+    return mask_logits[rows, classes][:, None].float().sigmoid()
+
+
+def paste_masks(probs: Tensor, boxes: Tensor, height: int, width: int, threshold: float = 0.5) -> Tensor:
+    """Paste (N, 1, S, S) probabilities into (N, height, width) bool masks at float XYXY ``boxes``.
+
+    Bilinear grid_sample (zeros padding, align_corners False) at pixel centres, then ``>= threshold``;
+    each mask is computed only inside its box (plus one pixel), which is where it can be non-zero.
+    """
+    masks = torch.zeros((len(probs), height, width), dtype=torch.bool, device=probs.device)
+    boxes = boxes.float()
+    for i in range(len(probs)):
+        box = boxes[i]
+        x0_int = int(torch.clamp(box[0].floor() - 1, min=0))
+        y0_int = int(torch.clamp(box[1].floor() - 1, min=0))
+        x1_int = int(torch.clamp(box[2].ceil() + 1, max=width))
+        y1_int = int(torch.clamp(box[3].ceil() + 1, max=height))
+        img_y = torch.arange(y0_int, y1_int, device=boxes.device, dtype=torch.float32) + 0.5
+        img_x = torch.arange(x0_int, x1_int, device=boxes.device, dtype=torch.float32) + 0.5
+        img_y = (img_y - box[1]) / (box[3] - box[1]) * 2 - 1
+        img_x = (img_x - box[0]) / (box[2] - box[0]) * 2 - 1
+        gx = img_x[None, :].expand(len(img_y), len(img_x))
+        gy = img_y[:, None].expand(len(img_y), len(img_x))
+        grid = torch.stack([gx, gy], dim=2)[None]
+        pasted = F.grid_sample(probs[i:i + 1].float(), grid, align_corners=False)[0, 0]
+        masks[i, y0_int:y1_int, x0_int:x1_int] = pasted >= threshold
+    return masks
+
+
+def rescale(det: Detections, image_size: tuple[int, int], height: int, width: int,
+            mask_threshold: float = 0.5) -> dict[str, Tensor]:
+    """detectron2's detector_postprocess: boxes from the resized ``image_size`` to (height, width), clipped,
+    empty boxes dropped, masks pasted; returns the model's eval-mode output dict."""
+    scale_x, scale_y = width / image_size[1], height / image_size[0]
+    boxes = det.boxes.clone()
+    boxes[:, 0::2] *= scale_x
+    boxes[:, 1::2] *= scale_y
+    boxes = clip_boxes(boxes, (height, width))
+    keep = nonempty(boxes)
+    det = Detections(boxes, det.scores, det.classes, det.mask_probs).select(keep)
+    out = {"boxes": det.boxes, "scores": det.scores, "classes": det.classes}
+    if det.mask_probs is not None:
+        out["masks"] = paste_masks(det.mask_probs, det.boxes, height, width, mask_threshold)
+    return out
