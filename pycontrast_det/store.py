@@ -31,7 +31,7 @@ from .zoo import FileRef, PretrainEntry, Zoo, load_manifest
 
 __all__ = [
     "cache_dir", "files_dir", "cache_path", "fetch_file", "fetch_entry_file", "fetch_pretrain", "entry_files",
-    "pretrain_files", "import_from_dir", "verify_file", "pin_file", "load_pins", "checksum_status",
+    "pretrain_files", "import_from_dir", "hash_file", "verify_file", "pin_file", "load_pins", "checksum_status",
     "cached_files", "remove_cached", "candidate_urls", "is_offline", "Pin", "Verification", "CachedFile",
     "RetryPolicy", "retry_policy", "ROLES",
 ]
@@ -679,7 +679,8 @@ def fetch_entry_file(name: str, role: str, *, zoo: Optional[Zoo] = None, quiet: 
 # ----------------------------------------------------------------------------------- verify and pin
 
 
-def _hash_file(path: Path) -> tuple[str, int]:
+def hash_file(path: Path) -> tuple[str, int]:
+    """(sha256 hex, size) of a file, read in big chunks."""
     sha = hashlib.sha256()
     size = 0
     with open(path, "rb") as fh:
@@ -711,7 +712,7 @@ def verify_file(file: FileRef, key: str) -> Verification:
     sha, size, source = _expected(file, key)
     if not path.is_file():
         return Verification(key, path, "missing", sha, None, None, "not cached")
-    actual, actual_size = _hash_file(path)
+    actual, actual_size = hash_file(path)
     if sha is None:
         return Verification(key, path, "unverified", None, actual, actual_size,
                             f"unverified: no published checksum; sha256 here is {actual}; "
@@ -726,7 +727,7 @@ def verify_file(file: FileRef, key: str) -> Verification:
 def pin_file(file: FileRef, key: str, *, quiet: bool = False, offline: Optional[bool] = None) -> Pin:
     """Fetch ``file`` (verified against the manifest if it has a sha256), hash it and record the pin."""
     path = fetch_file(file, key, quiet=quiet, offline=offline)
-    sha, size = _hash_file(path)
+    sha, size = hash_file(path)
     if file.sha256 is not None and sha != file.sha256:
         raise ChecksumError(f"{path}: sha256 {sha} differs from the manifest's {file.sha256}; "
                             f"remove it with `pycontrast-zoo cache rm {key.split('/')[0]}` and download again")

@@ -116,24 +116,26 @@ class Zoo:
         try:
             return self.entries[name]
         except KeyError:
-            raise UnknownEntryError(_unknown("detector entry", name, self.entries, "pycontrast-zoo list")) from None
+            raise UnknownEntryError(f"{_unknown('detector entry', name, self.entries)} "
+                                    f"(`pycontrast-zoo list` shows all)") from None
 
     def pretrain(self, name: str) -> PretrainEntry:
         """The pretrain called ``name``; UnknownEntryError with close matches otherwise."""
         try:
             return self.pretrains[name]
         except KeyError:
-            raise UnknownEntryError(_unknown("pretrain", name, self.pretrains, "zoo.yaml 'pretrains'")) from None
+            known = ", ".join(self.pretrains)
+            raise UnknownEntryError(f"{_unknown('pretrain', name, self.pretrains)} Known pretrains: {known}") from None
 
     def entries_for_pretrain(self, name: str) -> list[DetectorEntry]:
         """Detector entries fine-tuned from pretrain ``name`` (the pretrain -> downstream link)."""
         return [e for e in self.entries.values() if e.pretrain == name]
 
 
-def _unknown(kind: str, name: str, known: Iterable[str], where: str) -> str:
+def _unknown(kind: str, name: str, known: Iterable[str]) -> str:
     close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    return f"unknown {kind} {name!r}.{hint} (see `{where}` for all names)"
+    return f"unknown {kind} {name!r}.{hint}"
 
 
 def url_basename(url: str) -> str:
@@ -427,7 +429,7 @@ def list_entries(detector: Optional[str] = None, schedule: Optional[str] = None,
     """Detector entries in manifest order, filtered by detector (fpn|c4), schedule, pretrain and box AP."""
     zoo = zoo or load_manifest()
     if detector is not None and detector not in DETECTORS:
-        raise UnknownEntryError(_unknown("detector", detector, DETECTORS, "fpn or c4"))
+        raise UnknownEntryError(f"{_unknown('detector', detector, DETECTORS)} Known detectors: fpn, c4")
     if pretrain is not None:
         zoo.pretrain(pretrain)  # raises with a suggestion on a typo
     return [e for e in zoo.entries.values()

@@ -1,0 +1,348 @@
+"""``pycontrast-zoo list | info | download | verify | pin | cache | table``: the zoo and its file cache.
+
+No torch here (``list``, ``info`` and ``table`` must stay light).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Optional
+
+from .. import store
+from ..errors import ZooError
+from ..zoo import DETECTORS, DetectorEntry, FileRef, Zoo, load_manifest, list_entries, render_table, \
+    update_manifest_checksums
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the zoo and cache subcommands."""
+    p = subparsers.add_parser("list", help="list detector entries with their reported AP and what is cached")
+    p.add_argument("--detector", choices=DETECTORS)
+    p.add_argument("--schedule", help="e.g. 1x, 2x, 6x")
+    p.add_argument("--pretrain", help="e.g. supervised, moco_v2, infomin")
+    p.add_argument("--min-box-ap", type=float, metavar="AP")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_list)
+
+    p = subparsers.add_parser("info", help="everything about one entry or pretrain: config, URLs, checksums, cache")
+    p.add_argument("entry")
+    p.set_defaults(func=_cmd_info)
+
+    p = subparsers.add_parser("download", help="fetch entries' files into the cache (verified)")
+    p.add_argument("entries", nargs="*", metavar="ENTRY", help="detector entries or pretrains")
+    p.add_argument("--all", action="store_true", help="every detector entry")
+    p.add_argument("--what", default="model,log,pretrain", help="comma-separated roles (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=2, help="parallel downloads (default: %(default)s)")
+    p.add_argument("--from-dir", metavar="DIR", help="import from a folder instead of the network (verified)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_download)
+
+    p = subparsers.add_parser("verify", help="re-hash cached files against the manifest sha256 or the pin lock")
+    p.add_argument("entries", nargs="*", metavar="ENTRY", help="default: every cached file of the zoo")
+    p.set_defaults(func=_cmd_verify)
+
+    p = subparsers.add_parser("pin", help="record sha256 and size of files (downloading them if needed)")
+    p.add_argument("entries", nargs="*", metavar="ENTRY", help="default: every cached file of the zoo")
+    p.add_argument("--what", default="model,log,pretrain", help="comma-separated roles (default: %(default)s)")
+    p.add_argument("--write-manifest", action="store_true",
+                   help="write the values into the manifest that defines each entry instead of pins.json")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_pin)
+
+    p = subparsers.add_parser("cache", help="inspect or clean the file cache")
+    sub = p.add_subparsers(dest="cache_command", metavar="ACTION")
+    sub.required = True
+    sub.add_parser("ls", help="list cached files (trusted, partial, temp)").set_defaults(func=_cmd_cache_ls)
+    rm = sub.add_parser("rm", help="remove cached files of entries / pretrains / entry/role keys")
+    rm.add_argument("names", nargs="*", metavar="NAME")
+    rm.add_argument("--all", action="store_true", help="remove everything")
+    rm.set_defaults(func=_cmd_cache_rm)
+    sub.add_parser("path", help="print the cache root").set_defaults(func=_cmd_cache_path)
+
+    p = subparsers.add_parser("table", help="print the README results table (markdown) from the manifest")
+    p.set_defaults(func=_cmd_table)
+
+
+def _zoo(args: argparse.Namespace) -> Zoo:
+    return load_manifest(getattr(args, "manifest", None))
+
+
+def _roles(text: str) -> tuple[str, ...]:
+    roles = tuple(r.strip() for r in text.split(",") if r.strip())
+    bad = [r for r in roles if r not in store.ROLES]
+    if bad or not roles:
+        raise ZooError(f"--what: unknown role(s) {', '.join(bad) or '(none)'}; choose from {', '.join(store.ROLES)}")
+    return roles
+
+
+def _cached_roles(entry: DetectorEntry, zoo: Zoo) -> list[str]:
+    cached = []
+    for role in store.ROLES:
+        if any(store.cache_path(f, k).is_file() for k, f in store.entry_files(entry.name, (role,), zoo)):
+            cached.append(role)
+    return cached
+
+
+# ------------------------------------------------------------------------------------------- list/info
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    zoo = _zoo(args)
+    entries = list_entries(detector=args.detector, schedule=args.schedule, pretrain=args.pretrain,
+                           min_box_ap=args.min_box_ap, zoo=zoo)
+    if args.json:
+        rows = [{"name": e.name, "detector": e.detector, "schedule": e.schedule, "pretrain": e.pretrain,
+                 "box_ap": e.box_ap, "mask_ap": e.mask_ap, "config": e.config, "published": e.published,
+                 "cached": _cached_roles(e, zoo)} for e in entries]
+        print(json.dumps(rows, indent=2))
+        return 0
+    header = ("entry", "det", "sched", "pretrain", "box AP", "mask AP", "files", "cached")
+    rows = [(e.name, e.detector, e.schedule, e.pretrain, f"{e.box_ap:.1f}", f"{e.mask_ap:.1f}",
+             "published" if e.published else "config only", ",".join(_cached_roles(e, zoo)) or "-")
+            for e in entries]
+    _print_table(header, rows)
+    if not rows:
+        print("(no entry matches)")
+    return 0
+
+
+def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    for row in [header] + rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def _describe_file(key: str, file: FileRef) -> list[str]:
+    path = store.cache_path(file, key)
+    lines = [f"  {key}  ({file.format})"]
+    lines += [f"    url: {u}" for u in store.candidate_urls(file)]
+    if file.published_url:
+        lines.append(f"    published: {file.published_url}")
+    if file.md5_prefix:
+        lines.append(f"    md5 prefix (published): {file.md5_prefix}")
+    lines.append(f"    size: {file.size_bytes if file.size_bytes is not None else 'unknown'}")
+    lines.append(f"    checksum: {store.checksum_status(file, key)}")
+    lines.append(f"    cache: {path} ({'cached' if path.is_file() else 'not cached'})")
+    return lines
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    zoo = _zoo(args)
+    name = args.entry
+    if name in zoo.pretrains and name not in zoo.entries:
+        pre = zoo.pretrains[name]
+        out = [f"{pre.name}: {pre.method} pretrain", f"  epochs: {pre.epochs}",
+               f"  ImageNet linear top-1: {pre.imagenet_top1}", f"  can initialise an RGB R-50: {pre.can_init_r50}"]
+        if pre.note:
+            out.append(f"  note: {pre.note}")
+        out.append(f"  used by: {', '.join(e.name for e in zoo.entries_for_pretrain(name)) or '-'}")
+        out.append("files:" if store.pretrain_files(pre) else "files: none")
+        for key, file in store.pretrain_files(pre):
+            out += _describe_file(key, file)
+        print("\n".join(out))
+        return 0
+    entry = zoo.entry(name)
+    pre = zoo.pretrain(entry.pretrain)
+    out = [f"{entry.name}: Mask R-CNN R-50-{entry.detector.upper()} {entry.schedule}, from {pre.method} "
+           f"({pre.name}{f', {pre.epochs} epochs' if pre.epochs else ''}"
+           f"{f', ImageNet top-1 {pre.imagenet_top1}' if pre.imagenet_top1 is not None else ''})",
+           f"  reported COCO val2017: box AP {entry.box_ap:.1f}, mask AP {entry.mask_ap:.1f}",
+           f"  config: {entry.config} ({entry.config_path})",
+           f"  published: {'model and log' if entry.published else 'config only'}"]
+    if entry.note:
+        out.append(f"  note: {entry.note}")
+    out.append(f"  manifest: {entry.source}")
+    out.append("files:")
+    for key, file in store.entry_files(name, store.ROLES, zoo):
+        out += _describe_file(key, file)
+    print("\n".join(out))
+    return 0
+
+
+def _cmd_table(args: argparse.Namespace) -> int:
+    sys.stdout.write(render_table(_zoo(args)))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ download
+
+
+def _targets(zoo: Zoo, names: list[str], use_all: bool) -> list[str]:
+    if use_all and names:
+        raise ZooError("give entry names or --all, not both")
+    if use_all:
+        return list(zoo.entries)
+    if not names:
+        raise ZooError("name at least one entry (see `pycontrast-zoo list`) or pass --all")
+    for name in names:
+        if name not in zoo.pretrains:
+            zoo.entry(name)  # raises with a did-you-mean
+    return names
+
+
+def _download_jobs(zoo: Zoo, names: list[str], roles: tuple[str, ...], args) -> dict[str, Callable[[], Path]]:
+    """One job per distinct file (pretrains are shared between entries), keyed by cache key."""
+    jobs: dict[str, Callable[[], Path]] = {}
+    for name in names:
+        pretrain_only = name in zoo.pretrains and name not in zoo.entries
+        if not pretrain_only:
+            entry = zoo.entry(name)
+            for role in ("model", "log"):
+                if role not in roles:
+                    continue
+                file = getattr(entry, role)
+                if file is None:
+                    print(f"{name}: no {role} published ({entry.note})", file=sys.stderr)
+                    continue
+                jobs.setdefault(f"{name}/{role}", _file_job(file, f"{name}/{role}", args))
+        if "pretrain" in roles:
+            pre = zoo.pretrain(name if pretrain_only else zoo.entry(name).pretrain)
+            if pre.file is not None:
+                jobs.setdefault(f"{pre.name}/pretrain", _pretrain_job(pre.name, zoo, args))
+    return jobs
+
+
+def _file_job(file: FileRef, key: str, args) -> Callable[[], Path]:
+    if args.from_dir:
+        return lambda: store.import_from_dir(args.from_dir, file, key)
+    return lambda: store.fetch_file(file, key, quiet=args.quiet)
+
+
+def _pretrain_job(name: str, zoo: Zoo, args) -> Callable[[], Path]:
+    if not args.from_dir:
+        return lambda: store.fetch_pretrain(name, zoo=zoo, quiet=args.quiet)[0]
+
+    def job() -> Path:
+        errors = []
+        for key, file in store.pretrain_files(zoo.pretrain(name)):  # the main file, else an alternative
+            try:
+                return store.import_from_dir(args.from_dir, file, key)
+            except ZooError as exc:
+                errors.append(str(exc))
+        raise ZooError("; ".join(errors))
+    return job
+
+
+def _run_jobs(jobs: dict[str, Callable[[], Path]], workers: int) -> int:
+    failed = 0
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = {key: pool.submit(job) for key, job in jobs.items()}
+        for key, future in futures.items():
+            try:
+                print(f"{key}: {future.result()}")
+            except ZooError as exc:
+                failed += 1
+                print(f"{key}: FAILED: {exc}", file=sys.stderr)
+    if failed:
+        print(f"{failed} of {len(jobs)} file(s) failed", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    zoo = _zoo(args)
+    names = _targets(zoo, args.entries, args.all)
+    jobs = _download_jobs(zoo, names, _roles(args.what), args)
+    if not jobs:
+        print("nothing to download", file=sys.stderr)
+        return 0
+    return _run_jobs(jobs, 1 if args.from_dir else args.jobs)
+
+
+# -------------------------------------------------------------------------------------- verify / pin
+
+
+def _files(zoo: Zoo, names: list[str], roles: tuple[str, ...] = store.ROLES,
+           cached_only: bool = False) -> list[tuple[str, FileRef]]:
+    """Distinct (key, file) pairs of the named entries/pretrains, or of the whole zoo."""
+    pool = names or list(zoo.entries) + [p for p in zoo.pretrains if p not in zoo.entries]
+    seen: dict[str, FileRef] = {}
+    for name in pool:
+        if name not in zoo.pretrains:
+            zoo.entry(name)
+        for key, file in store.entry_files(name, roles, zoo):
+            seen.setdefault(key, file)
+    items = list(seen.items())
+    return [(k, f) for k, f in items if store.cache_path(f, k).is_file()] if cached_only else items
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    zoo = _zoo(args)
+    files = _files(zoo, args.entries, cached_only=not args.entries)
+    if not files:
+        print("nothing cached to verify")
+        return 0
+    bad = 0
+    for key, file in files:
+        result = store.verify_file(file, key)
+        bad += result.status == "mismatch"
+        print(f"{key}: {result.status.upper()}: {result.message}")
+    return 1 if bad else 0
+
+
+def _pin_location(zoo: Zoo, key: str) -> Optional[tuple[Path, tuple[str, str, str]]]:
+    """(manifest file, (section, name, role)) where ``key``'s checksum is written; None for alternatives."""
+    name, role = key.split("/", 1)
+    if role in ("model", "log"):
+        return zoo.entries[name].source, ("entries", name, role)
+    if role == "pretrain":
+        return zoo.pretrains[name].source, ("pretrains", name, "file")
+    return None
+
+
+def _cmd_pin(args: argparse.Namespace) -> int:
+    zoo = _zoo(args)
+    files = _files(zoo, args.entries, _roles(args.what), cached_only=not args.entries)
+    if not files:
+        print("nothing to pin: name entries to download and pin, or download some first")
+        return 0
+    updates: dict[Path, dict] = {}
+    for key, file in files:
+        if not args.write_manifest:
+            pin = store.pin_file(file, key, quiet=args.quiet)
+            print(f"{key}: pinned sha256 {pin.sha256} ({pin.size_bytes} bytes)")
+            continue
+        location = _pin_location(zoo, key)
+        if location is None:
+            print(f"{key}: alternatives cannot be written in place; pinned in pins.json instead")
+            store.pin_file(file, key, quiet=args.quiet)
+            continue
+        sha, size = store.hash_file(store.fetch_file(file, key, quiet=args.quiet))
+        updates.setdefault(location[0], {})[location[1]] = (sha, size)
+        print(f"{key}: sha256 {sha} ({size} bytes) -> {location[0]}")
+    for manifest, values in updates.items():
+        update_manifest_checksums(manifest, values)
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- cache
+
+
+def _cmd_cache_ls(args: argparse.Namespace) -> int:
+    items = store.cached_files()
+    if not items:
+        print(f"cache is empty ({store.files_dir()})")
+        return 0
+    _print_table(("key", "kind", "bytes", "path"),
+                 [(c.key, c.kind, str(c.size_bytes), str(c.path)) for c in items])
+    total = sum(c.size_bytes for c in items)
+    print(f"{len(items)} file(s), {total / 2**20:.1f} MiB")
+    return 0
+
+
+def _cmd_cache_rm(args: argparse.Namespace) -> int:
+    if args.all == bool(args.names):
+        raise ZooError("cache rm: give NAME... (entry, pretrain or entry/role) or --all")
+    removed = store.remove_cached(() if args.all else args.names)
+    for path in removed:
+        print(f"removed {path}")
+    if not removed:
+        print("nothing to remove")
+    return 0
+
+
+def _cmd_cache_path(args: argparse.Namespace) -> int:
+    print(store.cache_dir())
+    return 0
