@@ -34,7 +34,9 @@ def write_d2_pkl(state: Mapping[str, Any], path: Union[str, Path], author: str =
     path = Path(path)
     obj = {"model": {k: as_numpy(v) for k, v in state.items()}, "__author__": author, "matching_heuristics": True}
     with _atomic(path) as tmp, open(tmp, "wb") as f:
-        pickle.dump(obj, f, protocol=4)
+        pickler = pickle.Pickler(f, protocol=4)  # 4: readable by every Python 3 detectron2 runs on
+        pickler.fast = True  # no memo: each array's byte copy is freed once written (the dict has no cycles)
+        pickler.dump(obj)
     return path
 
 
