@@ -386,6 +386,23 @@ def test_d2_fixture_files_load_through_the_reader(d2_fixtures):
             convert_to_detectron2(ckpt)
 
 
+def test_d2_fixture_weights_fill_our_built_models_exactly(d2_fixtures):
+    from pycontrast_det.config import load_config
+    from pycontrast_det.modeling import build_model
+
+    for arch, expected in (("fpn", expected_fpn_keys()), ("c4", expected_c4_keys())):
+        model = build_model(load_config(d2_fixtures / arch / "config.yaml"))
+        own = model.state_dict()
+        assert set(own) == expected, arch  # the brief's table and the model agree
+        ckpt = read_checkpoint(d2_fixtures / arch / "weights_fp16.pth")
+        ours, report = d2_to_model(ckpt.state, arch, expected_keys=own.keys())
+        assert report.missing == () and report.unexpected == (), arch
+        assert not [k for k, v in ours.items() if v.shape != own[k].shape]
+        model.load_state_dict(ours, strict=True)
+        d2_name = "roi_heads.box_predictor.cls_score.weight"
+        assert torch.equal(model.state_dict()[d2_name], ckpt.state[d2_name].float())
+
+
 # ---------------------------------------------------------------------------------------------------------
 # cache and CLI
 # ---------------------------------------------------------------------------------------------------------
