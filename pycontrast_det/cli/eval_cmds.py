@@ -1,0 +1,167 @@
+"""``pycontrast-zoo evaluate`` (COCO AP of a zoo entry or a checkpoint) and ``pycontrast-zoo logs`` (published
+training logs: final AP and loss curve, side by side with ours). torch is imported only when a command runs.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Optional
+
+from ..errors import ZooError
+
+
+def register(subparsers: "argparse._SubParsersAction") -> None:
+    """Add the ``evaluate`` and ``logs`` subcommands."""
+    ev = subparsers.add_parser(
+        "evaluate", help="COCO box/mask AP of a zoo entry or a checkpoint, next to the published numbers",
+        description="Run a detector over a dataset and score it with COCOeval (detectron2's numbers). TARGET is "
+                    "a zoo entry name (its published weights) or a checkpoint file (then give --config or "
+                    "--entry for its architecture). Datasets: shapes (built in), coco_2017_val "
+                    "($DETECTRON2_DATASETS/coco), path/to/annotations.json[:image_root] or a dataset folder.")
+    ev.add_argument("target", metavar="ENTRY|CHECKPOINT")
+    ev.add_argument("--config", metavar="CFG", default=None,
+                    help="config name or YAML for a checkpoint (or to override an entry's config)")
+    ev.add_argument("--entry", metavar="NAME", default=None,
+                    help="zoo entry a checkpoint belongs to (its config; published AP for comparison)")
+    ev.add_argument("--dataset", metavar="NAME|PATH", default=None,
+                    help="dataset to evaluate on (default: the config's DATASETS.TEST, else shapes)")
+    ev.add_argument("--split", default="val", choices=("train", "val"), help="split (default: %(default)s)")
+    ev.add_argument("--device", metavar="D", default="auto",
+                    help="torch device: cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
+    ev.add_argument("--output", metavar="DIR", default=None,
+                    help="write coco_instances_results.json and metrics.json here")
+    ev.add_argument("--max-images", metavar="N", type=int, default=None,
+                    help="evaluate the first N images only (not comparable with published numbers)")
+    ev.add_argument("--backend", default="auto", choices=("auto", "pycocotools", "faster-coco-eval"),
+                    help="COCOeval implementation (default: faster-coco-eval when installed)")
+    ev.add_argument("--num-workers", metavar="N", type=int, default=0, help="data loading processes (default: 0)")
+    ev.add_argument("--opts", metavar="KEY VALUE", nargs="+", default=[],
+                    help="config overrides, detectron2 style, e.g. --opts INPUT.MIN_SIZE_TEST 600")
+    ev.set_defaults(func=run_evaluate)
+
+    lg = subparsers.add_parser(
+        "logs", help="a published training log: final AP and loss curve vs the manifest (and vs ours)",
+        description="Download an entry's published detectron2 log.txt through the cache (or read --file), "
+                    "report its final box/mask AP against the manifest and its loss curve; --ours adds our "
+                    "run's metrics.json or log.txt alongside; --plot draws both.")
+    lg.add_argument("entry", metavar="ENTRY")
+    lg.add_argument("--file", metavar="PATH", default=None, help="read this log instead of downloading it")
+    lg.add_argument("--ours", metavar="PATH", default=None, help="our run's metrics.json or log.txt to compare")
+    lg.add_argument("--plot", metavar="OUT.png", default=None, help="write loss and AP curves to this PNG")
+    lg.set_defaults(func=run_logs)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Handler: load the model, evaluate, print metrics and the published comparison."""
+    import pycontrast_det as pcd
+    from ..engine.evaluation import METRICS, compare_with_published, evaluate
+
+    if len(args.opts) % 2:
+        raise ZooError(f"evaluate: --opts takes KEY VALUE pairs, got an odd number of items: {args.opts}")
+    device = _device(args.device)
+    zoo = pcd.load_manifest(args.manifest)
+    checkpoint = Path(args.target)
+    if checkpoint.is_file():
+        source = args.config or args.entry
+        if source is None:
+            raise ZooError(f"evaluate: {checkpoint} is a checkpoint; say which architecture it is with --config "
+                           f"CFG or --entry NAME")
+        entry_name = zoo.entry(args.entry).name if args.entry is not None else None
+        weights = checkpoint
+    else:
+        entry_name = zoo.entry(args.target).name
+        source, weights = args.config or entry_name, None
+        if args.config is not None:
+            from ..store import fetch_entry_file
+
+            weights = fetch_entry_file(entry_name, "model", zoo=zoo)
+    model = pcd.load(source, weights=weights, device=device, overrides=list(args.opts))
+    dataset = args.dataset or (model.cfg.DATASETS.TEST[0] if len(model.cfg.DATASETS.TEST) else "shapes")
+    result = evaluate(model, dataset, split=args.split, device=device, output_dir=args.output,
+                      backend=args.backend, max_images=args.max_images, num_workers=args.num_workers)
+    print(f"{args.target} on {result.dataset} ({result.num_images} images, {result.backend}, "
+          f"{result.seconds:.1f} s)")
+    print(f"{'task':6}" + "".join(f"{m:>8}" for m in METRICS))
+    for task, values in result.metrics.items():
+        print(f"{task:6}" + "".join(f"{values[m]:>8.2f}" for m in METRICS))
+    if result.results_json is not None:
+        print(f"results: {result.results_json}\nmetrics: {result.metrics_json}")
+    if entry_name is not None:
+        print()
+        print(compare_with_published(zoo.entry(entry_name), result))
+    return 0
+
+
+def run_logs(args: argparse.Namespace) -> int:
+    """Handler: fetch and parse the published log, compare with the manifest (and ours), plot."""
+    import pycontrast_det as pcd
+    from ..engine.logs import parse_log, plot_curves
+
+    zoo = pcd.load_manifest(args.manifest)
+    entry = zoo.entry(args.entry)
+    if args.file is not None:
+        path = Path(args.file)
+    else:
+        from ..store import fetch_entry_file
+
+        path = fetch_entry_file(entry.name, "log", zoo=zoo)
+    published = parse_log(path, label=f"{entry.name} (published)")
+    print(f"published log of {entry.name}: {path}")
+    _describe(published)
+    for task, label, expected in (("bbox", "box AP", entry.box_ap), ("segm", "mask AP", entry.mask_ap)):
+        found = published.final(task).get("AP")
+        if found is None:
+            print(f"  {label}: not in the log (manifest {expected:.1f})")
+        else:
+            agrees = "agrees with" if round(found, 1) == round(expected, 1) else "DIFFERS from"
+            print(f"  {label}: {found:.2f} in the log, {agrees} the manifest's {expected:.1f}")
+    summaries = [published]
+    if args.ours is not None:
+        ours = parse_log(args.ours, label="ours")
+        summaries.append(ours)
+        print(f"\nour run: {args.ours}")
+        _describe(ours)
+        _side_by_side(published, ours)
+    if args.plot is not None:
+        out = plot_curves(summaries, args.plot, title=entry.name)
+        print(f"\nplot: {out}")
+    return 0
+
+
+def _device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _describe(summary: Any) -> None:
+    """Iterations covered, first and last total loss, final APs."""
+    if summary.losses:
+        first, last = summary.losses[0], summary.losses[-1]
+        print(f"  {len(summary.losses)} loss points, iterations {first.iteration}..{last.iteration}; total_loss "
+              f"{first.total_loss:.3f} -> {last.total_loss:.3f}")
+    for task in ("bbox", "segm"):
+        values = summary.final(task)
+        if values:
+            print(f"  final {task}: " + "  ".join(f"{k} {v:.2f}" for k, v in values.items() if "-" not in k))
+
+
+def _side_by_side(published: Any, ours: Any, rows: int = 8) -> None:
+    """Total loss of both runs at a few of our logged iterations (nearest published point)."""
+    if not ours.losses or not published.losses:
+        return
+    step = max(1, len(ours.losses) // rows)
+    picked = ours.losses[::step][:rows - 1]
+    if picked[-1] is not ours.losses[-1]:
+        picked.append(ours.losses[-1])
+    print(f"\n{'iteration':>10}{'ours':>10}{'published':>12}")
+    for point in picked:
+        theirs: Optional[Any] = published.loss_at(point.iteration)
+        print(f"{point.iteration:>10}{point.total_loss:>10.3f}{theirs.total_loss:>12.3f}"
+              + (f"  (at {theirs.iteration})" if theirs.iteration != point.iteration else ""))
+    for task, label in (("bbox", "box AP"), ("segm", "mask AP")):
+        a, b = ours.final(task).get("AP"), published.final(task).get("AP")
+        if a is not None and b is not None:
+            print(f"{label}: ours {a:.2f}, published {b:.2f} ({a - b:+.2f})")
