@@ -192,9 +192,12 @@ def test_pycontrast_ema_moco_torchvision_and_safetensors_all_give_pycontrasts_31
         "pycontrast": (_pycontrast_file(tv_r50, tmp_path / "InfoMin_200.pth"), False),
         "pycontrast-ema": (_pycontrast_file(tv_r50, tmp_path / "MoCov2.pth", with_ema=True), True),
         "moco": (_moco_file(tv_r50, tmp_path / "moco_v2_200ep_pretrain.pth.tar"), False),
+        "pycontrast-legacy": (tmp_path / "PIRL_legacy.pth", False),  # pre-1.6 torch.save (not a zip)
         "torchvision": (tmp_path / "r50.pth", False),
         "safetensors": (tmp_path / "r50.safetensors", False),
     }
+    torch.save(torch.load(sources["pycontrast"][0], weights_only=True), sources["pycontrast-legacy"][0],
+               _use_new_zipfile_serialization=False)
     torch.save(tv_r50, sources["torchvision"][0])
     save_file({f"module.encoder.{k}": v.contiguous() for k, v in tv_r50.items()}, str(sources["safetensors"][0]))
     for label, (path, ema) in sources.items():
@@ -210,6 +213,10 @@ def test_pycontrast_ema_moco_torchvision_and_safetensors_all_give_pycontrasts_31
     assert report.dropped["module.head.0.weight"] == "projection head"
     assert report.dropped["module.head_jig.fc1.weight"] == "jigsaw projection head"
     assert {"contrast", "optimizer", "epoch"} <= set(report.dropped)
+    _, report = convert_to_detectron2(sources["pycontrast-ema"][0], ema=True)
+    assert report.dropped["model"].startswith("online encoder") and report.dropped["head.0.weight"]
+    _, report = convert_to_detectron2(sources["pycontrast-ema"][0])
+    assert report.dropped["model_ema"].startswith("EMA (momentum) encoder: pass ema=True")
     _, report = convert_to_detectron2(sources["moco"][0])
     assert report.dropped["module.queue"] == "MoCo negative queue"
     assert report.dropped["module.encoder_q.fc.0.weight"] == "classifier / projection fc"
@@ -322,6 +329,25 @@ def test_pth_with_non_tensor_object_is_refused(tmp_path):
         read_checkpoint(path)
 
 
+def test_html_pages_and_corrupt_files_are_format_errors_not_safety_errors(tv_r50, tmp_path):
+    page = tmp_path / "InfoMin_800.pth"
+    page.write_text("<!DOCTYPE html><html><body>This account's links are generating too much traffic</body></html>")
+    with pytest.raises(CheckpointFormatError, match="HTML page") as err:
+        read_checkpoint(page)
+    assert not isinstance(err.value, UnsafeCheckpointError)
+    good = tmp_path / "good.pth"
+    torch.save({"model": {f"module.encoder.{k}": v for k, v in tv_r50.items()}}, good, _use_new_zipfile_serialization=False)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[:5000])
+    with pytest.raises(CheckpointFormatError, match="truncated.pth: not a readable torch checkpoint") as err:
+        read_checkpoint(truncated)
+    assert not isinstance(err.value, UnsafeCheckpointError)
+    not_pickle = tmp_path / "R-50.pkl"
+    not_pickle.write_bytes(b"\x00\x01garbage")
+    with pytest.raises(CheckpointFormatError, match="R-50.pkl: not a readable pickle"):
+        read_checkpoint(not_pickle)
+
+
 def test_cmc_is_refused_with_a_reason(tmp_path):
     half = _random_state(torchvision.models.resnet50(weights=None, width_per_group=32))
     model = {f"module.encoder1.{k}": v for k, v in half.items()}
@@ -330,6 +356,9 @@ def test_cmc_is_refused_with_a_reason(tmp_path):
     torch.save({"model": model, "epoch": 200}, path)
     with pytest.raises(CheckpointFormatError, match=r"CMC.*L and ab.*RGB ResNet-50"):
         convert_to_detectron2(path)
+    # the zoo manifest's format name says the same without reading the file's keys
+    with pytest.raises(CheckpointFormatError, match=r"CMC.*L and ab"):
+        read_checkpoint(path, format="pycontrast_cmc")
     # CLI: the same message, exit 2
     assert cli_main(["convert", str(path), str(tmp_path / "out.pkl")]) == 2
     assert not (tmp_path / "out.pkl").exists()
@@ -374,13 +403,21 @@ def test_partial_backbone_is_reported_missing(tv_r50, tmp_path):
     assert len(state) == 318 - len(report.missing)
 
 
-def test_d2_fixture_files_load_through_the_reader(d2_fixtures):
+def test_d2_fixture_files_load_through_the_reader(d2_fixtures, tmp_path):
     for arch, expected in (("fpn", expected_fpn_keys()), ("c4", expected_c4_keys())):
         ckpt = read_checkpoint(d2_fixtures / arch / "weights_fp16.pth")
         assert ckpt.format == "detectron2"
         ours, report = d2_to_model(ckpt.state, arch, expected_keys=expected)
         assert report.ok and set(ours) == expected
         assert all(v.dtype == torch.float32 for k, v in ours.items() if not k.endswith("num_batches_tracked"))
+        # a detectron2 training checkpoint saved from a DDP model: same mapping, extra entries set aside
+        train_ckpt = tmp_path / f"{arch}_model_0004999.pth"
+        torch.save({"model": {f"module.{k}": v for k, v in ckpt.state.items()}, "optimizer": {"state": {}},
+                    "scheduler": {"last_epoch": 4999}, "iteration": 4999}, train_ckpt)
+        again = read_checkpoint(train_ckpt)
+        assert again.format == "detectron2" and set(again.other_entries) == {"optimizer", "scheduler", "iteration"}
+        ours2, report2 = d2_to_model(again.state, arch, expected_keys=expected)
+        assert report2.ok and all(torch.equal(ours2[k], ours[k]) for k in expected)
         # a full detector is not a backbone pretrain
         with pytest.raises(CheckpointFormatError, match="detector checkpoint"):
             convert_to_detectron2(ckpt)

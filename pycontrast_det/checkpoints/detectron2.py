@@ -77,15 +77,18 @@ def d2_to_model(state: Mapping[str, Any], arch: str,
     model lacks move to ``unexpected`` and model keys with no value are listed in ``missing``.
     """
     rules = _rules(arch)
+    # saved from a DistributedDataParallel model: match without "module." (reports keep the file's names)
+    strip = len("module.") if state and all(k.startswith("module.") for k in state) else 0
     out: dict[str, Any] = {}
     source: dict[str, str] = {}  # our key -> the checkpoint key it came from
     unexpected: list[str] = []
     dropped: list[str] = []
     for key, value in state.items():
-        if key.startswith(IGNORED_PREFIXES):
+        name = key[strip:]
+        if name.startswith(IGNORED_PREFIXES):
             dropped.append(key)
             continue
-        new = rename(key, rules)
+        new = rename(name, rules)
         if new is None:
             unexpected.append(key)
         else:

@@ -32,17 +32,19 @@ class Rule:
     d2: str
     ours: str
     shift: Mapping[str, int] = field(default_factory=dict)
+    _d2_re: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    _ours_re: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # frozen: set the compiled patterns once
         object.__setattr__(self, "_d2_re", _compile(self.d2))
         object.__setattr__(self, "_ours_re", _compile(self.ours))
 
     def to_ours(self, key: str) -> Optional[str]:
-        m = self._d2_re.match(key)  # type: ignore[attr-defined]
+        m = self._d2_re.match(key)
         return None if m is None else self._format(self.ours, m.groupdict(), +1)
 
     def to_d2(self, key: str) -> Optional[str]:
-        m = self._ours_re.match(key)  # type: ignore[attr-defined]
+        m = self._ours_re.match(key)
         return None if m is None else self._format(self.d2, m.groupdict(), -1)
 
     def _format(self, template: str, groups: dict[str, str], sign: int) -> str:

@@ -33,6 +33,11 @@ _HEAD_REASONS = (
     ("encoder_k.", "momentum (key) encoder"),
 )
 
+_ENTRY_REASONS = {
+    "model_ema": "EMA (momentum) encoder: pass ema=True / --ema to convert it instead",
+    "model": "online encoder (the EMA encoder was converted)",
+}
+
 # MSRA caffe2 blob names: layer part -> detectron2 module, parameter suffix -> parameter name
 _C2_NORM = re.compile(r"(?P<layer>.+)_bn_(?P<p>s|b|rm|riv)\Z")
 _C2_CONV = re.compile(r"(?P<layer>.+)_(?P<p>w|b)\Z")
@@ -131,7 +136,8 @@ def convert_to_detectron2(source: Union[str, Path, Checkpoint], format: Optional
     """
     ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source, format=format, ema=ema)
     report = ConversionReport(source=str(ckpt.path), format=ckpt.format, ema=ckpt.ema)
-    report.dropped.update({entry: "not backbone weights (top-level entry)" for entry in ckpt.other_entries})
+    report.dropped.update({entry: _ENTRY_REASONS.get(entry, "not backbone weights (top-level entry)")
+                           for entry in ckpt.other_entries})
     shapes = r50_d2_shapes()
     out: dict[str, Any] = {}
     source_of: dict[str, str] = {}

@@ -30,9 +30,11 @@ _PREFIXES: dict[str, tuple[str, ...]] = {
     "msra_c2": ("",),
     "detectron2": ("",),
 }
+# the zoo manifest's names for the same layouts (None: the file type only, detect the layout)
+_ALIASES: dict[str, Optional[str]] = {"detectron2_pkl": "detectron2", "safetensors": None, "pycontrast_cmc": "cmc"}
 _CMC_PREFIXES = ("module.encoder1.", "module.encoder2.", "encoder1.", "encoder2.")
 _C2_NAME = re.compile(r"(conv1_w|res_conv1_bn_[sb]|res\d+_\d+_branch\w+)\Z")
-_D2_NAME = re.compile(r"(stem\.|res\d\.|backbone\.|roi_heads\.|proposal_generator\.)")
+_D2_NAME = re.compile(r"(module\.)?(stem\.|res\d\.|backbone\.|roi_heads\.|proposal_generator\.)")
 _CONTAINERS = ("model", "state_dict", "blobs")
 
 
@@ -63,8 +65,12 @@ def _load_object(path: Path) -> Any:
         except Exception as exc:
             raise CheckpointFormatError(f"{path}: not a readable safetensors file ({exc})") from exc
     with open(path, "rb") as f:
-        magic = f.read(4)
-    is_zip = magic == b"PK\x03\x04"
+        head = f.read(64)
+    if head.lstrip()[:1] == b"<":
+        raise CheckpointFormatError(
+            f"{path}: this is an HTML page, not weights (a dead or throttled download link?); delete it and "
+            "download the file again, or from a mirror")
+    is_zip = head[:4] == b"PK\x03\x04"
     if not is_zip and path.suffix in (".pkl", ".pickle"):
         return load_pickle(path)
     import pickle
@@ -74,11 +80,15 @@ def _load_object(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()
-        detail = next((line for line in reason if "GLOBAL" in line or "Unsupported" in line), reason[0] if reason else "")
+        lines = [line.strip() for line in str(exc).splitlines()]
+        refused = next((line for line in lines if "Unsupported global" in line), None)
+        if refused is None:  # not a refusal: the bytes are no (complete) torch checkpoint
+            raise CheckpointFormatError(f"{path}: not a readable torch checkpoint (truncated or corrupt?): "
+                                        f"{next((x for x in lines if 'Unsupported' in x), lines[0])}") from exc
         raise UnsafeCheckpointError(
             f"{path}: refused: torch.load(weights_only=True) found objects that are not tensors or plain data "
-            f"({detail.strip()}). Only trusted files should be loaded otherwise; re-save the state_dict alone.") from exc
+            f"({refused.split(' was not', 1)[0].replace('WeightsUnpickler error: ', '')}); "
+            "re-save the state_dict alone from a trusted environment") from exc
     except Exception as exc:
         raise CheckpointFormatError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
 
@@ -120,11 +130,21 @@ def _prefix(fmt: str, keys: list[str]) -> str:
     return ""
 
 
+def _cmc_message(path: Path) -> str:
+    return (f"{path}: this is a CMC checkpoint (module.encoder1.* / module.encoder2.*): two half-width ResNets "
+            "on the L and ab channels of Lab images, which cannot initialise an RGB ResNet-50; use another "
+            "pretrain (InstDis, PIRL, MoCo, MoCov2, InfoMin)")
+
+
 def read_checkpoint(path: Union[str, Path], format: Optional[str] = None, ema: bool = False) -> Checkpoint:
-    """Read ``path`` safely; ``format`` (a key of FORMATS) overrides detection; ``ema`` picks ``model_ema``."""
+    """Read ``path`` safely; ``format`` (a key of FORMATS, or the zoo manifest's name for one) overrides
+    detection; ``ema`` picks ``model_ema``."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointFormatError(f"{path}: no such checkpoint file")
+    format = _ALIASES.get(format, format) if format is not None else None
+    if format == "cmc":
+        raise CheckpointFormatError(_cmc_message(path))
     if format is not None and format not in FORMATS:
         raise CheckpointFormatError(f"unknown checkpoint format {format!r}; choose one of {sorted(FORMATS)}")
     if ema and format not in (None, "pycontrast"):
@@ -138,10 +158,7 @@ def read_checkpoint(path: Union[str, Path], format: Optional[str] = None, ema: b
     keys = list(state)
     detected = detect_format(keys)
     if detected == "cmc":
-        raise CheckpointFormatError(
-            f"{path}: this is a CMC checkpoint (module.encoder1.* / module.encoder2.*): two half-width ResNets "
-            "on the L and ab channels of Lab images, which cannot initialise an RGB ResNet-50; use another "
-            "pretrain (InstDis, PIRL, MoCo, MoCov2, InfoMin)")
+        raise CheckpointFormatError(_cmc_message(path))
     fmt = format or detected
     if fmt is None:
         raise CheckpointFormatError(
