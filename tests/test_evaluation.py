@@ -203,3 +203,48 @@ def test_compare_with_published():
     assert "Not like-for-like" in text and "(50 images)" in text and text.splitlines()[3].split()[-1] == "-"
     assert "Not like-for-like" in compare_with_published("mask_rcnn_fpn_1x_infomin", {"bbox": {"AP": 3.0}},
                                                          dataset="shapes_val")
+
+
+def _distributed_eval(gt_json: str, out_dir: str) -> float:
+    """One rank of a 2-process evaluation: infer on its image, rank 0 scores, everyone gets the result."""
+    import torch.distributed as dist
+
+    model = FakeModel(FALSE_FIRST)
+    result = evaluate(model, gt_json, backend="pycocotools", output_dir=Path(out_dir) / "eval")
+    Path(out_dir, f"rank{dist.get_rank()}.json").write_text(json.dumps({"seen": model.seen, "ap": result.bbox["AP"]}))
+    return result.bbox["AP"]
+
+
+@pytest.mark.slow
+def test_distributed_inference_gathers_to_one_result(gt_dataset, tmp_path):
+    from pycontrast_det.engine.launch import launch
+
+    ap = launch(_distributed_eval, 2, device="cpu", args=(gt_dataset, str(tmp_path)))
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["seen"] for r in ranks] == [[1], [2]]  # contiguous shards, one image each
+    assert ap == pytest.approx(FALSE_FIRST_AP) and all(r["ap"] == pytest.approx(FALSE_FIRST_AP) for r in ranks)
+    assert len(json.loads((tmp_path / "eval" / "coco_instances_results.json").read_text())) == 4
+
+
+@pytest.mark.slow
+def test_end_to_end_with_the_real_model(tmp_path):
+    """The real pipeline: shapes images -> mapper -> a random-init R50-FPN -> COCO results -> COCOeval."""
+    from pycontrast_det.config import load_config
+    from pycontrast_det.data import ShapesParams, shapes_root
+    from pycontrast_det.modeling import build_model
+
+    root = shapes_root(ShapesParams(seed=1, num_train=1, num_val=2), root=tmp_path)
+    cfg = load_config("R_50_FPN_1x", ["MODEL.ROI_HEADS.NUM_CLASSES", "3", "INPUT.MIN_SIZE_TEST", "128",
+                                      "INPUT.MAX_SIZE_TEST", "256"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    result = evaluate(model, root, output_dir=tmp_path / "out", backend="pycocotools")
+    assert model.training  # the caller's mode is restored
+    assert result.dataset == f"{root.name}_val" and result.num_images == 2 and set(result.metrics) == {"bbox", "segm"}
+    assert all(0.0 <= result.metrics[t]["AP"] <= 100.0 for t in ("bbox", "segm"))
+    sizes = {img["id"]: [img["height"], img["width"]]
+             for img in json.loads((root / "annotations" / "instances_val.json").read_text())["images"]}
+    for det in json.loads(result.results_json.read_text()):
+        assert det["image_id"] in sizes and det["category_id"] in (1, 2, 3) and 0 <= det["score"] <= 1
+        assert det["segmentation"]["size"] == sizes[det["image_id"]]
