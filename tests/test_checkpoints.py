@@ -281,6 +281,14 @@ def test_d2_pkl_written_and_read_back_exactly(tv_r50, tmp_path):
     state, report = convert_to_detectron2(ckpt)
     assert_same_state(state, expected)
     assert report.renamed == {} and report.ok and report.stride_in_1x1 is None
+    # MoCo's own converter keeps the MLP as stem.fc.*: dropped, not mistaken for another architecture
+    moco_style = tmp_path / "moco_v2_converted.pkl"
+    with open(moco_style, "wb") as f:
+        pickle.dump({"model": {**expected, "stem.fc.0.weight": np.zeros((2048, 2048), np.float32)},
+                     "__author__": "MOCO", "matching_heuristics": True}, f)
+    state, report = convert_to_detectron2(moco_style)
+    assert_same_state(state, expected)
+    assert report.dropped["stem.fc.0.weight"].startswith("classifier / projection fc")
     # safetensors round trip keeps values and dtypes
     st = write_safetensors(expected, tmp_path / "infomin.safetensors", metadata={"format": "detectron2"})
     state, _ = convert_to_detectron2(st)

@@ -80,7 +80,9 @@ def _source_name(ckpt: Checkpoint, key: str) -> tuple[Optional[str], str]:
             return None, "ImageNet classifier"
         return _c2_to_d2(key), "not a ResNet-50 backbone blob"
     if ckpt.format == "detectron2":
-        if key.startswith(("backbone.", "roi_heads.", "proposal_generator.")):
+        if key.startswith("stem.fc."):
+            return None, "classifier / projection fc (MoCo's converter keeps it as stem.fc)"
+        if key.removeprefix("module.").startswith(("backbone.", "roi_heads.", "proposal_generator.")):
             raise CheckpointFormatError(
                 f"{ckpt.path}: a detectron2 detector checkpoint ({key}, ...), not a backbone pretrain; "
                 "use it as detector weights (d2_to_model / load(..., weights=...))")

@@ -165,8 +165,8 @@ def read_checkpoint(path: Union[str, Path], format: Optional[str] = None, ema: b
             f"{path}: unknown checkpoint layout (weights under {name or 'the top level'}, first keys "
             f"{keys[:5]}); pass the format explicitly, one of {sorted(FORMATS)}")
     prefix = _prefix(fmt, keys)
-    if ema and prefix != "encoder.":
-        raise CheckpointFormatError(f"{path}: 'model_ema' holds no 'encoder.*' weights (first keys {keys[:5]})")
+    if ema and fmt != "pycontrast":
+        raise CheckpointFormatError(f"{path}: 'model_ema' holds no PyContrast encoder (first keys {keys[:5]})")
     others = [str(k) for k in obj if k != name] if name else []
     return Checkpoint(path=path, format=fmt, state=state, prefix=prefix, ema=ema,
                       other_entries=tuple(others + skipped))
