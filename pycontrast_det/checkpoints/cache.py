@@ -1,18 +1,16 @@
 """Converted pretrains cached by (source sha256, format, ema, converter version): the same file converts once."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Optional, Union
 
 from ..errors import CheckpointFormatError
-from ..store import cache_dir
+from ..store import cache_dir, hash_file
 from .pretrain import convert_to_detectron2
 from .writers import write_d2_pkl
 
 # bump when the conversion's output changes, so that stale cached files are not reused
 CONVERTER_VERSION = 1
-_CHUNK = 1 << 20
 _digests: dict[tuple[str, int, int], str] = {}
 
 
@@ -21,11 +19,7 @@ def file_sha256(path: Path) -> str:
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _digests:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(_CHUNK), b""):
-                digest.update(chunk)
-        _digests[key] = digest.hexdigest()
+        _digests[key] = hash_file(path)[0]
     return _digests[key]
 
 
