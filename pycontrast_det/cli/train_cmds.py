@@ -1,0 +1,142 @@
+"""``pycontrast-zoo reproduce`` (a table row end to end) and ``pycontrast-zoo train`` (any config).
+
+Both take detectron2-style ``KEY VALUE`` config overrides at the end. torch is imported only when a command
+runs.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..errors import ConfigError
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``train`` and ``reproduce``: where, on what, how many processes."""
+    parser.add_argument("--output", metavar="DIR", default=None, help="output folder (checkpoints, logs, metrics)")
+    parser.add_argument("--device", metavar="D", default="auto",
+                        help="cpu, cuda, ... (default: cuda when available, else cpu)")
+    parser.add_argument("--num-gpus", metavar="N", type=int, default=1,
+                        help="processes per machine, one per GPU (with --device cpu: N CPU processes on gloo)")
+    parser.add_argument("--num-machines", metavar="N", type=int, default=1, help="machines (default: 1)")
+    parser.add_argument("--machine-rank", metavar="R", type=int, default=0, help="this machine's rank")
+    parser.add_argument("--dist-url", metavar="URL", default="auto",
+                        help="tcp://HOST:PORT of machine 0 for several machines (default: a free local port)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/last_checkpoint")
+    parser.add_argument("--amp", action="store_true", default=None, help="mixed precision (CUDA only)")
+    parser.add_argument("--scale-to-batch", metavar="N", type=int, default=None,
+                        help="apply the linear-scaling rule for N images per iteration (lr x N/16, iterations "
+                             "x 16/N), e.g. when fewer GPUs than the recipe's 8 hold the batch")
+    parser.set_defaults(opts=[])
+    parser.__class__ = _OverridesParser  # KEY VALUE pairs may follow the options (see the class)
+    parser.epilog = ("Config overrides go last, detectron2 style: KEY VALUE ... (e.g. SOLVER.BASE_LR 0.01 "
+                     "SOLVER.MAX_ITER 1000)")
+
+
+class _OverridesParser(argparse.ArgumentParser):
+    """A subcommand parser that collects the words no option claims as ``KEY VALUE`` overrides, wherever they
+    stand after the positional argument (argparse alone only takes positionals given together)."""
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        namespace, extras = super().parse_known_args(args, namespace)
+        unknown = [word for word in extras if word.startswith("--")]
+        if unknown:
+            self.error(f"unrecognized arguments: {' '.join(unknown)}")
+        namespace.opts = list(namespace.opts) + list(extras)
+        return namespace, []
+
+
+def register(subparsers: "argparse._SubParsersAction") -> None:
+    """Add the ``reproduce`` and ``train`` subcommands."""
+    rp = subparsers.add_parser(
+        "reproduce", help="train and evaluate a row of the table (or your own pretrain) and compare",
+        description="Plan, fetch and convert the pre-trained backbone, write the effective config, train, "
+                    "evaluate and print the measured AP beside the published one. On COCO the entry's config is "
+                    "followed exactly; on --dataset shapes a small documented protocol runs on a laptop CPU. "
+                    "--dry-run prints the plan and the equivalent commands (ours and detectron2's) only.")
+    rp.add_argument("entry", metavar="ENTRY", help="zoo entry, e.g. mask_rcnn_fpn_1x_rand")
+    rp.add_argument("--engine", choices=("native", "detectron2"), default="native",
+                    help="our trainer (default) or detectron2's DefaultTrainer (needs detectron2)")
+    rp.add_argument("--dataset", metavar="NAME|PATH", default=None,
+                    help="coco (default: the published protocol), shapes, or a COCO-format dataset")
+    rp.add_argument("--max-iter", metavar="N", type=int, default=None, help="stop after N iterations")
+    rp.add_argument("--dry-run", action="store_true", help="print the plan and commands; fetch and train nothing")
+    rp.add_argument("--pretrain", metavar="PATH", default=None,
+                    help="your own pre-trained ResNet-50 (PyContrast, MoCo, torchvision) instead of the entry's")
+    rp.add_argument("--config", metavar="CFG", default=None, help="a config instead of the entry's")
+    rp.add_argument("--schedule", metavar="1x|2x|6x", default=None, help="the same row with another schedule")
+    _add_run_options(rp)
+    rp.set_defaults(func=run_reproduce)
+
+    tr = subparsers.add_parser(
+        "train", help="train a Mask R-CNN from a config (detectron2's protocol, our trainer)",
+        description="Train the config's model as detectron2 does (SGD, warmup + steps, PreciseBN, checkpoints "
+                    "model_NNNNNNN.pth / model_final.pth, log.txt, metrics.json) and evaluate it on "
+                    "DATASETS.TEST. MODEL.WEIGHTS may be a pre-trained ResNet-50 in any supported format.")
+    tr.add_argument("--config", metavar="CFG", required=True, help="config file or name under configs/")
+    tr.add_argument("--dataset", metavar="NAME|PATH", default=None,
+                    help="train on this dataset's train split, evaluate on its val split (default: DATASETS)")
+    _add_run_options(tr)
+    tr.set_defaults(func=run_train)
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _check_opts(opts: list[str]) -> None:
+    if len(opts) % 2:
+        raise ConfigError(f"config overrides come as KEY VALUE pairs; got an odd number of items: {opts}")
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    """Handler: plan (and unless --dry-run: fetch, convert, train, evaluate, compare)."""
+    from ..engine.reproduce import reproduce
+
+    _check_opts(args.opts)
+    reproduce(args.entry, engine=args.engine, dataset=args.dataset, max_iter=args.max_iter, dry_run=args.dry_run,
+              overrides=args.opts, pretrain=args.pretrain, config=args.config, schedule=args.schedule,
+              output_dir=args.output, device=args.device if args.dry_run else _device(args.device),
+              num_gpus=args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+              dist_url=args.dist_url, resume=args.resume, amp=args.amp, scale_to_batch=args.scale_to_batch)
+    return 0
+
+
+def _train_main(config: str, opts: list[str], scale: Any, kwargs: dict) -> Any:
+    """One training process of ``pycontrast-zoo train`` (module level: spawned processes import it)."""
+    from ..config import load_config
+    from ..engine.scaling import scale_to_batch
+    from ..engine.train import train
+
+    cfg = load_config(config, opts)
+    note = None
+    if scale:
+        cfg, note = scale_to_batch(cfg, scale)
+    return train(cfg, notes=(note,) if note else (), **kwargs)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Handler: train (in --num-gpus processes), print where the results are and the final AP."""
+    from pathlib import Path
+
+    from ..config import load_config
+    from ..engine.launch import launch
+
+    _check_opts(args.opts)
+    cfg = load_config(args.config, args.opts)  # a bad config fails here, before any process starts
+    device = _device(args.device)
+    output = args.output or cfg.OUTPUT_DIR
+    kwargs = {"output_dir": output, "resume": args.resume, "dataset": args.dataset, "device": device,
+              "amp": args.amp}
+    result = launch(_train_main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+                    dist_url=args.dist_url, args=(args.config, list(args.opts), args.scale_to_batch, kwargs),
+                    device=device)
+    if result is not None:
+        print(f"trained to iteration {result.max_iter}: {Path(output) / 'model_final.pth'}")
+        for task, values in result.metrics.items():
+            print(f"{task}: " + "  ".join(f"{k} {v:.2f}" for k, v in values.items()))
+    return 0

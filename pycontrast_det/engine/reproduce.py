@@ -1,0 +1,432 @@
+"""Reproduce a row of the table: plan -> fetch and convert the pretrain -> effective config -> train ->
+evaluate -> measured AP beside the published one.
+
+``--dry-run`` prints the plan and the exact commands (ours and detectron2's ``tools/train_net.py``) and
+touches neither the network nor the disk. On COCO the entry's config is followed exactly. On the built-in
+``shapes`` dataset the *shapes protocol* (:data:`SHAPES_PROTOCOL`) shrinks inputs, RoI samples and the
+schedule so that the whole pipeline runs on two CPU cores in about ten minutes; its AP is a check that the
+pipeline learns, not a number comparable to COCO's.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+from ..errors import ConfigError
+from . import comm
+
+ENGINES = ("native", "detectron2")
+DEFAULT_OUTPUT_ROOT = Path("output")
+COCO_RECIPE_GPUS = 8  # every published row: 8 GPUs x 2 images
+
+# The shapes protocol: KEY VALUE overrides on the entry's config, with the reason for each. Everything not
+# listed (architecture, norms, FREEZE_AT, init, optimizer, warmup shape, PreciseBN) stays as the entry has it.
+SHAPES_ITERS = 300
+SHAPES_PROTOCOL: tuple[tuple[str, str, str], ...] = (
+    ("INPUT.MIN_SIZE_TRAIN", "(96,)", "images are 128-160 px; 96 keeps every shape >= 24 px and is fast"),
+    ("INPUT.MAX_SIZE_TRAIN", "200", "never binding at this size"),
+    ("INPUT.MIN_SIZE_TEST", "96", "evaluate at the training scale"),
+    ("INPUT.MAX_SIZE_TEST", "200", "never binding at this size"),
+    ("SOLVER.IMS_PER_BATCH", "2", "two images per step on two CPU cores"),
+    ("SOLVER.BASE_LR", "0.01", "a short schedule needs a high lr; warmup keeps it stable"),
+    ("SOLVER.WARMUP_ITERS", "50", "the 1000-iteration warmup scaled to the short schedule"),
+    ("SOLVER.CHECKPOINT_PERIOD", "100", "a resumable checkpoint every 100 iterations"),
+    ("MODEL.RPN.BATCH_SIZE_PER_IMAGE", "64", "1-3 objects per image need few anchors"),
+    ("MODEL.RPN.PRE_NMS_TOPK_TRAIN", "300", "few objects, small feature maps"),
+    ("MODEL.RPN.POST_NMS_TOPK_TRAIN", "100", "few objects per image"),
+    ("MODEL.RPN.PRE_NMS_TOPK_TEST", "300", "as in training"),
+    ("MODEL.RPN.POST_NMS_TOPK_TEST", "100", "as in training"),
+    ("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "the 4conv box head and mask head dominate CPU time"),
+    ("TEST.PRECISE_BN.NUM_ITER", "20", "200 batches would take longer than the training"),
+    ("DATALOADER.NUM_WORKERS", "0", "decoding 96 px PNGs is cheaper than worker processes"),
+    ("SEED", "1", "a fixed seed: the same command gives the same numbers"),
+)
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """A published row beside which a measured result is shown."""
+
+    name: str
+    pretrain: str
+    box_ap: float
+    mask_ap: float
+
+
+@dataclass(frozen=True)
+class ReproducePlan:
+    """Everything a reproduction will do, decided before anything is fetched or trained."""
+
+    entry: str
+    detector: str
+    schedule: str
+    engine: str
+    config_path: Path
+    pretrain: str                    # zoo pretrain name, or "user" for --pretrain
+    pretrain_source: Optional[str]   # what is fetched or read ("" for random init)
+    weights: str                     # MODEL.WEIGHTS the training uses (a file in output_dir, or "")
+    detectron2_weights: str          # MODEL.WEIGHTS for stock detectron2
+    dataset: str                     # "coco" (the published protocol) or the dataset given
+    protocol_overrides: tuple[str, ...]  # KEY VALUE pairs for the dataset protocol (shapes, --max-iter)
+    user_overrides: tuple[str, ...]      # the user's KEY VALUE pairs, applied last
+    output_dir: Path
+    device: str
+    num_gpus: int
+    num_machines: int = 1
+    machine_rank: int = 0
+    dist_url: str = "auto"
+    resume: bool = False
+    amp: Optional[bool] = None
+    published: Optional[TableRow] = None
+    table_rows: tuple[TableRow, ...] = ()
+    notes: tuple[str, ...] = ()
+    user_pretrain: Optional[Path] = None
+    scale_to_batch: Optional[int] = None
+
+    def config(self) -> Any:
+        """The effective config: ``config_path`` with ``overrides`` (then ``scale_to_batch``) applied, frozen."""
+        return self._scaled()[0]
+
+    def scaling_note(self) -> Optional[str]:
+        """What the linear-scaling rule changed, or None when it was not asked for."""
+        return self._scaled()[1]
+
+    def _scaled(self) -> tuple[Any, Optional[str]]:
+        from ..config import load_config
+        from .scaling import scale_to_batch
+
+        cfg = load_config(self.config_path, self.overrides(self.weights))
+        return scale_to_batch(cfg, self.scale_to_batch) if self.scale_to_batch else (cfg, None)
+
+    def overrides(self, weights: str) -> list[str]:
+        """All KEY VALUE pairs on top of ``config_path``: protocol, MODEL.WEIGHTS, OUTPUT_DIR, then the user's."""
+        return [*self.protocol_overrides, "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(self.output_dir),
+                *self.user_overrides]
+
+    def native_command(self) -> str:
+        """The equivalent ``pycontrast-zoo train`` command."""
+        words = ["pycontrast-zoo", "train", "--config", str(self.config_path), "--device", self.device,
+                 "--num-gpus", str(self.num_gpus)]
+        if self.num_machines > 1:
+            words += ["--num-machines", str(self.num_machines), "--machine-rank", str(self.machine_rank),
+                      "--dist-url", self.dist_url]
+        if self.resume:
+            words.append("--resume")
+        if self.amp:
+            words.append("--amp")
+        if self.scale_to_batch:
+            words += ["--scale-to-batch", str(self.scale_to_batch)]
+        return _join(words + self.overrides(self.weights))
+
+    def detectron2_command(self) -> str:
+        """The equivalent stock detectron2 command (8 GPUs for the COCO recipe)."""
+        gpus = self.num_gpus if self.dataset != "coco" or self.num_gpus > 1 else COCO_RECIPE_GPUS
+        overrides = self.overrides(self.detectron2_weights)
+        overrides[overrides.index("OUTPUT_DIR") + 1] = str(self.output_dir / "detectron2")
+        words = ["python", "tools/train_net.py", "--num-gpus", str(gpus), "--config-file", str(self.config_path)]
+        if self.resume:
+            words.append("--resume")
+        if self.scale_to_batch:  # detectron2 has no such flag: spell the scaled values out
+            solver = self.config().SOLVER
+            overrides += ["SOLVER.IMS_PER_BATCH", str(solver.IMS_PER_BATCH), "SOLVER.BASE_LR", f"{solver.BASE_LR:g}",
+                          "SOLVER.MAX_ITER", str(solver.MAX_ITER), "SOLVER.STEPS", str(tuple(solver.STEPS)),
+                          "SOLVER.WARMUP_ITERS", str(solver.WARMUP_ITERS),
+                          "SOLVER.CHECKPOINT_PERIOD", str(solver.CHECKPOINT_PERIOD)]
+        return _join(words + overrides)
+
+    def render(self) -> str:
+        """The plan as printed by ``reproduce`` (and all of ``--dry-run``'s output)."""
+        lines = [f"reproduce {self.entry} ({self.detector.upper()} {self.schedule}, engine {self.engine})",
+                 f"  config:   {self.config_path}",
+                 f"  pretrain: {self.pretrain}" + (f" <- {self.pretrain_source}" if self.pretrain_source else ""),
+                 f"  weights:  {self.weights or '(random init)'}",
+                 f"  dataset:  {self.dataset}",
+                 f"  output:   {self.output_dir}",
+                 f"  device:   {self.device} x {self.num_gpus} process(es)"
+                 + (f" x {self.num_machines} machines" if self.num_machines > 1 else ""),
+                 "  overrides: " + (_join([*self.protocol_overrides, *self.user_overrides]) or "(none)")]
+        if self.published is not None:
+            lines.append(f"  published: box AP {self.published.box_ap:.1f}, mask AP {self.published.mask_ap:.1f} "
+                         "(COCO val2017)")
+        lines += [f"  note: {note}" for note in self.notes]
+        if self.scale_to_batch:
+            lines.append(f"  note: {self.scaling_note()}")
+        lines += ["commands:", f"  {self.native_command()}", f"  {self.detectron2_command()}"]
+        return "\n".join(lines)
+
+
+@dataclass
+class ReproduceResult:
+    """A finished (or dry) reproduction: its plan, the measured metrics and the comparison text."""
+
+    plan: ReproducePlan
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    comparison: str = ""
+    train_result: Any = None
+    dry_run: bool = False
+
+
+def _quote(word: str) -> str:
+    """Shell quoting that keeps config literals readable: "('shapes_train',)" rather than shlex's escapes."""
+    quoted = shlex.quote(word)
+    if quoted == word or "'" not in word or any(c in word for c in '"$`\\!'):
+        return quoted
+    return f'"{word}"'
+
+
+def _join(words: Sequence[str]) -> str:
+    return " ".join(_quote(str(w)) for w in words)
+
+
+def _entry_for_schedule(zoo: Any, entry: Any, schedule: Optional[str]) -> Any:
+    """The zoo entry with ``entry``'s detector and pretrain trained for ``schedule`` (None: ``entry``)."""
+    if schedule is None or schedule == entry.schedule:
+        return entry
+    for other in zoo.entries.values():
+        if (other.detector, other.pretrain, other.schedule) == (entry.detector, entry.pretrain, schedule):
+            return other
+    known = sorted({e.schedule for e in zoo.entries.values()
+                    if (e.detector, e.pretrain) == (entry.detector, entry.pretrain)})
+    raise ConfigError(f"--schedule {schedule}: the table has no {entry.detector.upper()} row for pretrain "
+                      f"{entry.pretrain!r} with that schedule (it has: {', '.join(known)})")
+
+
+def _self_supervised_config(entry: Any) -> Path:
+    """The RGB / stride-in-3x3 config (``*_infomin``) PyContrast uses for every self-supervised row."""
+    from ..config import resolve_config_path
+
+    return resolve_config_path(f"R_50_{entry.detector.upper()}_{entry.schedule}_infomin")
+
+
+def _dataset_overrides(dataset: Optional[str], max_iter: Optional[int]) -> tuple[list[str], str, list[str]]:
+    """(overrides, dataset label, notes) for the data a run trains and evaluates on."""
+    if dataset is None or dataset in ("coco", "coco_2017"):
+        overrides = [] if max_iter is None else ["SOLVER.MAX_ITER", str(max_iter)]
+        notes = [] if max_iter is None else [f"--max-iter {max_iter}: a shortened run; STEPS beyond it are ignored "
+                                             "and its AP is not comparable with the published one"]
+        return overrides, "coco", notes
+    from ..data import resolve_dataset
+
+    if dataset == "shapes":
+        iters = SHAPES_ITERS if max_iter is None else int(max_iter)
+        from ..data import SHAPES_CATEGORIES
+
+        num_classes = len(SHAPES_CATEGORIES)
+        overrides = ["DATASETS.TRAIN", "('shapes_train',)", "DATASETS.TEST", "('shapes_val',)",
+                     "MODEL.ROI_HEADS.NUM_CLASSES", str(num_classes)]
+        for key, value, _ in SHAPES_PROTOCOL:
+            overrides += [key, value]
+        overrides += ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", f"({int(iters * 0.75)},{int(iters * 0.9)})"]
+        notes = [f"shapes protocol: {iters} iterations, lr steps at 75% and 90%, small inputs and RPN/RoI "
+                 "samples (see SHAPES_PROTOCOL); architecture, norms and init as the entry. A pipeline check: "
+                 "its AP is measured on synthetic shapes, not on COCO"]
+        return overrides, "shapes", notes
+    train, val = resolve_dataset(dataset, split="train"), resolve_dataset(dataset, split="val")
+    overrides = ["DATASETS.TRAIN", f"({str(dataset)!r},)", "DATASETS.TEST", f"({str(dataset)!r},)",
+                 "MODEL.ROI_HEADS.NUM_CLASSES", str(train.num_classes)]
+    if max_iter is not None:
+        overrides += ["SOLVER.MAX_ITER", str(max_iter)]
+    notes = [f"custom dataset {train.name} / {val.name}: {train.num_classes} classes, the entry's recipe otherwise"]
+    return overrides, str(dataset), notes
+
+
+def _pretrain_plan(zoo: Any, entry: Any, pretrain_path: Optional[Union[str, os.PathLike]],
+                   output_dir: Path) -> tuple[str, Optional[str], str, str, Optional[Path]]:
+    """(pretrain label, source description, weights file, detectron2 weights, user path)."""
+    if pretrain_path is not None:
+        path = Path(pretrain_path).expanduser().resolve()
+        if not path.is_file():
+            raise ConfigError(f"--pretrain {pretrain_path}: no such file")
+        weights = str(output_dir / "pretrain_user.pkl")
+        return "user", f"your checkpoint {path} (converted like PyContrast's convert_pretrained.py)", weights, \
+            weights, path
+    pretrain = zoo.pretrain(entry.pretrain)
+    if pretrain.file is None:
+        return pretrain.name, "", "", "", None
+    weights = str(output_dir / f"pretrain_{pretrain.name}.pkl")
+    published = pretrain.file.published_url or pretrain.file.urls[0]
+    d2_weights = published if published.startswith("detectron2://") else weights
+    return pretrain.name, f"{pretrain.method}: {pretrain.file.urls[0]}", weights, d2_weights, None
+
+
+def plan_reproduction(entry: str, *, engine: str = "native", dataset: Optional[str] = None,
+                      max_iter: Optional[int] = None, overrides: Sequence[str] = (),
+                      pretrain: Optional[Union[str, os.PathLike]] = None,
+                      config: Optional[Union[str, os.PathLike]] = None, schedule: Optional[str] = None,
+                      output_dir: Optional[Union[str, os.PathLike]] = None, device: str = "cpu",
+                      num_gpus: int = 1, num_machines: int = 1, machine_rank: int = 0, dist_url: str = "auto",
+                      resume: bool = False, amp: Optional[bool] = None,
+                      scale_to_batch: Optional[int] = None) -> ReproducePlan:
+    """Decide everything :func:`reproduce` will do; reads the manifest and configs only."""
+    from ..config import resolve_config_path
+    from ..zoo import load_manifest
+
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if len(overrides) % 2:
+        raise ConfigError(f"overrides must be KEY VALUE pairs; got an odd number: {list(overrides)}")
+    if max_iter is not None and int(max_iter) < 1:
+        raise ConfigError(f"--max-iter must be >= 1, got {max_iter}")
+    zoo = load_manifest()
+    base = zoo.entry(entry)
+    target = _entry_for_schedule(zoo, base, schedule)
+    out = (Path(output_dir) if output_dir is not None else DEFAULT_OUTPUT_ROOT / (
+        f"{target.name}{'_user' if pretrain else ''}{'' if dataset in (None, 'coco') else '_' + Path(str(dataset)).name}"
+    )).resolve()
+    notes: list[str] = []
+    if config is not None:
+        config_path = resolve_config_path(config)
+    elif pretrain is not None:
+        config_path = _self_supervised_config(target)
+        notes.append("--pretrain: the self-supervised protocol (RGB input, ImageNet mean/std, stride in the 3x3 "
+                     "conv); for a caffe2/MSRA-style BGR network pass --config " + Path(target.config).stem.replace(
+                         "_infomin", "").replace("_rand", ""))
+    else:
+        config_path = target.config_path
+    label, source, weights, d2_weights, user_path = _pretrain_plan(zoo, target, pretrain, out)
+    data_overrides, data_label, data_notes = _dataset_overrides(dataset, max_iter)
+    notes += data_notes
+    if data_label != "coco":
+        notes.append("stock tools/train_net.py does not know this dataset's names: register them with "
+                     "register_coco_instances first, as --engine detectron2 does")
+    if target.detector == "c4":
+        notes.append("stock detectron2 has no ROI head 'Res5ROIHeadsExtraNorm' (PyContrast issue 40): the "
+                     "tools/train_net.py command needs it registered, as --engine detectron2 does")
+    published = TableRow(target.name, target.pretrain, target.box_ap, target.mask_ap)
+    rows = tuple(TableRow(e.name, zoo.pretrain(e.pretrain).method, e.box_ap, e.mask_ap)
+                 for e in zoo.entries.values() if (e.detector, e.schedule) == (target.detector, target.schedule))
+    plan = ReproducePlan(
+        entry=target.name, detector=target.detector, schedule=target.schedule, engine=engine,
+        config_path=config_path, pretrain=label, pretrain_source=source, weights=weights,
+        detectron2_weights=d2_weights, dataset=data_label, protocol_overrides=tuple(data_overrides),
+        user_overrides=tuple(str(o) for o in overrides), output_dir=out, device=device,
+        num_gpus=int(num_gpus), num_machines=int(num_machines), machine_rank=int(machine_rank), dist_url=dist_url,
+        resume=resume, amp=amp, published=published, table_rows=rows if pretrain is not None else (),
+        notes=tuple(notes), user_pretrain=user_path, scale_to_batch=scale_to_batch)
+    plan.config()  # a bad override or config fails now, before anything is fetched
+    return plan
+
+
+def prepare_weights(plan: ReproducePlan, *, quiet: bool = False) -> Optional[dict]:
+    """Fetch (through the store) and convert the pretrain into ``plan.weights``; returns the conversion report
+    (None for random init). ConfigError when the weights' channel order does not match the config. Run on one
+    process only."""
+    if not plan.weights:
+        return None
+    import json
+
+    from ..checkpoints import converted_pretrain_path
+    from ..store import fetch_pretrain
+
+    if plan.user_pretrain is not None:
+        source, fmt = plan.user_pretrain, None
+    else:
+        source, file = fetch_pretrain(plan.pretrain, quiet=quiet)
+        fmt = file.format
+    converted = converted_pretrain_path(source, format=fmt)
+    report_path = converted.with_suffix(".json")
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    wanted, cfg = report.get("input_format"), plan.config()
+    if wanted and wanted != cfg.INPUT.FORMAT:
+        raise ConfigError(f"{source}: these weights were trained on {wanted} input (stride_in_1x1 "
+                          f"{report.get('stride_in_1x1')}), but {plan.config_path.name} feeds {cfg.INPUT.FORMAT}; "
+                          "pass a matching --config")
+    target = Path(plan.weights)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.copyfile(converted, tmp)
+    os.replace(tmp, target)
+    return report
+
+
+def _native_worker(plan: ReproducePlan) -> Any:
+    """One training process: rank 0 prepares the weights while the others wait, then all train."""
+    from .train import train
+
+    if comm.is_main_process():
+        prepare_weights(plan)
+        _generate_datasets(plan)
+    comm.barrier()
+    note = plan.scaling_note()
+    return train(plan.config(), output_dir=plan.output_dir, resume=plan.resume, device=plan.device, amp=plan.amp,
+                 notes=(note,) if note else ())
+
+
+def _generate_datasets(plan: ReproducePlan) -> None:
+    """Resolve (and for shapes, generate into the cache) the train and test data once, on rank 0."""
+    from ..data import resolve_dataset
+
+    cfg = plan.config()
+    resolve_dataset(cfg.DATASETS.TRAIN[0], split="train")
+    for name in cfg.DATASETS.TEST:
+        resolve_dataset(name)
+
+
+def compare(plan: ReproducePlan, measured: Any) -> str:
+    """Measured AP (an EvalResult, or task -> metric -> value) beside the published row; with --pretrain also
+    beside every published row of the same detector and schedule."""
+    from .evaluation import EvalResult, compare_with_published
+
+    label = "coco_2017_val" if plan.dataset == "coco" else plan.dataset
+    text = compare_with_published(plan.entry, measured, dataset=label)
+    if not plan.table_rows:
+        return text
+    metrics = measured.metrics if isinstance(measured, EvalResult) else measured
+    lines = [text, f"{plan.detector.upper()} {plan.schedule} rows of the table (COCO val2017) and yours:",
+             f"  {'pretrain':<16}{'box AP':>8}{'mask AP':>9}"]
+    lines += [f"  {row.pretrain:<16}{row.box_ap:>8.1f}{row.mask_ap:>9.1f}" for row in plan.table_rows]
+    box, mask = metrics.get("bbox", {}).get("AP"), metrics.get("segm", {}).get("AP")
+    lines.append(f"  {'yours (' + plan.dataset + ')':<16}{_ap(box):>8}{_ap(mask):>9}")
+    return "\n".join(lines)
+
+
+def _ap(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def reproduce(entry: str, *, engine: str = "native", dataset: Optional[str] = None, max_iter: Optional[int] = None,
+              dry_run: bool = False, overrides: Sequence[str] = (),
+              pretrain: Optional[Union[str, os.PathLike]] = None, config: Optional[Union[str, os.PathLike]] = None,
+              schedule: Optional[str] = None, output_dir: Optional[Union[str, os.PathLike]] = None,
+              device: str = "cpu", num_gpus: int = 1, num_machines: int = 1, machine_rank: int = 0,
+              dist_url: str = "auto", resume: bool = False, amp: Optional[bool] = None,
+              scale_to_batch: Optional[int] = None, stream: Any = None) -> ReproduceResult:
+    """Plan, fetch and convert, train, evaluate and compare one table row (see the module docstring).
+
+    ``stream`` receives the printed plan and comparison (default stdout).
+    """
+    out = stream or sys.stdout
+    plan = plan_reproduction(entry, engine=engine, dataset=dataset, max_iter=max_iter, overrides=overrides,
+                             pretrain=pretrain, config=config, schedule=schedule, output_dir=output_dir,
+                             device=device, num_gpus=num_gpus, num_machines=num_machines, machine_rank=machine_rank,
+                             dist_url=dist_url, resume=resume, amp=amp, scale_to_batch=scale_to_batch)
+    print(plan.render(), file=out, flush=True)
+    if dry_run:
+        return ReproduceResult(plan=plan, dry_run=True)
+    if engine == "detectron2":
+        from .d2_backend import train_with_detectron2
+
+        result = train_with_detectron2(plan)
+        measured: Any = result or {}
+    else:
+        from .launch import launch
+
+        result = launch(_native_worker, plan.num_gpus, num_machines=plan.num_machines,
+                        machine_rank=plan.machine_rank, dist_url=plan.dist_url, args=(plan,), device=plan.device)
+        measured = (result.evaluation or dict(result.metrics)) if result is not None else {}
+    if result is None:  # not the machine of global rank 0
+        return ReproduceResult(plan=plan)
+    text = compare(plan, measured)
+    print(text, file=out, flush=True)
+    metrics = dict(result.metrics) if engine == "native" else dict(result)
+    return ReproduceResult(plan=plan, metrics=metrics, comparison=text,
+                           train_result=result if engine == "native" else None)
+
+
+__all__ = ["ReproducePlan", "ReproduceResult", "SHAPES_PROTOCOL", "TableRow", "compare", "plan_reproduction",
+           "prepare_weights", "reproduce"]
