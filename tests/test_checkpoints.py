@@ -5,6 +5,7 @@ import json
 import os
 import pickle
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -110,6 +111,11 @@ def test_d2_to_model_reports_unexpected_dropped_and_missing():
     ours, report = d2_to_model(state, "fpn")
     assert report.unexpected == ("roi_heads.res5.norm.weight",) and report.missing == ()
     assert ours["roi_heads.box_head.5.weight"].dtype == torch.float32
+    # the inverse never drops a key silently; an unknown arch is a programming error
+    with pytest.raises(CheckpointFormatError, match="'rpn.extra.weight' has no detectron2 name"):
+        model_to_d2({"rpn.extra.weight": w}, "fpn")
+    with pytest.raises(ValueError, match="arch must be one of"):
+        d2_to_model(state, "retinanet")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -239,6 +245,24 @@ def _c2_blob_name(d2: str) -> str:
     return f"{norm_layer}_bn_" + {"weight": "s", "bias": "b"}[rest[1]]
 
 
+def _py2_str(s: bytes) -> bytes:
+    """A Python 2 str as pickle protocol 2 writes it (SHORT_BINSTRING / BINSTRING)."""
+    return (b"U" + bytes([len(s)]) if len(s) < 256 else b"T" + struct.pack("<i", len(s))) + s
+
+
+def py2_pickle(blobs: dict) -> bytes:
+    """``{"blobs": {name: float32 array}}`` as Python 2 with numpy 1.x pickled it: MSRA's R-50.pkl layout
+    (``numpy.core.multiarray._reconstruct``, array bytes in a Python 2 str)."""
+    out = [b"\x80\x02}", _py2_str(b"blobs"), b"}"]
+    for name, arr in blobs.items():
+        out += [_py2_str(name.encode()), b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85",
+                _py2_str(b"b"), b"\x87R(K\x01(" + b"".join(b"J" + struct.pack("<i", d) for d in arr.shape) + b"t",
+                b"cnumpy\ndtype\n", _py2_str(b"f4"), b"K\x00K\x01\x87R(K\x03", _py2_str(b"<"),
+                b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89",
+                _py2_str(np.ascontiguousarray(arr, "<f4").tobytes()), b"tbs"]
+    return b"".join(out) + b"s."
+
+
 def test_msra_caffe2_blobs_get_detectron2s_names(tv_r50, tmp_path):
     expected = pycontrast_names(tv_r50)
     affine = {k: v for k, v in expected.items() if not k.endswith(("running_mean", "running_var", "tracked"))}
@@ -247,9 +271,13 @@ def test_msra_caffe2_blobs_get_detectron2s_names(tv_r50, tmp_path):
     blobs.update({"fc1000_w": np.zeros((1000, 2048), np.float32), "fc1000_b": np.zeros(1000, np.float32),
                   "res2_0_branch2a_w_momentum": np.zeros((64, 64, 1, 1), np.float32)})
     path = tmp_path / "R-50.pkl"
-    with open(path, "wb") as f:
-        pickle.dump({"blobs": blobs}, f, protocol=2)  # caffe2-era pickles are protocol 2
+    path.write_bytes(py2_pickle(blobs))
+    assert pickle.loads(path.read_bytes(), encoding="latin1")["blobs"].keys() == blobs.keys()  # a valid pickle
     state, report = convert_to_detectron2(path)
+    # the same blobs pickled by Python 3 (protocol 2: bytes through _codecs.encode) convert the same
+    py3 = tmp_path / "R-50-py3.pkl"
+    py3.write_bytes(pickle.dumps({"blobs": blobs}, protocol=2))
+    assert_same_state(convert_to_detectron2(py3)[0], state)
     assert report.format == "msra_c2" and report.ok
     assert set(state) == set(expected) and len(state) == 318
     for k, v in affine.items():
