@@ -248,3 +248,31 @@ def test_end_to_end_with_the_real_model(tmp_path):
     for det in json.loads(result.results_json.read_text()):
         assert det["image_id"] in sizes and det["category_id"] in (1, 2, 3) and 0 <= det["score"] <= 1
         assert det["segmentation"]["size"] == sizes[det["image_id"]]
+
+
+@pytest.mark.slow
+def test_evaluate_command_on_a_checkpoint(tmp_path, capsys):
+    from pycontrast_det.cli import main
+    from pycontrast_det.config import load_config
+    from pycontrast_det.data import ShapesParams, shapes_root
+    from pycontrast_det.modeling import build_model
+
+    root = shapes_root(ShapesParams(seed=2, num_train=1, num_val=2), root=tmp_path)
+    opts = ["MODEL.ROI_HEADS.NUM_CLASSES", "3", "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "256"]
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "model_final.pth"
+    torch.save({"model": build_model(load_config("R_50_FPN_1x", opts)).state_dict()}, checkpoint)
+    code = main(["evaluate", str(checkpoint), "--entry", "mask_rcnn_fpn_1x_supervised", "--dataset", str(root),
+                 "--max-images", "1", "--device", "cpu", "--output", str(tmp_path / "out"), "--opts", *opts])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    lines = captured.out.splitlines()
+    assert lines[0].startswith(f"{checkpoint} on {root.name}_val (1 images, faster-coco-eval")
+    assert lines[1].split() == ["task", "AP", "AP50", "AP75", "APs", "APm", "APl"]
+    assert [line.split()[0] for line in lines[2:4]] == ["bbox", "segm"]
+    assert "published" in captured.out and "Not like-for-like" in captured.out and "39.7" in captured.out
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["bbox/AP"] >= 0
+    assert main(["evaluate", str(checkpoint)]) == 2
+    assert "say which architecture it is with --config CFG or --entry NAME" in capsys.readouterr().err
+    assert main(["evaluate", "mask_rcnn_fpn_9x_nothing"]) == 2
+    assert "mask_rcnn_fpn_9x_nothing" in capsys.readouterr().err

@@ -104,7 +104,7 @@ def evaluate(model_or_entry: Union[str, Callable[[list[dict]], list[dict]]], dat
     outcome = None
     if rank == 0:
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
-        outcome = _score(spec, image_ids, results, tasks, backend, output_dir)
+        outcome = score_results(spec, image_ids, results, tasks, backend, output_dir)
         outcome.seconds = time.perf_counter() - started
     return comm.broadcast_object(outcome) if world_size > 1 else outcome
 
@@ -188,9 +188,11 @@ def _gather(image_ids: list[int], results: list[dict], world_size: int) -> tuple
     return [i for ids, _ in parts for i in ids], [r for _, res in parts for r in res]
 
 
-def _score(spec: Any, image_ids: list[int], results: list[dict], tasks: Sequence[str], backend: str,
+def score_results(spec: Any, image_ids: list[int], results: list[dict], tasks: Sequence[str], backend: str,
            output_dir: Optional[Union[str, os.PathLike]]) -> EvalResult:
-    """COCOeval per task on the evaluated images; write the files; log the tables."""
+    """COCOeval per task (``bbox``, ``segm``) of COCO ``results`` on ``image_ids`` of ``spec``; writes the results
+    and metrics files to ``output_dir`` when given. The scoring half of :func:`evaluate`."""
+    backend = _pick_backend(backend)
     gt = _load_gt(spec.json_file, backend)
     if not all("segmentation" in r for r in results) or not any(
             "segmentation" in a for a in gt.dataset.get("annotations", [])):
