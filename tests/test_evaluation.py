@@ -184,7 +184,7 @@ def test_evaluate_errors(gt_dataset):
         evaluate(FakeModel(PERFECT), gt_dataset, backend="fast")
     with pytest.raises(ConfigError, match="needs the model's config"):
         evaluate(lambda batch: [], gt_dataset)
-    with pytest.raises(ConfigError, match="process group"):
+    with pytest.raises(ConfigError, match="world_size 2 needs an initialised torch.distributed process group"):
         evaluate(FakeModel(PERFECT), gt_dataset, rank=0, world_size=2)
 
 
@@ -210,8 +210,12 @@ def _distributed_eval(gt_json: str, out_dir: str) -> float:
     import torch.distributed as dist
 
     model = FakeModel(FALSE_FIRST)
-    result = evaluate(model, gt_json, backend="pycocotools", output_dir=Path(out_dir) / "eval")
-    Path(out_dir, f"rank{dist.get_rank()}.json").write_text(json.dumps({"seen": model.seen, "ap": result.bbox["AP"]}))
+    result = evaluate(model, gt_json, backend="pycocotools", output_dir=Path(out_dir) / "eval",
+                      rank=dist.get_rank(), world_size=dist.get_world_size())
+    record = {"seen": model.seen, "ap": result.bbox["AP"]}
+    if dist.get_rank() == 0:  # rank 0 alone, default arguments (as a trainer's final evaluation): no collective
+        record["solo_images"] = evaluate(FakeModel(FALSE_FIRST), gt_json, backend="pycocotools").num_images
+    Path(out_dir, f"rank{dist.get_rank()}.json").write_text(json.dumps(record))
     return result.bbox["AP"]
 
 
@@ -222,6 +226,7 @@ def test_distributed_inference_gathers_to_one_result(gt_dataset, tmp_path):
     ap = launch(_distributed_eval, 2, device="cpu", args=(gt_dataset, str(tmp_path)))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["seen"] for r in ranks] == [[1], [2]]  # contiguous shards, one image each
+    assert ranks[0]["solo_images"] == 2
     assert ap == pytest.approx(FALSE_FIRST_AP) and all(r["ap"] == pytest.approx(FALSE_FIRST_AP) for r in ranks)
     assert len(json.loads((tmp_path / "eval" / "coco_instances_results.json").read_text())) == 4
 

@@ -55,25 +55,26 @@ class EvalResult:
 
 def evaluate(model_or_entry: Union[str, Callable[[list[dict]], list[dict]]], dataset: Any = "shapes", *,
              split: str = "val", device: str = "cpu", output_dir: Optional[Union[str, os.PathLike]] = None,
-             backend: str = "auto", max_images: Optional[int] = None, rank: Optional[int] = None,
-             world_size: Optional[int] = None, cfg: Any = None, num_workers: int = 0) -> EvalResult:
+             backend: str = "auto", max_images: Optional[int] = None, rank: int = 0, world_size: int = 1,
+             cfg: Any = None, num_workers: int = 0) -> EvalResult:
     """Run ``model_or_entry`` over ``dataset`` (name, path or DatasetSpec) and score it with COCOeval.
 
     ``model_or_entry``: a zoo entry name (loaded on ``device``), or a model / callable taking
     batched_inputs and returning per-image ``{"boxes", "scores", "classes"[, "masks"]}`` in original pixels
-    (the model's eval-mode output); its ``.cfg`` (or ``cfg``) sets input size and format. In a process group,
-    every rank infers on its slice and rank 0 scores; all ranks return the same result. ``output_dir``
+    (the model's eval-mode output); its ``.cfg`` (or ``cfg``) sets input size and format. ``output_dir``
     receives ``coco_instances_results.json`` and ``metrics.json`` (one detectron2-style JSON line).
+    Distributed inference is opt-in: every rank of an initialised process group calls this with its
+    ``rank`` and the ``world_size``; each infers on its slice, rank 0 scores, all return the same result.
+    The default (0, 1) evaluates everything in this process, so calling it from rank 0 alone is safe.
     """
     import torch
 
     from ..data import build_test_loader, check_num_classes, resolve_dataset
 
     backend = _pick_backend(backend)
-    rank = comm.get_rank() if rank is None else rank
-    world_size = comm.get_world_size() if world_size is None else world_size
-    if world_size > 1 and not comm.is_distributed():
-        raise ConfigError(f"world_size {world_size} needs an initialised torch.distributed process group")
+    if world_size > 1 and not (comm.is_distributed() and comm.get_world_size() == world_size):
+        raise ConfigError(f"world_size {world_size} needs an initialised torch.distributed process group of "
+                          f"that size (found {comm.get_world_size()} process(es))")
     spec = dataset if hasattr(dataset, "json_file") else resolve_dataset(dataset, split)
     model = _load_model(model_or_entry, device) if isinstance(model_or_entry, str) else model_or_entry
     cfg = cfg if cfg is not None else getattr(model, "cfg", None)
