@@ -19,7 +19,9 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -196,6 +198,43 @@ def checksum_status(file: FileRef, key: str) -> str:
 # ------------------------------------------------------------------------------------- partial files
 
 
+class _Hasher:
+    """sha256 fed from a helper thread, so hashing overlaps receiving and writing (hashlib drops the GIL)."""
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        self._queue: queue.Queue = queue.Queue(maxsize=4)
+        self._abandoned = False
+        self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            if self._abandoned:
+                return
+            try:
+                data = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if data is None:
+                return
+            self._sha.update(data)
+
+    def update(self, data: bytes) -> None:
+        self._queue.put(data)
+
+    def hexdigest(self) -> str:
+        """Wait for every queued byte, then the digest (the hasher is finished afterwards)."""
+        self._queue.put(None)
+        self._thread.join()
+        return self._sha.hexdigest()
+
+    def abandon(self) -> None:
+        """Stop without waiting: the digest is not needed, and Ctrl-C may have interrupted a queue operation
+        (Condition objects are not signal-safe), so touch no lock here; the thread ends within a second."""
+        self._abandoned = True
+
+
 class _Partial:
     """Bytes being fetched: a unique temp file beside the destination, hashed while written (one pass)."""
 
@@ -204,7 +243,7 @@ class _Partial:
         fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
         self.path = Path(name)
         self.fh: BinaryIO = os.fdopen(fd, "r+b")
-        self.sha = hashlib.sha256()
+        self.sha = _Hasher()
         self.size = 0
 
     def adopt(self, part: Path) -> bool:
@@ -232,16 +271,19 @@ class _Partial:
         """Start over (the server ignored our Range request, or the partial is unusable)."""
         self.fh.seek(0)
         self.fh.truncate()
-        self.sha = hashlib.sha256()
+        self.sha.abandon()
+        self.sha = _Hasher()
         self.size = 0
 
     def discard(self) -> None:
         self.fh.close()
+        self.sha.abandon()
         self.path.unlink(missing_ok=True)
 
     def keep(self, part: Path) -> None:
         """Leave the bytes as a resumable (never trusted) partial for a later run."""
         self.fh.close()
+        self.sha.abandon()
         if self.size:
             os.replace(self.path, part)
         else:
