@@ -281,3 +281,23 @@ def test_evaluate_command_on_a_checkpoint(tmp_path, capsys):
     assert "say which architecture it is with --config CFG or --entry NAME" in capsys.readouterr().err
     assert main(["evaluate", "mask_rcnn_fpn_9x_nothing"]) == 2
     assert "mask_rcnn_fpn_9x_nothing" in capsys.readouterr().err
+
+
+def test_instances_to_coco_conversion():
+    from pycocotools import mask as mask_util
+
+    from pycontrast_det.engine.evaluation import instances_to_coco
+
+    soft = torch.zeros((2, 4, 5))
+    soft[0, 1:3, 2:5] = 0.7  # above 0.5: in the mask
+    soft[1, 0, 0] = 0.49     # below 0.5: an empty mask
+    outputs = {"boxes": torch.tensor([[1.5, 2.0, 4.0, 3.25], [0.0, 0.0, 1.0, 1.0]]),
+               "scores": torch.tensor([0.75, 0.5]), "classes": torch.tensor([1, 0]), "masks": soft}
+    first, second = instances_to_coco(9, outputs, category_ids=(3, 7))
+    assert first["bbox"] == [1.5, 2.0, 2.5, 1.25] and first["category_id"] == 7 and second["category_id"] == 3
+    assert first["image_id"] == 9 and first["score"] == 0.75
+    decoded = mask_util.decode({"size": first["segmentation"]["size"],
+                                "counts": first["segmentation"]["counts"].encode()})
+    assert decoded.shape == (4, 5) and decoded.sum() == 6 and decoded[1:3, 2:5].all()
+    assert mask_util.area({"size": [4, 5], "counts": second["segmentation"]["counts"].encode()}) == 0
+    assert instances_to_coco(1, {k: v[:0] for k, v in outputs.items()}, (3, 7)) == []

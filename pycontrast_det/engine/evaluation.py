@@ -111,24 +111,28 @@ def evaluate(model_or_entry: Union[str, Callable[[list[dict]], list[dict]]], dat
 
 
 def instances_to_coco(image_id: int, outputs: Mapping[str, Any], category_ids: Sequence[int]) -> list[dict]:
-    """One image's predictions -> COCO result dicts (XYWH boxes, dataset category ids, RLE masks)."""
+    """One image's predictions -> COCO result dicts (XYWH boxes, dataset category ids, RLE masks).
+
+    Boxes go XYXY -> XYWH in float32 as detectron2 does; masks are encoded one at a time (bool, or
+    probabilities thresholded at 0.5).
+    """
     import numpy as np
     from pycocotools import mask as mask_util
 
-    boxes = outputs["boxes"].detach().cpu().double().numpy().reshape(-1, 4)
-    scores = outputs["scores"].detach().cpu().double().numpy().reshape(-1).tolist()
-    classes = outputs["classes"].detach().cpu().numpy().reshape(-1).tolist()
+    boxes = outputs["boxes"].detach().cpu().float().numpy().reshape(-1, 4).copy()
     boxes[:, 2:] -= boxes[:, :2]
-    rles = None
-    if outputs.get("masks") is not None and len(scores):
-        masks = outputs["masks"].detach().cpu().numpy().astype(np.uint8)
-        rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+    scores = outputs["scores"].detach().cpu().float().numpy().reshape(-1).tolist()
+    classes = outputs["classes"].detach().cpu().numpy().reshape(-1).tolist()
+    masks = outputs.get("masks")
+    if masks is not None:
+        masks = masks.detach().cpu()
+        masks = (masks >= 0.5 if masks.is_floating_point() else masks.bool()).numpy()
     out = []
     for i, (box, score, cls) in enumerate(zip(boxes.tolist(), scores, classes)):
         result = {"image_id": int(image_id), "category_id": int(category_ids[cls]), "bbox": box, "score": score}
-        if rles is not None:
-            rle = rles[i]
-            result["segmentation"] = {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+        if masks is not None:
+            rle = mask_util.encode(np.asfortranarray(masks[i][:, :, None], dtype=np.uint8))[0]
+            result["segmentation"] = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
         out.append(result)
     return out
 
