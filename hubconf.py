@@ -18,7 +18,7 @@ if _importlib_util.find_spec("pycontrast_det") is None:  # imported by path, pac
 from pycontrast_det import zoo as _zoo  # noqa: E402  (torch-free)
 
 # Importable names that pycontrast_det.load needs (torch.hub checks them before calling an entry).
-dependencies = ["torch", "torchvision", "numpy", "PIL", "yaml", "requests", "pycocotools"]
+dependencies = ["torch", "torchvision", "numpy", "PIL", "yaml", "requests", "filelock", "tqdm", "pycocotools"]
 
 
 def _weights_note(entry, pretrain):
@@ -31,7 +31,7 @@ def _weights_note(entry, pretrain):
                 "builds the randomly initialised architecture.")
     return (f"No detector was published for this row: pretrained=True builds the model on the converted "
             f"{pretrain.method} backbone ({pretrain.file.filename}); the RPN and ROI heads are randomly "
-            "initialised, so fine-tune it first (`pycontrast-zoo reproduce " + entry.name + "`).")
+            "initialised, so fine-tune it on COCO before use (a warning says so when it loads).")
 
 
 def _docstring(entry, pretrain):

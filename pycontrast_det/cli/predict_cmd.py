@@ -25,13 +25,16 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                     f"Writes <out>/<image stem>.png per image and <out>/{RESULTS_FILE} (COCO results: "
                     "image_id, file_name, category_id, bbox XYWH, score, segmentation RLE).",
     )
-    parser.add_argument("entry", metavar="ENTRY", help="zoo entry name (see `pycontrast-zoo list`) or config")
+    parser.add_argument("entry", metavar="ENTRY",
+                        help="zoo entry name (see `pycontrast-zoo list`); with --weights, a config name or path "
+                             "also works")
     parser.add_argument("images", metavar="IMAGE", nargs="+", help="image files (any format PIL reads)")
     parser.add_argument("--weights", metavar="PATH", default=None,
                         help="detector checkpoint to use instead of the entry's published weights "
                              "(detectron2 .pth/.pkl or this project's format)")
     parser.add_argument("--config", metavar="CFG", default=None,
-                        help="config name or YAML path to use instead of the entry's config")
+                        help="config name or YAML path to build the model from instead of ENTRY's; the "
+                             "weights are --weights, else ENTRY's published detector")
     parser.add_argument("--out", metavar="DIR", default="predictions", help="output folder (default: %(default)s)")
     parser.add_argument("--score-thresh", metavar="X", type=float, default=None,
                         help="keep detections scoring at least X (default: the config's "
@@ -60,7 +63,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise ZooError(f"predict: image file(s) not found: {', '.join(missing)}")
 
     model = _load_model(args)
-    category_ids = _category_ids(model.cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+    category_ids = _category_ids(model.class_names)
     image_ids = assign_image_ids(paths)
     png_names = _png_names(paths)
     out_dir = Path(args.out)
@@ -72,18 +75,17 @@ def run_predict(args: argparse.Namespace) -> int:
     for start in range(0, len(paths), args.batch_size):
         batch = paths[start:start + args.batch_size]
         arrays = [_read_rgb(path) for path in batch]
-        predictions = model.predict(arrays, score_thresh=args.score_thresh)
+        predictions = model.predict(arrays, score_thresh=args.score_thresh, batch_size=len(arrays))
         for offset, (path, array, pred) in enumerate(zip(batch, arrays, predictions)):
             index = start + offset
             results.extend(to_coco_results(pred, image_ids[index], path.name, category_ids))
             keep = pred["scores"].numpy() >= args.draw_thresh
             drawn = draw_detections(array, pred["boxes"].numpy()[keep], pred["labels"].numpy()[keep],
                                     pred["scores"].numpy()[keep], pred["masks"].numpy()[keep],
-                                    label_names=_class_names(model))
+                                    label_names=model.class_names)
             png_path = out_dir / png_names[index]
             drawn.save(png_path)
             print(f"{path}: {len(pred['scores'])} detections ({int(keep.sum())} drawn) -> {png_path}")
-        del arrays, predictions
     json_path = out_dir / RESULTS_FILE
     json_path.write_text(json.dumps(results))
     print(f"wrote {len(results)} detections for {len(paths)} image(s) to {json_path}")
@@ -91,7 +93,11 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def _load_model(args: argparse.Namespace) -> Any:
-    """The model in eval mode on the chosen device, from ENTRY or --config, with --weights if given."""
+    """The model in eval mode on the chosen device.
+
+    Without --config: ``load(ENTRY, weights=--weights)`` (ENTRY a zoo entry, or a config when --weights is
+    given). With --config: that config, and the --weights file or else ENTRY's published detector.
+    """
     import pycontrast_det as pcd
 
     device = args.device
@@ -99,8 +105,13 @@ def _load_model(args: argparse.Namespace) -> Any:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    weights = args.weights
+    if args.config is not None and weights is None:
+        from ..store import fetch_entry_file
+
+        weights = fetch_entry_file(args.entry, "model")
     source = args.config if args.config is not None else args.entry
-    return pcd.load(source, weights=args.weights, device=device, overrides=list(args.opts))
+    return pcd.load(source, weights=weights, device=device, overrides=list(args.opts))
 
 
 def _read_rgb(path: Path) -> Any:
@@ -115,24 +126,12 @@ def _read_rgb(path: Path) -> Any:
         raise ZooError(f"predict: cannot read image {path}: {exc}") from exc
 
 
-def _class_names(model: Any) -> Optional[list[str]]:
-    """Names for the model's contiguous class indices: COCO's when it has COCO's 80 classes."""
-    names = getattr(model, "class_names", None)
-    if names is not None:
-        return list(names)
-    if model.cfg.MODEL.ROI_HEADS.NUM_CLASSES == 80:
-        from ..coco_classes import COCO_CLASS_NAMES
-
-        return list(COCO_CLASS_NAMES)
-    return None
-
-
-def _category_ids(num_classes: int) -> Optional[list[int]]:
-    """Contiguous index -> COCO category id for an 80-class model; None keeps the contiguous index."""
-    if num_classes != 80:
-        return None
+def _category_ids(class_names: Sequence[str]) -> Optional[list[int]]:
+    """Contiguous index -> COCO category id when the model's classes are COCO's 80; None keeps the index."""
     from ..coco_classes import COCO_CATEGORIES
 
+    if list(class_names) != [name for _, name in COCO_CATEGORIES]:
+        return None
     return [coco_id for coco_id, _ in COCO_CATEGORIES]
 
 
