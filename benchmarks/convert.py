@@ -26,8 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_checkpoint(path: Path, memory_rows: int) -> None:
-    """A PyContrast-format file from random torchvision R-50 weights."""
+def make_checkpoint(path: Path, memory_rows: int, legacy: bool = False) -> None:
+    """A PyContrast-format file from random torchvision R-50 weights (``legacy``: torch < 1.6's non-zip format)."""
     import torch
     import torchvision
 
@@ -41,7 +41,7 @@ def make_checkpoint(path: Path, memory_rows: int) -> None:
                 if v.is_floating_point()}
     torch.save({"model": state, "contrast": {"memory": torch.empty(memory_rows, 128).uniform_()},
                 "optimizer": {"state": momentum, "param_groups": [{"lr": 0.03, "momentum": 0.9}]},
-                "epoch": 200}, path)
+                "epoch": 200}, path, _use_new_zipfile_serialization=not legacy)
 
 
 def original_method(src: str, dst: str) -> None:
@@ -75,8 +75,10 @@ def ours(src: str, dst: str) -> None:
     write_d2_pkl(state, dst, author="Yonglong")
 
 
-METHODS = {"original (torch.load + rename + pickle.dump)": original_method,
-           "pycontrast_det (safe mmap read + rename + write)": ours}
+ORIGINAL = "original (torch.load + rename + pickle.dump)"
+OURS = "pycontrast_det (safe mmap read + rename + write)"
+OURS_LEGACY = "pycontrast_det, legacy non-zip file (no mmap)"
+METHODS = {ORIGINAL: original_method, OURS: ours, OURS_LEGACY: ours}
 
 
 def _rss_mib() -> tuple[float, float]:
@@ -126,25 +128,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "InsDis.pth"
         make_checkpoint(src, args.memory_rows)
+        legacy = Path(tmp) / "InsDis_legacy.pth"
+        make_checkpoint(legacy, args.memory_rows, legacy=True)
         print(f"checkpoint: {src.stat().st_size / 2**20:.0f} MiB (memory bank {args.memory_rows} x 128), "
               f"python {sys.version.split()[0]}, {args.repeats} runs each, median")
         results = {}
         for method in METHODS:
-            runs = [run_child(method, src, Path(tmp) / f"{len(results)}.pkl") for _ in range(args.repeats)]
+            source = legacy if method == OURS_LEGACY else src
+            runs = [run_child(method, source, Path(tmp) / f"{len(results)}.pkl") for _ in range(args.repeats)]
             results[method] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-        with open(Path(tmp) / "0.pkl", "rb") as f:
-            a = pickle.load(f)
-        with open(Path(tmp) / "1.pkl", "rb") as f:
-            b = pickle.load(f)
-        same = a["model"].keys() == b["model"].keys() and all(
-            (a["model"][k] == b["model"][k]).all() and a["model"][k].dtype == b["model"][k].dtype
-            for k in a["model"])
+        outputs = []
+        for i in range(len(METHODS)):
+            with open(Path(tmp) / f"{i}.pkl", "rb") as f:  # files this script just wrote
+                outputs.append(pickle.load(f)["model"])
+        same = all(o.keys() == outputs[0].keys() and all(
+            o[k].dtype == v.dtype and (o[k] == v).all() for k, v in outputs[0].items()) for o in outputs[1:])
     print(f"{'method':50s} {'seconds':>8s} {'peak RSS MiB':>13s} {'added MiB':>10s}")
     for method, r in results.items():
         print(f"{method:50s} {r['seconds']:8.2f} {r['peak_mib']:13.0f} {r['added_mib']:10.0f}")
-    base, new = results.values()
-    print(f"ratio original/pycontrast_det: time x{base['seconds'] / new['seconds']:.1f}, "
-          f"added memory x{base['added_mib'] / max(new['added_mib'], 1):.1f}")
+    base = results[ORIGINAL]
+    for method in (OURS, OURS_LEGACY):
+        new = results[method]
+        print(f"ratio original / {method}: time x{base['seconds'] / new['seconds']:.1f}, "
+              f"added memory x{base['added_mib'] / max(new['added_mib'], 1):.1f}")
     print(f"outputs identical (keys, dtypes, values): {same}")
 
 
