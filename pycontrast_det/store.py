@@ -304,11 +304,19 @@ class _Partial:
         return dest
 
 
+def _read_umask() -> int:
+    """The process umask, read once at import (os.umask is process-wide: never toggle it while threads run)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()
+
+
 def _publish(tmp: Path, dest: Path) -> None:
     """Give the file the usual permissions (mkstemp makes 0600) and move it into place atomically."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    os.chmod(tmp, 0o666 & ~_UMASK)
     os.replace(tmp, dest)
 
 
@@ -557,11 +565,10 @@ def _fetch_unlocked(file: FileRef, key: str, *, quiet: bool = False, offline: Op
     sha, size, source = _expected(file, key)
     policy = retry_policy()
     failures: list[tuple[str, BaseException]] = []
-    skipped_network: list[str] = []
     with requests.Session() as session:
         for url in candidate_urls(file):
             if offline and _is_network(url):
-                skipped_network.append(url)
+                failures.append((url, _Skip("skipped: offline")))
                 continue
             try:
                 _fetch_one(session, url, dest, sha, size, offline, quiet, policy)
@@ -573,11 +580,12 @@ def _fetch_unlocked(file: FileRef, key: str, *, quiet: bool = False, offline: Op
                 log.warning("%s: unverified: no published checksum; run `pycontrast-zoo pin %s`", key,
                             key.split("/")[0])
             return dest
-    if offline and skipped_network:
+    if offline:
+        tried = "".join(f"\n  - {url}: {exc}" for url, exc in failures)
         raise OfflineError(
             f"offline mode is on (PYCONTRAST_ZOO_OFFLINE / HF_HUB_OFFLINE) and {key} ({file.filename}) is not "
-            f"cached. Put the file at {dest} (download it elsewhere from {skipped_network[0]}), or import a "
-            f"folder with `pycontrast-zoo download {key.split('/')[0]} --from-dir DIR`, or turn offline mode off.")
+            f"cached. Put the file at {dest} (download it elsewhere from {file.urls[0]}), or import a folder with "
+            f"`pycontrast-zoo download {key.split('/')[0]} --from-dir DIR`, or turn offline mode off.{tried}")
     raise _combined_error(key, file, dest, failures)
 
 
@@ -644,9 +652,13 @@ def import_from_dir(directory: Union[str, os.PathLike], file: FileRef, key: str)
             partial.discard()
             raise
         try:
-            return partial.commit(dest, sha, size)
+            path = partial.commit(dest, sha, size)
         except ChecksumError as exc:
             errors.append(f"{candidate}: {exc}")
+            continue
+        if sha is None:
+            log.warning("%s: imported unverified: no published checksum; run `pycontrast-zoo pin %s`", key, parts[0])
+        return path
     looked = ", ".join(str(c) for c in candidates)
     detail = ("; ".join(errors)) if errors else f"not found (looked at {looked})"
     raise (ChecksumError if errors else DownloadError)(f"--from-dir {root}: {key} ({file.filename}): {detail}")

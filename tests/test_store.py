@@ -357,16 +357,21 @@ def test_hf_url_through_hf_endpoint_then_offline_from_hf_cache(server, monkeypat
     file = ref("hf://org/pycontrast-det/fpn/model_final.pth", data=data)
     assert store.fetch_file(file, "e/model", quiet=True).read_bytes() == data
     assert any(s.method == "GET" and s.path == path for s in server.requests)
+    missing = ref("hf://org/pycontrast-det/fpn/other.pth", data=data, filename="other.pth")
+    with pytest.raises(DownloadError, match="huggingface_hub"):
+        store.fetch_file(missing, "f/model", quiet=True)
+    assert not store.cache_path(missing, "f/model").exists()
+
     store.remove_cached(["e"])
     seen = len(server.requests)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert store.fetch_file(file, "e/model", quiet=True).read_bytes() == data
     assert len(server.requests) == seen  # served from the Hugging Face cache, no network
     store.remove_cached(["e"])
-    missing = ref("hf://org/pycontrast-det/fpn/other.pth", data=data, filename="other.pth")
-    with pytest.raises(DownloadError, match="huggingface_hub"):
-        store.fetch_file(missing, "e/model", quiet=True)
-    assert_nothing_trusted(missing, "e/model")
+    with pytest.raises(OfflineError, match=str(store.cache_path(missing, "f/model"))):
+        store.fetch_file(missing, "f/model", quiet=True)
+    assert_nothing_trusted(missing, "f/model")
+    assert len(server.requests) == seen
 
 
 def test_verify_statuses_and_pins(server):

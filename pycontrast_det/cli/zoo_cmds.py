@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import queue
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -227,15 +228,39 @@ def _pretrain_job(name: str, zoo: Zoo, args) -> Callable[[], Path]:
 
 
 def _run_jobs(jobs: dict[str, Callable[[], Path]], workers: int) -> int:
-    failed = 0
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = {key: pool.submit(job) for key, job in jobs.items()}
-        for key, future in futures.items():
+    """Run the jobs on ``workers`` daemon threads (so Ctrl-C ends the command at once; an interrupted file
+    stays an untrusted temp), report each, return 2 if any failed."""
+    pending: queue.Queue = queue.Queue()
+    for key in jobs:
+        pending.put(key)
+    results: dict[str, object] = {}
+
+    def worker() -> None:
+        while True:
             try:
-                print(f"{key}: {future.result()}")
-            except ZooError as exc:
-                failed += 1
-                print(f"{key}: FAILED: {exc}", file=sys.stderr)
+                key = pending.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                results[key] = jobs[key]()
+            except Exception as exc:  # reported below; a non-ZooError is re-raised there
+                results[key] = exc
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, min(workers, len(jobs))))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    failed = 0
+    for key in jobs:
+        outcome = results[key]
+        if isinstance(outcome, ZooError):
+            failed += 1
+            print(f"{key}: FAILED: {outcome}", file=sys.stderr)
+        elif isinstance(outcome, Exception):
+            raise outcome
+        else:
+            print(f"{key}: {outcome}")
     if failed:
         print(f"{failed} of {len(jobs)} file(s) failed", file=sys.stderr)
     return 2 if failed else 0
