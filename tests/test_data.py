@@ -354,7 +354,8 @@ def test_train_loader_is_seeded_and_sharded(small_shapes):
 def test_train_loader_same_batches_with_workers(small_shapes):
     spec = resolve_dataset(small_shapes, "train")
     cfg = _cfg()
-    it0, it2 = build_train_loader(cfg, spec, seed=1, num_workers=0), build_train_loader(cfg, spec, seed=1, num_workers=2)
+    it0 = build_train_loader(cfg, spec, seed=1, num_workers=0)
+    it2 = build_train_loader(cfg, spec, seed=1, num_workers=2)
     for _ in range(3):
         a, b = next(it0), next(it2)
         assert _ids([a]) == _ids([b])
