@@ -32,7 +32,7 @@ from .errors import ChecksumError, DownloadError, HTMLResponseError, OfflineErro
 from .zoo import FileRef, PretrainEntry, Zoo, load_manifest
 
 __all__ = [
-    "cache_dir", "files_dir", "cache_path", "fetch_file", "fetch_entry_file", "fetch_pretrain", "entry_files",
+    "cache_dir", "files_dir", "cache_path", "fetch_file", "fetch_url", "fetch_entry_file", "fetch_pretrain", "entry_files",
     "pretrain_files", "import_from_dir", "hash_file", "verify_file", "pin_file", "load_pins", "checksum_status",
     "cached_files", "remove_cached", "candidate_urls", "is_offline", "Pin", "Verification", "CachedFile",
     "RetryPolicy", "retry_policy", "ROLES",
@@ -449,6 +449,8 @@ def _http_download(session, url: str, partial: _Partial, expected_size: Optional
             log.info("%s: %s; retry %d/%d in %.1fs from byte %d", url, exc, attempt, policy.retries, delay,
                      partial.size)
             time.sleep(delay)
+        except requests.RequestException as exc:  # bad URL, redirect loop, ...: not worth retrying
+            raise _Skip(f"{type(exc).__name__}: {exc}") from None
 
 
 def _http_attempt(session, url: str, partial: _Partial, expected_size: Optional[int], policy: RetryPolicy,
@@ -611,6 +613,8 @@ def _fetch_one(session, url: str, dest: Path, sha: Optional[str], size: Optional
             _copy_local(local, partial)
         elif url.startswith("hf://"):
             _copy_local(_hf_download(url, offline, quiet), partial)
+        elif not _is_network(url):
+            raise _Skip("unsupported URL scheme (use http, https, hf, file or a local path)")
         else:
             if partial.adopt(part):
                 log.info("%s: resuming from %d bytes", url, partial.size)
@@ -625,6 +629,14 @@ def _fetch_one(session, url: str, dest: Path, sha: Optional[str], size: Optional
         partial.discard()
         raise
     partial.commit(dest, sha, size)
+
+
+def fetch_url(url: str, *, sha256: Optional[str] = None, format: str = "detectron2", quiet: bool = False,
+              offline: Optional[bool] = None) -> Path:
+    """A file known only by its URL (user weights), cached under ``url/<hash of the URL>/<basename>`` so that
+    two URLs ending in the same name (``model_final.pth``) never share a cache slot."""
+    file = FileRef(urls=(url,), sha256=sha256, size_bytes=None, format=format)
+    return fetch_file(file, f"url/{hashlib.sha256(url.encode()).hexdigest()[:16]}", quiet=quiet, offline=offline)
 
 
 def import_from_dir(directory: Union[str, os.PathLike], file: FileRef, key: str) -> Path:

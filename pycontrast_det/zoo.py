@@ -30,7 +30,7 @@ from .errors import ManifestError, UnknownEntryError
 
 __all__ = [
     "FileRef", "PretrainEntry", "DetectorEntry", "Zoo", "load_manifest", "list_entries", "get_entry",
-    "get_pretrain", "render_table", "update_manifest_checksums", "SCHEMA_VERSION", "FORMATS",
+    "get_pretrain", "render_table", "update_manifest_checksums", "url_basename", "SCHEMA_VERSION", "FORMATS",
     "ENV_MANIFEST", "TABLE_START", "TABLE_END",
 ]
 

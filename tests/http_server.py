@@ -9,7 +9,8 @@ serves normally; None = always):
 - ``truncate``: 200 announcing the full Content-Length but sending only ``cut_at`` bytes;
 - ``status``: answers HTTP ``status`` (e.g. 404 or 500) with a small text body;
 - ``html``: a 200 ``text/html`` page; ``html_body``: an HTML page labelled application/octet-stream;
-- ``slow``: sends ``chunk`` bytes every ``delay`` seconds.
+- ``slow``: sends ``chunk`` bytes every ``delay`` seconds;
+- ``redirect``: 302 to ``location`` (as Dropbox does to its content host).
 
 ``headers`` adds response headers (e.g. the ones huggingface_hub expects). Requests are recorded.
 """
@@ -35,6 +36,7 @@ class Route:
     chunk: int = 1024
     delay: float = 0.05
     headers: dict = field(default_factory=dict)
+    location: str = ""
     hits: int = 0
 
 
@@ -103,6 +105,12 @@ def _make_handler(server: FileServer):
                 return self._simple(404, b"not found", body)
             misbehave = body and (route.times is None or route.hits <= route.times)
             mode = route.mode if misbehave or route.mode == "slow" else "ok"
+            if mode == "redirect":
+                self.send_response(302)
+                self.send_header("Location", route.location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if mode == "status":
                 return self._simple(route.status, f"error {route.status}".encode(), body)
             if mode in ("html", "html_body"):

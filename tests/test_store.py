@@ -416,6 +416,34 @@ def test_cache_listing_and_removal(server):
     assert store.cached_files() == []
 
 
+def test_redirect_is_followed(server):
+    data = payload()
+    server.add("/content/abc", data)
+    file = ref(server.add("/s/abc/model_final.pth", b"", mode="redirect", location="/content/abc"), data=data)
+    assert store.fetch_file(file, "e/model", quiet=True).read_bytes() == data
+
+
+def test_fetch_url_keys_by_the_whole_url(server):
+    a, b = payload(seed=1), payload(seed=2)
+    pa = store.fetch_url(server.add("/run1/model_final.pth", a), quiet=True)
+    pb = store.fetch_url(server.add("/run2/model_final.pth", b), quiet=True)
+    assert pa.name == pb.name == "model_final.pth" and pa != pb
+    assert (pa.read_bytes(), pb.read_bytes()) == (a, b)
+
+
+def test_unsupported_scheme_is_a_download_error():
+    with pytest.raises(DownloadError, match="unsupported URL scheme"):
+        store.fetch_file(ref("ftp://example.invalid/x.pth"), "e/model", quiet=True)
+
+
+def test_unverified_download_says_so(server, caplog):
+    data = payload()
+    file = ref(server.add("/u/model_final.pth", data), data=data, known=False)
+    with caplog.at_level("WARNING", logger="pycontrast_det.store"):
+        store.fetch_file(file, "mask_rcnn_x/model", quiet=True)
+    assert "unverified: no published checksum; run `pycontrast-zoo pin mask_rcnn_x`" in caplog.text
+
+
 def test_bad_cache_keys_are_refused():
     with pytest.raises(Exception, match="bad cache key"):
         store.cache_path(ref("https://example.invalid/x"), "../escape")
