@@ -23,7 +23,8 @@ def as_float32_tensor(value: Any) -> Any:
     import numpy as np
     import torch
 
-    tensor = torch.from_numpy(np.require(value, requirements="C")) if isinstance(value, np.ndarray) else value
-    if not isinstance(tensor, torch.Tensor):
-        tensor = torch.as_tensor(tensor)
+    if isinstance(value, np.ndarray):  # copied only when not contiguous or read-only (torch needs writable memory)
+        tensor = torch.from_numpy(np.require(value, requirements=["C", "W"]))
+    else:
+        tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
     return tensor.float() if tensor.is_floating_point() and tensor.dtype != torch.float32 else tensor
