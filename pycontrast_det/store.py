@@ -32,10 +32,10 @@ from .errors import ChecksumError, DownloadError, HTMLResponseError, OfflineErro
 from .zoo import FileRef, PretrainEntry, Zoo, load_manifest
 
 __all__ = [
-    "cache_dir", "files_dir", "cache_path", "fetch_file", "fetch_url", "fetch_entry_file", "fetch_pretrain", "entry_files",
-    "pretrain_files", "import_from_dir", "hash_file", "verify_file", "pin_file", "load_pins", "checksum_status",
-    "cached_files", "remove_cached", "candidate_urls", "is_offline", "Pin", "Verification", "CachedFile",
-    "RetryPolicy", "retry_policy", "ROLES",
+    "cache_dir", "files_dir", "cache_path", "fetch_file", "fetch_url", "fetch_entry_file", "fetch_pretrain",
+    "entry_files", "pretrain_files", "import_from_dir", "hash_file", "verify_file", "pin_file", "load_pins",
+    "checksum_status", "cached_files", "remove_cached", "candidate_urls", "is_offline", "Pin", "Verification",
+    "CachedFile", "RetryPolicy", "retry_policy", "ROLES",
 ]
 
 log = logging.getLogger(__name__)

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 from urllib.parse import urlparse
 
@@ -104,7 +105,8 @@ class DetectorEntry:
 
 @dataclass(frozen=True, eq=False)
 class Zoo:
-    """A loaded manifest: detector entries and pretrains by name (in manifest order) and where they came from."""
+    """A loaded manifest: detector entries and pretrains by name (read-only, in manifest order) and the files
+    they came from. Loaded manifests are cached (keyed by path and mtime), so never mutate one."""
 
     entries: Mapping[str, DetectorEntry]
     pretrains: Mapping[str, PretrainEntry]
@@ -416,7 +418,7 @@ def _load_cached(stamps: tuple[tuple[Path, float], ...]) -> Zoo:
         entries.update(layer.entries)
         pretrains.update(layer.pretrains)
         sources.append(path)
-    zoo = Zoo(entries=entries, pretrains=pretrains, sources=tuple(sources))
+    zoo = Zoo(entries=MappingProxyType(entries), pretrains=MappingProxyType(pretrains), sources=tuple(sources))
     _check_references(zoo)
     return zoo
 

@@ -422,3 +422,29 @@ def test_cli_download_verify_pin_cache_against_local_server(tmp_path, capsys, mo
     assert capsys.readouterr().out.strip() == str(store.cache_dir())
     assert main(m + ["download", "my_det", "--what", "model"]) == 0  # cache hit: the server is gone
     assert requests_before == 3 + 2  # download (model, log, pretrain) + pin --write-manifest after cache rm
+
+
+def test_cli_download_reports_each_failure_and_keeps_going(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PYCONTRAST_ZOO_RETRIES", "0")
+    good = os.urandom(20_000)
+    with FileServer() as srv:
+        data = _valid()
+        data["merge"] = True
+        data["pretrains"]["mine"]["file"] = None
+        data["entries"]["my_det"]["model"]["urls"] = [srv.add("/ok/model_final.pth", good)]
+        data["entries"]["dead_det"] = copy.deepcopy(data["entries"]["my_det"])
+        data["entries"]["dead_det"]["model"]["urls"] = [srv.base + "/gone/model_final.pth"]
+        data["entries"]["html_det"] = copy.deepcopy(data["entries"]["my_det"])
+        data["entries"]["html_det"]["model"]["urls"] = [srv.add("/quota/model_final.pth", b"", mode="html")]
+        m = ["--manifest", str(_write(tmp_path, data))]
+        assert main(m + ["download", "dead_det", "my_det", "html_det", "--jobs", "3", "--quiet"]) == 2
+    out, err = capsys.readouterr()
+    assert "my_det/model: " + str(store.files_dir() / "my_det" / "model" / "model_final.pth") in out
+    assert "dead_det/model: FAILED" in err and "/gone/model_final.pth: HTTP 404" in err
+    assert "html_det/model: FAILED" in err and "HTML page" in err
+    assert "2 of 3 file(s) failed" in err
+    assert [c.key for c in store.cached_files() if c.kind == "file"] == ["my_det/model"]
+    assert main(m + ["download", "--all", "my_det"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(m + ["download", "my_dett"]) == 2
+    assert "Did you mean: my_det" in capsys.readouterr().err
