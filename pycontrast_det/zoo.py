@@ -501,7 +501,11 @@ def update_manifest_checksums(path: Union[str, os.PathLike],
             lines[idx] = f"{indent}{key}: {value}\n"
     text = "".join(lines)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot write next to the manifest ({exc.strerror or exc}); copy it somewhere "
+                            f"writable and pass it with --manifest") from None
     try:
         check = _read_layer(tmp)
         for (section, name, role), (sha, size) in updates.items():
