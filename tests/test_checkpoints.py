@@ -347,6 +347,11 @@ def test_malicious_pickle_is_refused_and_does_not_run(tmp_path):
         read_checkpoint(path)
     assert str(path) in str(err.value) and "io.open" in str(err.value)
     assert not marker.exists()
+    # arrays of Python objects are not weights either
+    objects = tmp_path / "objects.pkl"
+    objects.write_bytes(pickle.dumps({"model": {"conv1_w": np.array([1, "x"], dtype=object)}}))
+    with pytest.raises(UnsafeCheckpointError, match="array of Python objects"):
+        read_checkpoint(objects)
     # same through the torch reader: torch.save of a payload, loaded with weights_only
     pth = tmp_path / "evil.pth"
     torch.save({"model": {"conv1.weight": torch.zeros(3)}, "x": _Payload(marker)}, pth)

@@ -56,12 +56,29 @@ class _RestrictedUnpickler(pickle.Unpickler):
             "load it as a .pth file instead")
 
 
+def _refuse_object_arrays(obj: Any, path: Path) -> None:
+    """Weights are numbers: an array of Python objects (dtype 'O') has no business in a checkpoint."""
+    import numpy as np
+
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif isinstance(item, np.ndarray) and item.dtype.hasobject:
+            raise UnsafeCheckpointError(f"{path}: refused: it holds an array of Python objects (dtype {item.dtype})")
+
+
 def load_pickle(path: Path) -> Any:
     """Unpickle ``path`` allowing only data (numpy arrays, dtypes, scalars, dicts, lists, tuples, str, numbers)."""
     with open(path, "rb") as f:
         try:
-            return _RestrictedUnpickler(f, str(path)).load()
+            obj = _RestrictedUnpickler(f, str(path)).load()
         except UnsafeCheckpointError:
             raise
         except Exception as exc:  # truncated or not a pickle at all
             raise CheckpointFormatError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from exc
+    _refuse_object_arrays(obj, path)
+    return obj
