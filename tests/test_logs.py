@@ -70,6 +70,7 @@ def test_metrics_json(tmp_path):
     assert summary.losses[0].losses["loss_rpn_loc"] == 0.1 and "fast_rcnn/cls_accuracy" not in summary.losses[0].losses
     assert summary.evals == [(39, {"bbox": {"AP": 12.5, "AP50": 30.0, "AP-circle": 20.0}, "segm": {"AP": 11.0}})]
     assert summary.final_bbox_ap == 12.5 and summary.label == "ours"
+    assert parse_log(tmp_path).source == path  # a run folder: its metrics.json
 
 
 def test_our_trainer_files_parse(tmp_path):
@@ -96,6 +97,8 @@ def test_our_trainer_files_parse(tmp_path):
 def test_bad_logs(tmp_path):
     with pytest.raises(LogFormatError, match="log file not found: .*nope.txt"):
         parse_log(tmp_path / "nope.txt")
+    with pytest.raises(LogFormatError, match="log file not found: .*metrics.json"):
+        parse_log(tmp_path)
     html = tmp_path / "page.txt"
     html.write_text("<!DOCTYPE html><html><body>quota exceeded</body></html>\n")
     with pytest.raises(LogFormatError, match="page.txt: no training iterations or evaluation results"):

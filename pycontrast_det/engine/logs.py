@@ -70,8 +70,11 @@ class LogSummary:
 
 
 def parse_log(path: Union[str, os.PathLike], label: Optional[str] = None) -> LogSummary:
-    """Parse a detectron2 ``log.txt`` or ``metrics.json`` (detected from the content)."""
+    """Parse a detectron2 ``log.txt`` or ``metrics.json`` (detected from the content), or a run folder's
+    ``metrics.json`` (else its ``log.txt``)."""
     path = Path(path)
+    if path.is_dir():
+        path = next((path / n for n in ("metrics.json", "log.txt") if (path / n).is_file()), path / "metrics.json")
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
