@@ -46,7 +46,8 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                     "run's metrics.json or log.txt alongside; --plot draws both.")
     lg.add_argument("entry", metavar="ENTRY")
     lg.add_argument("--file", metavar="PATH", default=None, help="read this log instead of downloading it")
-    lg.add_argument("--ours", metavar="PATH", default=None, help="our run's metrics.json, log.txt or output folder, to compare")
+    lg.add_argument("--ours", metavar="PATH", default=None,
+                    help="our run's metrics.json, log.txt or output folder, to compare")
     lg.add_argument("--plot", metavar="OUT.png", default=None, help="write loss and AP curves to this PNG")
     lg.set_defaults(func=run_logs)
 
