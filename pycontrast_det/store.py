@@ -44,7 +44,7 @@ ENV_HOME = "PYCONTRAST_ZOO_HOME"
 ENV_OFFLINE = "PYCONTRAST_ZOO_OFFLINE"
 ENV_ENDPOINT = "PYCONTRAST_ZOO_ENDPOINT"
 ROLES = ("model", "log", "pretrain")
-CHUNK_BYTES = 4 << 20          # big reads: hashing and syscalls amortised, tqdm updated ~100x per 400 MB
+CHUNK_BYTES = 1 << 20          # big reads (syscalls and hashing amortised), small enough to stay in cache
 LOCK_WAIT_S = 3600.0           # another process downloading the same file: wait for it, then reuse
 _TRUE = {"1", "true", "yes", "on"}
 
