@@ -18,6 +18,9 @@ from pycontrast_det.modeling.losses import (
     sample_proposals,
 )
 
+# pycocotools' decode trips numpy 2's copy-keyword deprecation inside pycocotools itself
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+
 
 def softplus(x: float) -> float:
     """log(1 + e^x): BCE-with-logits of logit x against target 0 (and of -x against target 1)."""
@@ -344,3 +347,62 @@ def test_mask_loss_empty_foreground_and_bad_input(cfg):
         mask_rcnn_loss(torch.zeros(1, 80, 28, 28), sampled, [{"masks": [[[0.0, 0.0, 5.0, 5.0]]]}], cfg)
     with pytest.raises(ValueError, match="CLS_AGNOSTIC_MASK"):
         mask_rcnn_loss(torch.zeros(1, 1, 28, 28), sampled, [{"masks": [[_square(0, 0, 5, 5)]]}], cfg)
+
+
+# ---------------------------------------------------------------- the whole model
+
+
+def _slim_model(config: str):
+    """A real R50 FPN or C4 Mask R-CNN with narrow channels, so a few SGD steps stay quick on a CPU."""
+    from pycontrast_det.config import load_config
+    from pycontrast_det.modeling import build_model
+
+    overrides = ["MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
+                 "MODEL.RESNETS.RES2_OUT_CHANNELS", "32", "MODEL.RESNETS.NORM", "BN",
+                 "MODEL.ROI_HEADS.NUM_CLASSES", "2", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64",
+                 "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200", "MODEL.ROI_MASK_HEAD.CONV_DIM", "32"]
+    if "FPN" in config:
+        overrides += ["MODEL.FPN.OUT_CHANNELS", "32", "MODEL.FPN.NORM", "BN", "MODEL.ROI_BOX_HEAD.CONV_DIM", "32",
+                      "MODEL.ROI_BOX_HEAD.FC_DIM", "64", "MODEL.ROI_BOX_HEAD.NORM", "BN",
+                      "MODEL.ROI_MASK_HEAD.NORM", "BN"]
+    return build_model(load_config(config, overrides))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["R_50_FPN_1x", "R_50_C4_1x"])  # 28x28 and 14x14 mask targets
+def test_sgd_steps_on_one_image_lower_the_total_loss(config):
+    torch.manual_seed(0)
+    model = _slim_model(config).train()
+    size = 64
+    x0, y0, x1, y1 = 16.0, 19.0, 51.0, 48.0
+    image = torch.zeros(3, size, size)
+    image[:, 19:48, 16:51] = 200.0
+    instances = {"boxes": torch.tensor([[x0, y0, x1, y1]]), "classes": torch.tensor([1]),
+                 "masks": [[[x0, y0, x1, y0, x1, y1, x0, y1]]]}
+    empty = {"boxes": torch.zeros(0, 4), "classes": torch.zeros(0, dtype=torch.int64), "masks": []}
+    batch = [{"image": image, "height": size, "width": size, "instances": instances},
+             {"image": torch.full((3, size, size), 30.0), "height": size, "width": size, "instances": empty}]
+
+    def total_loss(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)  # the same anchor and RoI draws before and after training
+        losses = model(batch)
+        assert set(losses) == {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask"}
+        assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses.values())
+        return sum(losses.values())
+
+    with torch.no_grad():
+        before = total_loss(123).item()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    for step in range(6):
+        loss = total_loss(step)
+        optimizer.zero_grad()
+        loss.backward()
+        if step == 0:  # every head learns from its loss
+            for name in ("rpn.head.cls_logits.weight", "rpn.head.bbox_pred.weight",
+                         "roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.bbox_pred.weight",
+                         "roi_heads.mask_predictor.mask_fcn_logits.weight"):
+                assert model.get_parameter(name).grad.abs().sum() > 0, name
+        optimizer.step()
+    with torch.no_grad():
+        after = total_loss(123).item()
+    assert after < 0.95 * before, (before, after)
