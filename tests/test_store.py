@@ -236,28 +236,36 @@ def test_cache_hit_with_wrong_size_is_refetched(server):
 
 
 _CHILD = """
-import sys
+import os, sys, time
 from pycontrast_det import store
 from pycontrast_det.zoo import FileRef
-url, sha, size, locked = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+url, sha, size, locked, barrier = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5]
 file = FileRef(urls=(url,), sha256=sha, size_bytes=size, format="detectron2")
 fetch = store.fetch_file if locked else store._fetch_unlocked
+if barrier:  # start together: say we are ready, wait for the go
+    open(os.path.join(barrier, f"ready-{os.getpid()}"), "w").close()
+    while not os.path.exists(os.path.join(barrier, "go")):
+        time.sleep(0.01)
 print(fetch(file, "e/model", quiet=True), flush=True)
 """
 
 
-def _child(url: str, data: bytes, locked: bool) -> subprocess.Popen:
+def _child(url: str, data: bytes, locked: bool, barrier: str = "") -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.Popen([sys.executable, "-c", _CHILD, url, hashlib.sha256(data).hexdigest(), str(len(data)),
-                             "1" if locked else "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                             "1" if locked else "0", barrier], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.parametrize("locked", [True, False], ids=["with-lock", "without-lock"])
-def test_two_processes_fetching_at_once_end_with_one_correct_file(server, locked):
+def test_two_processes_fetching_at_once_end_with_one_correct_file(server, locked, tmp_path):
     data = payload(400_000)
     url = server.add("/both/model_final.pth", data, mode="slow", chunk=16_384, delay=0.05)
-    procs = [_child(url, data, locked) for _ in range(2)]
+    procs = [_child(url, data, locked, str(tmp_path)) for _ in range(2)]
+    deadline = time.time() + 60
+    while len(list(tmp_path.glob("ready-*"))) < 2 and time.time() < deadline:
+        time.sleep(0.01)
+    (tmp_path / "go").touch()
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outs]
     paths = {o[0].strip() for o in outs}
