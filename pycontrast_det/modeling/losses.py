@@ -24,10 +24,10 @@ from torchvision.ops import (
     roi_align,
 )
 
-from pycontrast_det.errors import ConfigError, DatasetError
+from ..errors import ConfigError, DatasetError
 
 if TYPE_CHECKING:
-    from pycontrast_det.config import CfgNode
+    from ..config import CfgNode
 
 __all__ = ["SampledRois", "rpn_losses", "sample_proposals", "fast_rcnn_losses", "mask_rcnn_loss"]
 
