@@ -639,18 +639,26 @@ def fetch_url(url: str, *, sha256: Optional[str] = None, format: str = "detectro
     return fetch_file(file, f"url/{hashlib.sha256(url.encode()).hexdigest()[:16]}", quiet=quiet, offline=offline)
 
 
-def import_from_dir(directory: Union[str, os.PathLike], file: FileRef, key: str) -> Path:
+def _unique_name(filename: str, zoo: Zoo) -> bool:
+    """Whether no two files of the zoo share this file name (``InsDis.pth`` yes, ``model_final.pth`` no)."""
+    files = [f for e in zoo.entries.values() for f in (e.model, e.log) if f is not None]
+    files += [f for p in zoo.pretrains.values() for f in ((p.file,) if p.file else ()) + p.alternatives]
+    return sum(f.filename == filename for f in files) <= 1
+
+
+def import_from_dir(directory: Union[str, os.PathLike], file: FileRef, key: str, zoo: Optional[Zoo] = None) -> Path:
     """Copy ``file`` from a folder (e.g. carried from a machine with internet) into the cache, verified.
 
     Looked up as ``DIR/files/<key>/<name>`` (a copied cache root), ``DIR/<key>/<name>``, ``DIR/<entry>/<name>``,
-    and ``DIR/<name>`` only when a sha256 is known (a bare ``model_final.pth`` is otherwise ambiguous).
+    and ``DIR/<name>`` only when a sha256 is known or no other file of the zoo has that name (a bare
+    ``model_final.pth`` could be any entry's).
     """
     root = Path(directory)
     parts = _check_key(key)
     sha, size, _ = _expected(file, key)
     candidates = [root / "files" / Path(*parts) / file.filename, root / Path(*parts) / file.filename,
                   root / parts[0] / file.filename]
-    if sha is not None:
+    if sha is not None or _unique_name(file.filename, zoo or load_manifest()):
         candidates.append(root / file.filename)
     errors = []
     dest = cache_path(file, key)

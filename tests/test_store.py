@@ -325,6 +325,9 @@ def test_import_from_flat_dir_needs_a_checksum(tmp_path):
         store.import_from_dir(tmp_path, unknown, "e/model")  # a bare model_final.pth could be any entry's
     known = ref("https://example.invalid/m/model_final.pth", data=data)
     assert store.import_from_dir(tmp_path, known, "e/model").read_bytes() == data
+    (tmp_path / "InsDis.pth").write_bytes(data)  # a name no other file of the shipped zoo has
+    insdis = ref("https://example.invalid/InsDis.pth", data=data, known=False, filename="InsDis.pth")
+    assert store.import_from_dir(tmp_path, insdis, "insdis/pretrain").read_bytes() == data
 
 
 def test_endpoint_rewrites_scheme_and_host_keeping_path(server, monkeypatch):

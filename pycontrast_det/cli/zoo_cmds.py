@@ -198,7 +198,7 @@ def _download_jobs(zoo: Zoo, names: list[str], roles: tuple[str, ...], args) -> 
                 if file is None:
                     print(f"{name}: no {role} published ({entry.note})", file=sys.stderr)
                     continue
-                jobs.setdefault(f"{name}/{role}", _file_job(file, f"{name}/{role}", args))
+                jobs.setdefault(f"{name}/{role}", _file_job(file, f"{name}/{role}", zoo, args))
         if "pretrain" in roles:
             pre = zoo.pretrain(name if pretrain_only else zoo.entry(name).pretrain)
             if pre.file is not None:
@@ -206,9 +206,9 @@ def _download_jobs(zoo: Zoo, names: list[str], roles: tuple[str, ...], args) -> 
     return jobs
 
 
-def _file_job(file: FileRef, key: str, args) -> Callable[[], Path]:
+def _file_job(file: FileRef, key: str, zoo: Zoo, args) -> Callable[[], Path]:
     if args.from_dir:
-        return lambda: store.import_from_dir(args.from_dir, file, key)
+        return lambda: store.import_from_dir(args.from_dir, file, key, zoo)
     return lambda: store.fetch_file(file, key, quiet=args.quiet)
 
 
@@ -220,7 +220,7 @@ def _pretrain_job(name: str, zoo: Zoo, args) -> Callable[[], Path]:
         errors = []
         for key, file in store.pretrain_files(zoo.pretrain(name)):  # the main file, else an alternative
             try:
-                return store.import_from_dir(args.from_dir, file, key)
+                return store.import_from_dir(args.from_dir, file, key, zoo)
             except ZooError as exc:
                 errors.append(str(exc))
         raise ZooError("; ".join(errors))
