@@ -406,3 +406,18 @@ def test_sgd_steps_on_one_image_lower_the_total_loss(config):
     with torch.no_grad():
         after = total_loss(123).item()
     assert after < 0.95 * before, (before, after)
+
+
+def test_roi_losses_are_float32_under_autocast(cfg):
+    sampled = [_rois([[0, 0, 10, 10], [20, 20, 30, 30]], [1, 2], [[1, 1, 11, 11], [20, 20, 30, 30]], [0, -1])]
+    targets = [{"masks": [[_square(0, 0, 5, 10)]]}]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features = torch.randn(2, 8)
+        logits = torch.nn.Linear(8, 3)(features)
+        assert logits.dtype == torch.bfloat16
+        out = fast_rcnn_losses(logits, torch.zeros(2, 8, dtype=torch.bfloat16), sampled, cfg)
+        masks = mask_rcnn_loss(torch.full((1, 2, 28, 28), 0.5, dtype=torch.bfloat16),
+                               [sampled[0].foreground()], targets, cfg)
+    assert out["loss_cls"].dtype == out["loss_box_reg"].dtype == masks["loss_mask"].dtype == torch.float32
+    assert out["loss_box_reg"].item() == pytest.approx(1.0, rel=1e-6)
+    assert masks["loss_mask"].item() == pytest.approx(0.5 * softplus(-0.5) + 0.5 * softplus(0.5), rel=1e-6)
