@@ -249,7 +249,7 @@ class _Partial:
     def adopt(self, part: Path) -> bool:
         """Take over a kept partial (atomically: one process wins) and hash its bytes; False if none."""
         try:
-            os.rename(part, self.path)  # replaces our empty temp file
+            os.replace(part, self.path)  # atomic: of two racing processes only one gets the bytes
         except FileNotFoundError:
             return False
         self.fh.close()
