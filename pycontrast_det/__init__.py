@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 _API = {
     # manifest
     "load_manifest": "zoo", "list_entries": "zoo", "get_entry": "zoo", "get_pretrain": "zoo",
-    "DetectorEntry": "zoo", "PretrainEntry": "zoo", "FileRef": "zoo", "Zoo": "zoo",
+    "DetectorEntry": "zoo", "PretrainEntry": "zoo", "FileRef": "zoo", "Zoo": "zoo", "render_table": "zoo",
     # store
     "fetch_file": "store", "cache_dir": "store",
     # checkpoints
