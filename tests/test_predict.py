@@ -79,9 +79,9 @@ def test_results_are_valid_coco_and_equal_the_models_predictions(fpn_run):
         assert all(r["file_name"] == path.name for r in mine)
         assert len(mine) == len(pred["scores"])
         boxes = np.array([r["bbox"] for r in mine]).reshape(-1, 4)
-        xyxy = pred["boxes"].numpy().astype(np.float64)
-        np.testing.assert_array_equal(boxes, np.c_[xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]])
-        np.testing.assert_array_equal([r["score"] for r in mine], pred["scores"].numpy().astype(np.float64))
+        xyxy = pred["boxes"].numpy()
+        np.testing.assert_allclose(boxes, np.c_[xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], rtol=1e-6, atol=1e-4)
+        np.testing.assert_array_equal(np.float32([r["score"] for r in mine]), pred["scores"].numpy())
         assert [r["category_id"] for r in mine] == [coco_id[i] for i in pred["labels"].tolist()]
         for record, mask in zip(mine, pred["masks"]):
             decoded = mask_utils.decode(record["segmentation"]).astype(bool)
@@ -117,3 +117,19 @@ def test_image_ids_follow_coco_file_names_when_numeric():
     assert assign_image_ids([Path("000000397133.jpg"), Path("a/000000000139.png")]) == [397133, 139]
     assert assign_image_ids([Path("cat.jpg"), Path("000000000139.png")]) == [1, 2]
     assert assign_image_ids([Path("1.jpg"), Path("x/01.jpg")]) == [1, 2]  # same id twice: positions instead
+
+
+def test_draw_detections_blends_masks_at_alpha_and_touches_nothing_else():
+    from pycontrast_det.visualize import class_color, draw_detections
+
+    assert len({class_color(i) for i in range(80)}) == 80  # one colour per COCO class, same every call
+    image = np.full((60, 80, 3), 100, np.uint8)
+    mask = np.zeros((1, 60, 80), bool)
+    mask[0, 30:50, 40:70] = True
+    drawn = np.asarray(draw_detections(image, [[35.0, 25.0, 75.0, 55.0]], [7], [0.875], mask, mask_alpha=0.25))
+    color = np.array(class_color(7))
+    np.testing.assert_array_equal(drawn[40, 55], np.floor(0.75 * 100 + 0.25 * color + 0.5))  # inside the mask
+    np.testing.assert_array_equal(drawn[25, 50], color)  # on the box outline
+    untouched = np.ones((60, 80), bool)
+    untouched[:56, 35:] = False  # box, and the tag above it
+    assert (drawn[untouched] == 100).all()

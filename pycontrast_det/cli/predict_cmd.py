@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 from ..errors import ZooError
 
@@ -80,9 +80,9 @@ def run_predict(args: argparse.Namespace) -> int:
             index = start + offset
             results.extend(to_coco_results(pred, image_ids[index], path.name, category_ids))
             keep = pred["scores"].numpy() >= args.draw_thresh
+            masks = pred["masks"].numpy()[keep] if "masks" in pred else None
             drawn = draw_detections(array, pred["boxes"].numpy()[keep], pred["labels"].numpy()[keep],
-                                    pred["scores"].numpy()[keep], pred["masks"].numpy()[keep],
-                                    label_names=model.class_names)
+                                    pred["scores"].numpy()[keep], masks, label_names=model.class_names)
             png_path = out_dir / png_names[index]
             drawn.save(png_path)
             print(f"{path}: {len(pred['scores'])} detections ({int(keep.sum())} drawn) -> {png_path}")
@@ -126,13 +126,13 @@ def _read_rgb(path: Path) -> Any:
         raise ZooError(f"predict: cannot read image {path}: {exc}") from exc
 
 
-def _category_ids(class_names: Sequence[str]) -> Optional[list[int]]:
-    """Contiguous index -> COCO category id when the model's classes are COCO's 80; None keeps the index."""
+def _category_ids(class_names: Sequence[str]) -> list[int]:
+    """Contiguous index -> category id: COCO's ids when the model's classes are COCO's 80, else the index."""
     from ..coco_classes import COCO_CATEGORIES
 
-    if list(class_names) != [name for _, name in COCO_CATEGORIES]:
-        return None
-    return [coco_id for coco_id, _ in COCO_CATEGORIES]
+    if list(class_names) == [name for _, name in COCO_CATEGORIES]:
+        return [coco_id for coco_id, _ in COCO_CATEGORIES]
+    return list(range(len(class_names)))
 
 
 def assign_image_ids(paths: Sequence[Path]) -> list[int]:
@@ -144,37 +144,24 @@ def assign_image_ids(paths: Sequence[Path]) -> list[int]:
 
 
 def _png_names(paths: Sequence[Path]) -> list[str]:
-    """``<stem>.png`` per image, with ``_<n>`` appended where two inputs share a stem."""
+    """``<stem>.png`` per image, made unique with ``_<n>`` where inputs share a stem."""
     names: list[str] = []
-    seen: dict[str, int] = {}
+    taken: set[str] = set()
     for path in paths:
-        count = seen.get(path.stem, 0)
-        seen[path.stem] = count + 1
-        names.append(f"{path.stem}.png" if count == 0 else f"{path.stem}_{count}.png")
+        name, count = f"{path.stem}.png", 0
+        while name in taken:
+            count += 1
+            name = f"{path.stem}_{count}.png"
+        taken.add(name)
+        names.append(name)
     return names
 
 
 def to_coco_results(prediction: dict[str, Any], image_id: int, file_name: str,
-                    category_ids: Optional[Sequence[int]]) -> list[dict[str, Any]]:
-    """One image's prediction as COCO result records (bbox XYWH, RLE segmentation with str counts)."""
-    import numpy as np
-    from pycocotools import mask as mask_utils
+                    category_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """One image's ``predict`` output as COCO result records (the evaluator's conversion) plus ``file_name``."""
+    from ..engine.evaluation import instances_to_coco
 
-    boxes = prediction["boxes"].numpy().astype(np.float64)
-    scores = prediction["scores"].numpy().astype(np.float64)
-    labels = prediction["labels"].numpy()
-    masks = prediction["masks"].numpy()
-    records = []
-    for box, score, label, mask in zip(boxes, scores, labels, masks):
-        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-        rle["counts"] = rle["counts"].decode("ascii")
-        x0, y0, x1, y1 = (float(v) for v in box)
-        records.append({
-            "image_id": image_id,
-            "file_name": file_name,
-            "category_id": int(category_ids[label]) if category_ids is not None else int(label),
-            "bbox": [x0, y0, x1 - x0, y1 - y0],
-            "score": float(score),
-            "segmentation": rle,
-        })
-    return records
+    outputs = {"boxes": prediction["boxes"], "scores": prediction["scores"], "classes": prediction["labels"],
+               "masks": prediction.get("masks")}
+    return [{**record, "file_name": file_name} for record in instances_to_coco(image_id, outputs, category_ids)]
