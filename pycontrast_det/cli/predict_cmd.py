@@ -23,7 +23,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
         description="Run a zoo detector on images. ENTRY is a zoo entry name (its published weights are "
                     "downloaded unless --weights is given) or, with --weights, a config name/path. "
                     f"Writes <out>/<image stem>.png per image and <out>/{RESULTS_FILE} (COCO results: "
-                    "image_id, file_name, category_id, bbox XYWH, score, segmentation RLE).",
+                    "image_id, file_name, category_id, bbox XYWH, score, segmentation RLE). image_id is the file "
+                    "stem when every stem is a distinct integer (COCO's file names), else 1..N in order; "
+                    "category_id is COCO's id for an 80-class COCO model, else the 0-based class index.",
     )
     parser.add_argument("entry", metavar="ENTRY",
                         help="zoo entry name (see `pycontrast-zoo list`); with --weights, a config name or path "
