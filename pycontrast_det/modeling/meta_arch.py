@@ -18,11 +18,11 @@ ImageLike = Union[str, Path, "PIL.Image.Image", np.ndarray, Tensor]  # noqa: F82
 
 def _as_rgb_uint8(image: Any) -> np.ndarray:
     """HWC uint8 RGB array from a path, a PIL image, an HWC uint8 array, or a CHW tensor (uint8, or float 0-1)."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
-    if isinstance(image, (str, Path)):
+    if isinstance(image, (str, Path)):  # EXIF orientation applied, as detectron2's read_image does
         with Image.open(image) as pil:
-            return np.asarray(pil.convert("RGB"))
+            return np.asarray(ImageOps.exif_transpose(pil).convert("RGB"))
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"))
     if isinstance(image, Tensor):

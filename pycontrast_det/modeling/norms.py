@@ -30,9 +30,10 @@ def _all_reduce_mean(x: Tensor) -> Tensor:
 def _synced_batch_norm(bn: nn.BatchNorm2d, x: Tensor) -> Tensor:
     """Batch norm whose batch statistics are averaged over all processes (each process weighs equally)."""
     channels = x.shape[1]
-    mean = x.mean(dim=(0, 2, 3))
-    meansqr = (x * x).mean(dim=(0, 2, 3))
-    stats = _all_reduce_mean(torch.cat([mean, meansqr]).float())
+    x32 = x.float()
+    mean = x32.mean(dim=(0, 2, 3))
+    meansqr = (x32 * x32).mean(dim=(0, 2, 3))
+    stats = _all_reduce_mean(torch.cat([mean, meansqr]))
     mean, meansqr = stats[:channels], stats[channels:]
     var = meansqr - mean * mean
     with torch.no_grad():

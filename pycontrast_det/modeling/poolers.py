@@ -30,8 +30,10 @@ class ROIPooler(nn.Module):
         self.max_level = int(round(math.log2(strides[-1])))
 
     def _align(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
-        return roi_align(feature, rois.to(feature.dtype), self.output_size, scale, self.sampling_ratio,
-                         self.aligned)
+        # in float32 (as torchvision's autocast rule does): half-precision box coordinates would be off by
+        # up to a pixel on 1333-pixel images
+        return roi_align(feature.float(), rois.float(), self.output_size, scale, self.sampling_ratio,
+                         self.aligned).to(feature.dtype)
 
     def forward(self, features: Sequence[Tensor], boxes: Sequence[Tensor]) -> Tensor:
         """(R, C, S, S) pooled features, rows in the order of the concatenated ``boxes``."""

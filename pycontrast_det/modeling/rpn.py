@@ -52,7 +52,7 @@ class RPN(nn.Module):
         with torch.no_grad():
             boxes = [decode_boxes(d.reshape(-1, 4), a.repeat(num_images, 1), self.box_weights)
                      .view(num_images, -1, 4) for d, a in zip(deltas, anchors)]
-            proposals = self._select([l.detach() for l in logits], boxes, image_sizes)
+            proposals = self._select([l.detach().float() for l in logits], boxes, image_sizes)
         losses: dict[str, Tensor] = {}
         if self.training:
             from .losses import rpn_losses
