@@ -116,7 +116,9 @@ def _train_main(config: str, opts: list[str], scale: Any, kwargs: dict) -> Any:
     note = None
     if scale:
         cfg, note = scale_to_batch(cfg, scale)
-    return train(cfg, notes=(note,) if note else (), **kwargs)
+    result = train(cfg, notes=(note,) if note else (), **kwargs)
+    result.model = None  # returned across processes: results only
+    return result
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -353,8 +353,10 @@ def _native_worker(plan: ReproducePlan) -> Any:
         _generate_datasets(plan)
     comm.barrier()
     note = plan.scaling_note()
-    return train(plan.config(), output_dir=plan.output_dir, resume=plan.resume, device=plan.device, amp=plan.amp,
-                 notes=(note,) if note else ())
+    result = train(plan.config(), output_dir=plan.output_dir, resume=plan.resume, device=plan.device, amp=plan.amp,
+                   notes=(note,) if note else ())
+    result.model = None  # returned across processes: results only
+    return result
 
 
 def _generate_datasets(plan: ReproducePlan) -> None:

@@ -36,6 +36,7 @@ class TrainResult:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> metric -> value (percent)
     evaluation: Any = None               # the final EvalResult (engine.evaluation), None if not evaluated
     seconds: float = 0.0                 # wall time of the training loop
+    model: Any = field(default=None, repr=False)  # the trained model (this process's copy; not sent between processes)
 
 
 def _seed_iteration(seed: int, rank: int, iteration: int) -> None:
@@ -109,13 +110,16 @@ def _reduce_losses(loss_dict: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+_ADVICE = "Lower SOLVER.BASE_LR, lengthen SOLVER.WARMUP_ITERS, or check the data"
+
+
 def _check_finite(losses: Mapping[str, float], iteration: int) -> None:
     import math
 
     if not all(math.isfinite(v) for v in losses.values()):
         shown = ", ".join(f"{k}: {v}" for k, v in losses.items())
         raise NonFiniteLossError(f"Loss became infinite or NaN at iteration={iteration}! loss_dict = {{{shown}}}. "
-                                 "Lower SOLVER.BASE_LR, lengthen SOLVER.WARMUP_ITERS, or check the data")
+                                 + _ADVICE)
 
 
 class _Trainer:
@@ -130,6 +134,8 @@ class _Trainer:
         self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
         self.max_iter = int(cfg.SOLVER.MAX_ITER)
         self.model = build_model(cfg).to(device)
+        if device.type == "cpu" and self.world_size > 1:
+            _naive_sync_bn_on_cpu(self.model)  # before the optimizer sees the parameters
         self.optimizer = build_optimizer(cfg, self.model)
         self.scheduler = build_lr_scheduler(cfg, self.optimizer)
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp)
@@ -166,17 +172,25 @@ class _Trainer:
         """The model as the training step calls it: DDP across processes, the bare model otherwise."""
         if self.world_size == 1:
             return self.model
+        import inspect
+
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(self.model, device_ids=ids, broadcast_buffers=False)
+        # buffers are never broadcast in forward: SyncBN keeps every rank's running statistics equal already
+        sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                else "broadcast_buffers")
+        return DistributedDataParallel(self.model, device_ids=ids, **{sync: False})
 
     def step(self, model: Any, batch: Any, iteration: int) -> dict[str, float]:
         """Forward, loss check, backward, clip, SGD step, lr step; returns the process-averaged losses."""
         import torch
 
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            loss_dict = model(batch)
+        try:
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                loss_dict = model(batch)
+        except FloatingPointError as exc:  # the model found non-finite predictions (detectron2 does the same)
+            raise NonFiniteLossError(f"Training diverged at iteration={iteration}: {exc}. {_ADVICE}") from exc
         losses = _reduce_losses(loss_dict)
         _check_finite(losses, iteration)
         total = sum(loss_dict.values())
@@ -233,6 +247,22 @@ def _initial_state(path: Path, model: Any) -> dict[str, Any]:
         raise ConfigError(f"MODEL.WEIGHTS {path}: {len(report.unexpected)} weights fit nowhere in the "
                           f"{model.arch.upper()} model (e.g. {list(report.unexpected)[:4]})")
     return mapped
+
+
+def _naive_sync_bn_on_cpu(model: Any) -> None:
+    """Swap torch SyncBatchNorm layers for the modeling package's NaiveSyncBatchNorm (same parameters, buffers
+    and, on CPU, the same all-reduce arithmetic): DistributedDataParallel refuses SyncBatchNorm on CPU."""
+    import torch.nn as nn
+
+    from ..modeling.norms import NaiveSyncBatchNorm
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.SyncBatchNorm):
+                naive = NaiveSyncBatchNorm(child.num_features, eps=child.eps, momentum=child.momentum)
+                naive.load_state_dict(child.state_dict())
+                naive.train(child.training)
+                setattr(parent, name, naive)
 
 
 def _train_stream(cfg: Any, spec: Any, seed: int, start_iter: int) -> Iterator[Any]:
@@ -322,7 +352,7 @@ def train(cfg: Any, *, output_dir: Union[str, os.PathLike], resume: bool = False
     return TrainResult(output_dir=output_dir, start_iter=start_iter, max_iter=trainer.max_iter,
                        final_checkpoint=final, detectron2_checkpoint=d2_final, last_losses=losses,
                        metrics=dict(evaluation.metrics) if evaluation else {}, evaluation=evaluation,
-                       seconds=seconds)
+                       seconds=seconds, model=trainer.model)
 
 
 def _final_evaluation(model: Any, spec: Any, output_dir: Path, logger: logging.Logger) -> Any:

@@ -1,0 +1,236 @@
+"""The native trainer: real training steps of the real model on the shapes dataset (tiny sizes), exact resume,
+two-process CPU training, the solver's schedule and parameter groups, the non-finite-loss guard, the logs."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from pycontrast_det.config import get_cfg, load_config
+from pycontrast_det.engine import launch, parse_log, train
+from pycontrast_det.engine.checkpoint import Checkpointer, load_training_checkpoint
+from pycontrast_det.engine.optim import build_lr_scheduler, build_optimizer, param_groups
+from pycontrast_det.engine.scaling import scale_to_batch
+from pycontrast_det.errors import ConfigError, NonFiniteLossError
+
+# R50-FPN as the rand row has it (SyncBN everywhere), shrunk: 64 px shapes, few anchors and RoIs, stem and
+# res2 frozen so that a step takes about a second on two cores. Training data: two shapes images (see
+# ``two_images``), so that a few steps visibly fit them.
+TINY = [
+    "DATASETS.TEST", "('shapes_val',)", "MODEL.ROI_HEADS.NUM_CLASSES", "3",
+    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "100", "INPUT.MIN_SIZE_TEST", "64",
+    "INPUT.MAX_SIZE_TEST", "100", "MODEL.BACKBONE.FREEZE_AT", "2", "SOLVER.IMS_PER_BATCH", "2",
+    "SOLVER.BASE_LR", "0.02", "SOLVER.WARMUP_ITERS", "2", "SOLVER.MAX_ITER", "8", "SOLVER.STEPS", "(6,)",
+    "SOLVER.CHECKPOINT_PERIOD", "4", "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "32", "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "100",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "50", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16",
+    "TEST.PRECISE_BN.ENABLED", "False", "DATALOADER.NUM_WORKERS", "0", "SEED", "7",
+]
+
+
+def make_two_image_dataset(root: Path) -> Path:
+    """A COCO-format dataset folder holding the first two images of shapes' train split."""
+    from pycontrast_det.data import resolve_dataset
+
+    spec = resolve_dataset("shapes", split="train")
+    data = json.loads(spec.json_file.read_text())
+    data["images"] = data["images"][:2]
+    kept = {image["id"] for image in data["images"]}
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in kept]
+    (root / "annotations").mkdir(parents=True)
+    (root / "train").mkdir()
+    for image in data["images"]:
+        shutil.copy(spec.image_root / image["file_name"], root / "train" / image["file_name"])
+    (root / "annotations" / "instances_train.json").write_text(json.dumps(data))
+    return root
+
+
+def tiny_cfg(data: Path, *overrides: str):
+    return load_config("R_50_FPN_1x_rand", TINY + ["DATASETS.TRAIN", f"('{data}',)", *overrides])
+
+
+@pytest.fixture(scope="module")
+def two_images(tmp_path_factory) -> Path:
+    return make_two_image_dataset(tmp_path_factory.mktemp("data") / "two")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, two_images):
+    """One 8-iteration run (checkpoint after iteration 3), shared by the resume, loss and log tests."""
+    out = tmp_path_factory.mktemp("run")
+    result = train(tiny_cfg(two_images), output_dir=out, evaluate_at_end=False, log_period=1)
+    return out, result
+
+
+def test_training_steps_lower_the_loss(uninterrupted):
+    out, result = uninterrupted
+    curve = parse_log(out / "metrics.json").losses
+    assert [p.iteration for p in curve] == list(range(8))
+    first = curve[0]  # the untrained model at iteration 0 (later rows are medians over the last 20)
+    assert result.last_losses["total_loss"] < first.total_loss - 0.3
+    assert result.last_losses["loss_rpn_cls"] < first.losses["loss_rpn_cls"]
+    assert set(result.last_losses) == {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask",
+                                       "total_loss"}
+
+
+def test_checkpoints_in_detectron2_layout(uninterrupted):
+    out, result = uninterrupted
+    assert (out / "last_checkpoint").read_text() == "model_final.pth"
+    periodic = load_training_checkpoint(out / "model_0000003.pth")
+    assert periodic["iteration"] == 3 and {"model", "optimizer", "scheduler"} <= set(periodic)
+    final = load_training_checkpoint(result.final_checkpoint)
+    assert final["iteration"] == 7
+    assert "backbone.body.conv1.weight" in final["model"]
+    d2 = torch.load(result.detectron2_checkpoint, weights_only=True)["model"]
+    assert torch.equal(d2["backbone.bottom_up.stem.conv1.weight"], final["model"]["backbone.body.conv1.weight"])
+    assert "roi_heads.mask_head.predictor.weight" in d2
+    assert load_config(out / "config.yaml").SOLVER.MAX_ITER == 8  # the effective config, loadable
+    assert final["model"].keys() == result.model.state_dict().keys()
+
+
+def test_resume_continues_exactly(uninterrupted, two_images, tmp_path):
+    out, _ = uninterrupted
+    shutil.copy(out / "model_0000003.pth", tmp_path / "model_0000003.pth")
+    (tmp_path / "last_checkpoint").write_text("model_0000003.pth")  # as an interrupted run leaves it
+    resumed = train(tiny_cfg(two_images), output_dir=tmp_path, resume=True, evaluate_at_end=False, log_period=1)
+    assert resumed.start_iter == 4
+    expected = load_training_checkpoint(out / "model_final.pth")["model"]
+    got = load_training_checkpoint(tmp_path / "model_final.pth")["model"]
+    assert expected.keys() == got.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6, msg=key)
+    assert "Resuming from" in (tmp_path / "log.txt").read_text()
+    assert [p.iteration for p in parse_log(tmp_path / "metrics.json").losses] == [4, 5, 6, 7]
+
+
+def test_logs_parse_with_the_log_parser(uninterrupted):
+    out, result = uninterrupted
+    text = parse_log(out / "log.txt")
+    rows = parse_log(out / "metrics.json")
+    assert [p.iteration for p in text.losses] == [p.iteration for p in rows.losses] == list(range(8))
+    assert text.losses[-1].total_loss == pytest.approx(rows.losses[-1].total_loss, rel=1e-3)
+    assert rows.losses[0].lr == pytest.approx(0.02 * 0.001)  # warmup starts at WARMUP_FACTOR
+    line = next(l for l in (out / "log.txt").read_text().splitlines() if " iter: 7 " in l)
+    for word in ("eta:", "total_loss:", "loss_cls:", "loss_mask:", "lr:", "time:", "data_time:"):
+        assert word in line
+    first = json.loads((out / "metrics.json").read_text().splitlines()[0])
+    assert {"iteration", "total_loss", "loss_rpn_cls", "lr", "time", "data_time"} <= set(first)
+
+
+def test_non_finite_loss_stops_with_the_iteration(two_images, tmp_path):
+    cfg = tiny_cfg(two_images, "SOLVER.BASE_LR", "1e8", "SOLVER.WARMUP_ITERS", "0", "SOLVER.MAX_ITER", "4")
+    with pytest.raises(NonFiniteLossError, match=r"iteration=[1-3]\b.*SOLVER.BASE_LR"):
+        train(cfg, output_dir=tmp_path, evaluate_at_end=False)
+    assert not (tmp_path / "model_final.pth").exists()
+
+
+def _two_process_worker(data: str, out: str) -> None:
+    from pycontrast_det.engine import comm
+
+    cfg = tiny_cfg(Path(data), "SOLVER.MAX_ITER", "2", "TEST.PRECISE_BN.ENABLED", "True", "TEST.PRECISE_BN.NUM_ITER", "2")
+    result = train(cfg, output_dir=out, evaluate_at_end=False)
+    torch.save(result.model.state_dict(), Path(out) / f"rank{comm.get_rank()}.pth")
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_end_with_identical_weights(two_images, tmp_path):
+    launch(_two_process_worker, 2, device="cpu", args=(str(two_images), str(tmp_path)))
+    rank0 = torch.load(tmp_path / "rank0.pth", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pth", weights_only=True)
+    for key in rank0:  # weights, SyncBN running stats, PreciseBN statistics
+        assert torch.equal(rank0[key], rank1[key]), key
+    norm_weight = rank0["backbone.fpn.layer_blocks.0.1.weight"]  # SyncBN affine weight: trained, from 1.0
+    assert not torch.equal(norm_weight, torch.ones_like(norm_weight))
+    saved = load_training_checkpoint(tmp_path / "model_final.pth")["model"]
+    assert torch.equal(saved["backbone.fpn.layer_blocks.0.1.running_var"],
+                       rank1["backbone.fpn.layer_blocks.0.1.running_var"])
+    assert not (tmp_path / "log.txt.rank1").exists()  # one log, by rank 0
+
+
+def _solver_cfg(**solver):
+    cfg = get_cfg()
+    cfg.SOLVER.update(BASE_LR=0.1, MAX_ITER=20, WARMUP_ITERS=10, WARMUP_FACTOR=0.001, STEPS=(12, 16), GAMMA=0.1,
+                      **solver)
+    return cfg
+
+
+def _toy() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.GroupNorm(2, 4), nn.Conv2d(4, 2, 1, bias=True))
+
+
+def test_warmup_then_multistep_lr():
+    cfg = _solver_cfg()
+    optimizer = build_optimizer(cfg, _toy())
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    seen = []
+    for _ in range(20):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert seen[0] == pytest.approx(0.1 * 0.001)
+    assert seen[5] == pytest.approx(0.1 * (0.001 * 0.5 + 0.5))
+    assert seen[9] == pytest.approx(0.1 * (0.001 * 0.1 + 0.9))
+    assert seen[10] == seen[11] == pytest.approx(0.1)
+    assert seen[12] == seen[15] == pytest.approx(0.01)
+    assert seen[16] == seen[19] == pytest.approx(0.001)
+
+    constant = build_optimizer(cfg, _toy())
+    build_lr_scheduler(_solver_cfg(WARMUP_METHOD="constant"), constant)
+    assert constant.param_groups[0]["lr"] == pytest.approx(0.1 * 0.001)
+    with pytest.raises(ConfigError, match="WARMUP_METHOD"):
+        build_lr_scheduler(_solver_cfg(WARMUP_METHOD="cosine"), constant)
+
+
+def test_weight_decay_zero_on_every_norm_parameter():
+    from pycontrast_det.modeling import build_model
+
+    model = build_model(load_config("R_50_FPN_1x_rand"))
+    norms = [m for m in model.modules() if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm))]
+    assert len(norms) > 60  # SyncBN in backbone, FPN, box and mask heads
+    decay = {id(p): g["weight_decay"] for g in param_groups(model, load_config("R_50_FPN_1x_rand").SOLVER)
+             for p in g["params"]}
+    assert all(decay[id(p)] == 0.0 for m in norms for p in m.parameters())
+    assert decay[id(model.backbone.body.conv1.weight)] == pytest.approx(1e-4)
+    assert decay[id(model.roi_heads.box_predictor.cls_score.bias)] == pytest.approx(1e-4)
+    assert len(decay) == sum(1 for p in model.parameters() if p.requires_grad)
+
+    cfg = _solver_cfg(BIAS_LR_FACTOR=2.0, WEIGHT_DECAY_BIAS=0.0)
+    groups = {(round(g["lr"], 6), g["weight_decay"]): len(g["params"]) for g in param_groups(_toy(), cfg.SOLVER)}
+    # conv weights; every bias (conv and norm) at 2x lr without decay; norm weights without decay
+    assert groups == {(0.1, 1e-4): 2, (0.2, 0.0): 4, (0.1, 0.0): 2}
+
+
+def test_checkpointer_round_trip(tmp_path):
+    cfg = _solver_cfg()
+    model = _toy()
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    for _ in range(3):
+        model(torch.randn(2, 3, 8, 8)).sum().backward()
+        optimizer.step()
+        scheduler.step()
+    Checkpointer(model, tmp_path, optimizer=optimizer, scheduler=scheduler).save("model_0000002", 2, seed=5)
+
+    fresh = _toy()
+    fresh_opt = build_optimizer(cfg, fresh)
+    fresh_sched = build_lr_scheduler(cfg, fresh_opt)
+    state = Checkpointer(fresh, tmp_path, optimizer=fresh_opt, scheduler=fresh_sched).resume()
+    assert state == {"iteration": 2, "seed": 5}
+    assert fresh_opt.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
+    assert fresh_sched.last_epoch == 3
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+    momentum = next(iter(fresh_opt.state.values()))["momentum_buffer"]
+    assert torch.equal(momentum, next(iter(optimizer.state.values()))["momentum_buffer"])
+
+
+def test_scale_to_batch_applies_the_linear_rule():
+    cfg = load_config("R_50_FPN_1x")
+    scaled, message = scale_to_batch(cfg, 4)
+    assert (scaled.SOLVER.IMS_PER_BATCH, scaled.SOLVER.BASE_LR, scaled.SOLVER.MAX_ITER) == (4, 0.005, 360000)
+    assert list(scaled.SOLVER.STEPS) == [240000, 320000] and scaled.SOLVER.WARMUP_ITERS == 4000
+    assert cfg.SOLVER.MAX_ITER == 90000  # the original is untouched
+    assert "BASE_LR 0.02 -> 0.005" in message
