@@ -98,7 +98,7 @@ class _ROIHeadsBase(nn.Module):
         return detections, {}
 
     def _losses(self, maps: list[Tensor], proposals: list[Proposals], targets: list[dict]) -> dict[str, Tensor]:
-        from .losses import fast_rcnn_losses, mask_rcnn_loss, sample_proposals
+        from .losses import fast_rcnn_losses, mask_rcnn_loss, sample_proposals  # training only (pycocotools)
 
         sampled = sample_proposals([p.boxes for p in proposals], targets, self.num_classes, self.cfg)
         x, roi_maps = self.box_features(maps, [s.boxes for s in sampled])

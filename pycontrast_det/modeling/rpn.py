@@ -55,7 +55,7 @@ class RPN(nn.Module):
             proposals = self._select([l.detach().float() for l in logits], boxes, image_sizes)
         losses: dict[str, Tensor] = {}
         if self.training:
-            from .losses import rpn_losses
+            from .losses import rpn_losses  # training only (pycocotools)
 
             losses = rpn_losses(torch.cat(anchors), torch.cat(logits, dim=1), torch.cat(deltas, dim=1),
                                 gt_boxes, image_sizes, self.cfg)
