@@ -15,6 +15,8 @@ from .meta_arch import MaskRCNN
 
 log = logging.getLogger(__name__)
 
+_OUR_PREFIXES = ("backbone.body.", "rpn.head.")  # keys only this package's model has (detectron2: bottom_up, rpn_head)
+
 
 def _resolve(entry_or_config: Any, overrides: Sequence[str]):
     """(config, entry or None): an entry name goes through the zoo, anything else is a config."""
@@ -53,12 +55,10 @@ def _detector_state(path: Path, model: MaskRCNN) -> dict[str, Any]:
     from ..checkpoints.readers import read_checkpoint
 
     state = read_checkpoint(path).state
-    expected = model.state_dict().keys()
-    if sum(k in expected for k in state) > len(state) // 2:  # saved from this package's model
+    if any(k.startswith(_OUR_PREFIXES) for k in state):  # saved from this package's model
         return {k: torch.as_tensor(v) for k, v in state.items()}
-    mapped, report = d2_to_model(state, model.arch, expected)
-    if report.unexpected:
-        mapped.update({k: state[k] for k in report.unexpected})  # reported by load_weights as unexpected
+    mapped, report = d2_to_model(state, model.arch)
+    mapped.update({k: state[k] for k in report.unexpected})  # no rename: load_weights reports them
     return mapped
 
 

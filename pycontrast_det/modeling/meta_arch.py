@@ -3,7 +3,7 @@ plus ``predict`` for plain images."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import TYPE_CHECKING, Any, Sequence, Union
 
 import numpy as np
 import torch
@@ -13,7 +13,10 @@ from torch import Tensor, nn
 from .postprocess import rescale
 from .preprocess import resize_shortest_edge
 
-ImageLike = Union[str, Path, "PIL.Image.Image", np.ndarray, Tensor]  # noqa: F821
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
+ImageLike = Union[str, Path, "PILImage", np.ndarray, Tensor]
 
 
 def _as_rgb_uint8(image: Any) -> np.ndarray:
