@@ -339,3 +339,27 @@ def test_load_entry_without_weights_builds_its_architecture() -> None:
     c4 = load("R_50_C4_1x", pretrained=False)
     assert c4.arch == "c4" and c4.roi_heads.res5_norm is not None
     assert c4.backbone.body.layer2[0].conv1.stride == (2, 2)  # supervised config: STRIDE_IN_1X1 True
+
+
+def test_random_init_follows_detectron2_rules(d2_fixtures: Path) -> None:
+    torch.manual_seed(0)
+    state = build_model(load_config(d2_fixtures / "fpn" / "config.yaml", ["MODEL.FPN.NORM", ""])).state_dict()
+
+    def std(key: str) -> float:
+        return float(state[key].float().std())
+
+    assert abs(std("rpn.head.conv.0.0.weight") - 0.01) < 0.001
+    assert abs(std("roi_heads.box_predictor.cls_score.weight") - 0.01) < 0.001
+    assert abs(std("roi_heads.box_predictor.bbox_pred.weight") - 0.001) < 0.0001
+    assert abs(std("roi_heads.mask_predictor.mask_fcn_logits.weight") - 0.001) < 0.0002
+    # kaiming normal, fan_out, relu: std sqrt(2 / (out_channels * k * k))
+    assert abs(std("roi_heads.box_head.0.0.weight") - (2 / (256 * 9)) ** 0.5) < 0.002
+    assert abs(std("roi_heads.mask_predictor.conv5_mask.weight") - (2 / (256 * 4)) ** 0.5) < 0.003
+    # kaiming uniform a=1 ("xavier" in detectron2): bound sqrt(3 / fan_in)
+    lateral = state["backbone.fpn.inner_blocks.3.0.weight"]
+    assert float(lateral.abs().max()) <= (3 / 2048) ** 0.5 and float(lateral.abs().max()) > 0.9 * (3 / 2048) ** 0.5
+    fc = state["roi_heads.box_head.5.weight"]
+    assert float(fc.abs().max()) <= (3 / (256 * 49)) ** 0.5
+    for key in ("rpn.head.conv.0.0.bias", "roi_heads.box_predictor.cls_score.bias", "roi_heads.box_head.5.bias",
+                "backbone.fpn.inner_blocks.3.0.bias", "roi_heads.mask_predictor.mask_fcn_logits.bias"):
+        assert not state[key].any(), key
