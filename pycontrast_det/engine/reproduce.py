@@ -26,7 +26,7 @@ COCO_RECIPE_GPUS = 8  # every published row: 8 GPUs x 2 images
 
 # The shapes protocol: KEY VALUE overrides on the entry's config, with the reason for each. Everything not
 # listed (architecture, norms, FREEZE_AT, init, optimizer, warmup shape, PreciseBN) stays as the entry has it.
-SHAPES_ITERS = 300
+SHAPES_ITERS = 240
 SHAPES_PROTOCOL: tuple[tuple[str, str, str], ...] = (
     ("INPUT.MIN_SIZE_TRAIN", "(96,)", "images are 128-160 px; 96 keeps every shape >= 24 px and is fast"),
     ("INPUT.MAX_SIZE_TRAIN", "200", "never binding at this size"),
@@ -210,15 +210,12 @@ def _dataset_overrides(dataset: Optional[str], max_iter: Optional[int]) -> tuple
         notes = [] if max_iter is None else [f"--max-iter {max_iter}: a shortened run; STEPS beyond it are ignored "
                                              "and its AP is not comparable with the published one"]
         return overrides, "coco", notes
-    from ..data import resolve_dataset
+    from ..data import SHAPES_CATEGORIES, resolve_dataset
 
     if dataset == "shapes":
         iters = SHAPES_ITERS if max_iter is None else int(max_iter)
-        from ..data import SHAPES_CATEGORIES
-
-        num_classes = len(SHAPES_CATEGORIES)
         overrides = ["DATASETS.TRAIN", "('shapes_train',)", "DATASETS.TEST", "('shapes_val',)",
-                     "MODEL.ROI_HEADS.NUM_CLASSES", str(num_classes)]
+                     "MODEL.ROI_HEADS.NUM_CLASSES", str(len(SHAPES_CATEGORIES))]
         for key, value, _ in SHAPES_PROTOCOL:
             overrides += [key, value]
         overrides += ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", f"({int(iters * 0.75)},{int(iters * 0.9)})"]
@@ -226,8 +223,9 @@ def _dataset_overrides(dataset: Optional[str], max_iter: Optional[int]) -> tuple
                  "samples (see SHAPES_PROTOCOL); architecture, norms and init as the entry. A pipeline check: "
                  "its AP is measured on synthetic shapes, not on COCO"]
         return overrides, "shapes", notes
-    train, val = resolve_dataset(dataset, split="train"), resolve_dataset(dataset, split="val")
-    overrides = ["DATASETS.TRAIN", f"({str(dataset)!r},)", "DATASETS.TEST", f"({str(dataset)!r},)",
+    name = str(Path(dataset).resolve()) if Path(dataset).exists() else str(dataset)  # absolute for the commands
+    train, val = resolve_dataset(name, split="train"), resolve_dataset(name, split="val")
+    overrides = ["DATASETS.TRAIN", f"({name!r},)", "DATASETS.TEST", f"({name!r},)",
                  "MODEL.ROI_HEADS.NUM_CLASSES", str(train.num_classes)]
     if max_iter is not None:
         overrides += ["SOLVER.MAX_ITER", str(max_iter)]

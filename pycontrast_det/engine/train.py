@@ -17,7 +17,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 from ..errors import ConfigError, NonFiniteLossError
 from . import comm
-from .checkpoint import FINAL_NAME, Checkpointer, periodic_name, unwrap
+from .checkpoint import FINAL_NAME, Checkpointer, periodic_name
 from .events import MetricsWriter, loss_order, setup_logger
 from .optim import build_lr_scheduler, build_optimizer, gradient_clipper
 from .precise_bn import update_bn_stats
@@ -25,7 +25,7 @@ from .precise_bn import update_bn_stats
 
 @dataclass
 class TrainResult:
-    """What a training run produced (on rank 0; other ranks get the same minus evaluation)."""
+    """What a training run produced, as seen by one process (checkpoint paths: rank 0 only)."""
 
     output_dir: Path
     start_iter: int                      # first iteration this call ran (0, or where a resume continued)
