@@ -5,7 +5,9 @@ BatchNorm like our single-process SyncBN) on the same shapes images at the same 
 the same RPN/RoI sample sizes and SGD settings. Architectures differ where the recipes differ: ours has the
 PyContrast heads (4conv1fc box head and mask head with norms), torchvision 2fc and norm-free heads. Each
 (model, device) runs in its own subprocess so that its peak memory is its own (CPU: ru_maxrss; CUDA:
-torch.cuda.max_memory_allocated). The shapes protocol's own setting is the default (96 px, 2 images).
+torch.cuda.max_memory_allocated). The shapes protocol's own setting is the default (96 px, 2 images). Our
+step runs twice: with OMP_WAIT_POLICY as set in the environment and with PASSIVE (the CLI's default), whose
+difference shows on a busy CPU.
 
     python benchmarks/train.py                        # CPU (+ CUDA when present)
     python benchmarks/train.py --size 128 --batch 4 --iters 10 --threads 2
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -153,20 +156,28 @@ def main() -> None:
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     print(f"Mask R-CNN R50-FPN training step, random init, {args.batch} shapes images at {args.size} px, "
           f"{args.iters} timed iterations after {args.warmup}")
-    print(f"{'model':<38}{'device':<8}{'threads':>8}{'it/s':>8}{'s/it':>8}{'peak MiB':>10}")
+    print(f"{'model':<52}{'device':<8}{'threads':>8}{'it/s':>8}{'s/it':>8}{'peak MiB':>10}")
+    # OMP_WAIT_POLICY as the environment has it, and PASSIVE (what `pycontrast-zoo train/reproduce` default to)
+    wait_policy = os.environ.get("OMP_WAIT_POLICY", "unset")
+    runs = [("ours", wait_policy), ("ours", "PASSIVE"), ("torchvision", wait_policy)]
     for device in devices:
-        for child in ("ours", "torchvision"):
+        for child, policy in runs:
             command = [sys.executable, __file__, "--child", child, "--device", device, "--size", str(args.size),
                        "--batch", str(args.batch), "--iters", str(args.iters), "--warmup", str(args.warmup),
                        "--threads", str(args.threads)]
-            done = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
+            env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+            if policy != "unset":
+                env["OMP_WAIT_POLICY"] = policy
+            done = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, env=env)
             if done.returncode:
                 print(f"{child} on {device} failed:\n{done.stderr[-2000:]}")
                 continue
             row = json.loads(done.stdout.strip().splitlines()[-1])
-            label = f"{ENTRY} (ours)" if child == "ours" else "torchvision maskrcnn_resnet50_fpn"
-            print(f"{label:<38}{device:<8}{row['threads']:>8}{row['it_s']:>8.2f}{row['s_it']:>8.2f}"
+            label = "ours" if child == "ours" else "torchvision maskrcnn_resnet50_fpn"
+            label += f", OMP_WAIT_POLICY {policy}"
+            print(f"{label:<52}{device:<8}{row['threads']:>8}{row['it_s']:>8.2f}{row['s_it']:>8.2f}"
                   f"{row['peak_mib']:>10.0f}")
+    print(f"(load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
 
 
 if __name__ == "__main__":

@@ -234,3 +234,17 @@ def test_scale_to_batch_applies_the_linear_rule():
     assert list(scaled.SOLVER.STEPS) == [240000, 320000] and scaled.SOLVER.WARMUP_ITERS == 4000
     assert cfg.SOLVER.MAX_ITER == 90000  # the original is untouched
     assert "BASE_LR 0.02 -> 0.005" in message
+
+
+@pytest.mark.slow
+def test_train_command_two_cpu_processes(two_images, tmp_path, capsys):
+    from pycontrast_det.cli import main
+
+    out = tmp_path / "cli"
+    code = main(["train", "--config", "R_50_FPN_1x_rand", "--output", str(out), "--device", "cpu", "--num-gpus", "2",
+                 *TINY, "DATASETS.TRAIN", f"('{two_images}',)", "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "2"])
+    assert code == 0
+    assert "trained to iteration 2" in capsys.readouterr().out
+    assert load_training_checkpoint(out / "model_final.pth")["iteration"] == 1
+    assert "Training on two_train (2 process(es)" in (out / "log.txt").read_text()
+    assert load_config(out / "config.yaml").OUTPUT_DIR == str(out)
