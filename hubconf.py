@@ -2,7 +2,7 @@
 
     import torch
     model = torch.hub.load("<this folder>", "mask_rcnn_fpn_2x_infomin", source="local")  # or "owner/repo"
-    print(torch.hub.list("<this folder>", source="local"))
+    print(torch.hub.list("owner/repo"))  # torch.hub.list/help take a GitHub repo only
 
 Importing this file reads the manifest only: no torch, no network. Each entry function calls
 ``pycontrast_det.load`` when it is called.
@@ -62,7 +62,7 @@ def _docstring(entry, pretrain):
     Example:
         >>> import torch
         >>> model = torch.hub.load({_HERE!r}, {entry.name!r}, source="local", pretrained=True)
-        >>> detections = model.predict("image.jpg")[0]
+        >>> detections = model.predict("image.jpg")  # one image -> one dict; a list -> a list
 """
 
 
