@@ -42,11 +42,9 @@ def _local_weights(weights: Union[str, Path]) -> Path:
     text = str(weights)
     if "://" not in text or text.startswith("file://"):
         return Path(text[len("file://"):] if text.startswith("file://") else text)
-    from ..store import fetch_file
-    from ..zoo import FileRef, url_basename
+    from ..store import fetch_url
 
-    ref = FileRef(urls=(text,), sha256=None, size_bytes=None, format="detectron2")
-    return fetch_file(ref, f"user/{url_basename(text)}")
+    return fetch_url(text)
 
 
 def _detector_state(path: Path, model: MaskRCNN) -> dict[str, Any]:
