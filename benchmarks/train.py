@@ -156,7 +156,7 @@ def main() -> None:
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     print(f"Mask R-CNN R50-FPN training step, random init, {args.batch} shapes images at {args.size} px, "
           f"{args.iters} timed iterations after {args.warmup}")
-    print(f"{'model':<52}{'device':<8}{'threads':>8}{'it/s':>8}{'s/it':>8}{'peak MiB':>10}")
+    print(f"{'model':<58}{'device':<8}{'threads':>8}{'it/s':>8}{'s/it':>8}{'peak MiB':>10}")
     # OMP_WAIT_POLICY as the environment has it, and PASSIVE (what `pycontrast-zoo train/reproduce` default to)
     wait_policy = os.environ.get("OMP_WAIT_POLICY", "unset")
     runs = [("ours", wait_policy), ("ours", "PASSIVE"), ("torchvision", wait_policy)]
@@ -175,7 +175,7 @@ def main() -> None:
             row = json.loads(done.stdout.strip().splitlines()[-1])
             label = "ours" if child == "ours" else "torchvision maskrcnn_resnet50_fpn"
             label += f", OMP_WAIT_POLICY {policy}"
-            print(f"{label:<52}{device:<8}{row['threads']:>8}{row['it_s']:>8.2f}{row['s_it']:>8.2f}"
+            print(f"{label:<58}{device:<8}{row['threads']:>8}{row['it_s']:>8.2f}{row['s_it']:>8.2f}"
                   f"{row['peak_mib']:>10.0f}")
     print(f"(load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
 

@@ -83,8 +83,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
 
 def _passive_cpu_threads() -> None:
     """Let idle OpenMP threads sleep rather than spin (unless the user chose otherwise). On a shared or busy
-    CPU, spinning threads of a 2-thread step fight the other processes: measured 3.3 s/iteration with spinning
-    vs 1.7 s with sleeping on a loaded 2-core machine (benchmarks/train.py). Must run before torch loads."""
+    CPU, spinning threads of a 2-thread step fight the other processes: on a 2-core machine at load ~6,
+    3.3 s/iteration spinning vs 1.7 s sleeping; idle, 0.83 vs 1.03 s (benchmarks/train.py). The bounded cost
+    buys robustness for the CPU runs (the shapes protocol). Must run before torch loads."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
