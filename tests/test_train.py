@@ -248,3 +248,36 @@ def test_train_command_two_cpu_processes(two_images, tmp_path, capsys):
     assert load_training_checkpoint(out / "model_final.pth")["iteration"] == 1
     assert "Training on two_train (2 process(es)" in (out / "log.txt").read_text()
     assert load_config(out / "config.yaml").OUTPUT_DIR == str(out)
+
+
+@pytest.mark.parametrize("config", ["R_50_FPN_1x_infomin", "R_50_C4_1x_infomin"])
+def test_model_weights_from_a_user_resnet(config, two_images, tmp_path):
+    """MODEL.WEIGHTS may be a plain torchvision ResNet-50: converted (cached) and loaded into the backbone
+    (C4: res5 into the ROI head). With lr 0 the trained model still holds exactly those weights."""
+    import torchvision
+
+    resnet = torchvision.models.resnet50()
+    source = tmp_path / "resnet50.pth"
+    torch.save(resnet.state_dict(), source)
+    cfg = load_config(config, TINY + ["DATASETS.TRAIN", f"('{two_images}',)", "MODEL.WEIGHTS", str(source),
+                                      "SOLVER.BASE_LR", "0.0", "SOLVER.MAX_ITER", "1"])
+    model = train(cfg, output_dir=tmp_path / "out", evaluate_at_end=False).model.state_dict()
+    body = "backbone.body."
+    assert torch.equal(model[body + "conv1.weight"], resnet.conv1.weight)
+    assert torch.equal(model[body + "layer3.5.bn3.weight"], resnet.layer3[5].bn3.weight)
+    res5 = "roi_heads.res5.0.conv2.weight" if config.startswith("R_50_C4") else body + "layer4.0.conv2.weight"
+    assert torch.equal(model[res5], resnet.layer4[0].conv2.weight)
+    assert "Initial weights from" in (tmp_path / "out" / "log.txt").read_text()
+
+
+def test_detectron2_weight_names_go_through_the_zoo(monkeypatch):
+    from pycontrast_det.engine.train import resolve_weights
+    from pycontrast_det.errors import OfflineError
+
+    monkeypatch.setenv("PYCONTRAST_ZOO_OFFLINE", "1")
+    with pytest.raises(OfflineError, match="R-50.pkl"):  # the supervised pretrain's file, from the cache only
+        resolve_weights("detectron2://ImageNetPretrained/MSRA/R-50.pkl")
+    with pytest.raises(ConfigError, match="not a pretrain of the zoo"):
+        resolve_weights("detectron2://ImageNetPretrained/MSRA/R-101.pkl")
+    with pytest.raises(ConfigError, match="no such file"):
+        resolve_weights("/nonexistent/weights.pkl")

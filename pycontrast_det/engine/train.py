@@ -243,9 +243,11 @@ def _initial_state(path: Path, model: Any) -> dict[str, Any]:
         else:
             state = {(f"roi_heads.{k}" if k.startswith("res5.") else f"backbone.{k}"): v for k, v in state.items()}
     mapped, report = d2_to_model(state, model.arch, own.keys())
-    if report.unexpected:
-        raise ConfigError(f"MODEL.WEIGHTS {path}: {len(report.unexpected)} weights fit nowhere in the "
-                          f"{model.arch.upper()} model (e.g. {list(report.unexpected)[:4]})")
+    # a BN counter has no place in a frozen (FrozenBN) stage; anything else that fits nowhere is an error
+    unexpected = [k for k in report.unexpected if not k.endswith("num_batches_tracked")]
+    if unexpected:
+        raise ConfigError(f"MODEL.WEIGHTS {path}: {len(unexpected)} weights fit nowhere in the "
+                          f"{model.arch.upper()} model (e.g. {unexpected[:4]})")
     return mapped
 
 
