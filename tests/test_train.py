@@ -281,3 +281,31 @@ def test_detectron2_weight_names_go_through_the_zoo(monkeypatch):
         resolve_weights("detectron2://ImageNetPretrained/MSRA/R-101.pkl")
     with pytest.raises(ConfigError, match="no such file"):
         resolve_weights("/nonexistent/weights.pkl")
+
+
+@pytest.mark.parametrize("kind", ["value", "norm", "full_model"])
+def test_gradient_clipping(kind):
+    from pycontrast_det.engine.optim import gradient_clipper
+
+    cfg = _solver_cfg()
+    assert gradient_clipper(cfg) is None  # disabled by default, as in detectron2
+    cfg.SOLVER.CLIP_GRADIENTS.update(ENABLED=True, CLIP_TYPE=kind, CLIP_VALUE=0.5)
+    model = _toy()
+    optimizer = build_optimizer(cfg, model)
+    (model(torch.randn(2, 3, 8, 8)) * 1000).sum().backward()
+    gradient_clipper(cfg)(optimizer)
+    grads = [p.grad for g in optimizer.param_groups for p in g["params"]]
+    if kind == "value":
+        assert max(float(g.abs().max()) for g in grads) <= 0.5
+    elif kind == "norm":
+        for group in optimizer.param_groups:
+            assert float(torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in group["params"]]))) <= 0.5 + 1e-5
+    else:
+        assert float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads]))) <= 0.5 + 1e-5
+
+
+def test_amp_needs_cuda(two_images, tmp_path):
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        train(tiny_cfg(two_images), output_dir=tmp_path, amp=True)
+    with pytest.raises(ConfigError, match="IMS_PER_BATCH 0 is not a positive multiple of the 1 processes"):
+        train(tiny_cfg(two_images, "SOLVER.IMS_PER_BATCH", "0"), output_dir=tmp_path)

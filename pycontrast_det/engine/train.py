@@ -91,9 +91,9 @@ def _datasets(cfg: Any, dataset: Optional[Union[str, os.PathLike]]) -> tuple[Any
 
 def _check_cfg(cfg: Any, world_size: int) -> None:
     batch = int(cfg.SOLVER.IMS_PER_BATCH)
-    if batch % world_size:
-        raise ConfigError(f"SOLVER.IMS_PER_BATCH {batch} is not divisible by the {world_size} processes; "
-                          "change it (or --scale-to-batch) or the number of processes")
+    if batch < world_size or batch % world_size:
+        raise ConfigError(f"SOLVER.IMS_PER_BATCH {batch} is not a positive multiple of the {world_size} "
+                          "processes; change it (or --scale-to-batch) or the number of processes")
     if int(cfg.SOLVER.MAX_ITER) < 1:
         raise ConfigError(f"SOLVER.MAX_ITER must be >= 1, got {cfg.SOLVER.MAX_ITER}")
 
