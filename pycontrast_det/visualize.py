@@ -11,6 +11,8 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .images import as_rgb_array
+
 ImageLike = Union[Image.Image, np.ndarray]
 
 _GOLDEN_RATIO_CONJUGATE = 0.618033988749895
@@ -21,20 +23,6 @@ def class_color(label: int) -> tuple[int, int, int]:
     hue = (int(label) * _GOLDEN_RATIO_CONJUGATE) % 1.0
     red, green, blue = colorsys.hsv_to_rgb(hue, 0.8, 0.95)
     return int(red * 255 + 0.5), int(green * 255 + 0.5), int(blue * 255 + 0.5)
-
-
-def _as_rgb_array(image: ImageLike) -> np.ndarray:
-    """HWC uint8 RGB copy of a PIL image or an HWC (or HW) uint8 array."""
-    if isinstance(image, Image.Image):
-        return np.array(image.convert("RGB"))
-    array = np.asarray(image)
-    if array.dtype != np.uint8:
-        raise ValueError(f"draw_detections: image array must be uint8 HWC RGB, got dtype {array.dtype}")
-    if array.ndim == 2:
-        array = np.stack([array] * 3, axis=-1)
-    if array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(f"draw_detections: image array must be HWC with 3 channels, got shape {array.shape}")
-    return array.copy()
 
 
 def _label_text(label: int, score: Optional[float], label_names: Optional[Sequence[str]]) -> str:
@@ -57,7 +45,7 @@ def draw_detections(
     ``masks`` (N, H, W) bool (same size as the image) or None. Masks are blended at ``mask_alpha``, then
     boxes and "name score" tags are drawn on top.
     """
-    canvas = _as_rgb_array(image)
+    canvas = as_rgb_array(image).copy()
     height, width = canvas.shape[:2]
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)

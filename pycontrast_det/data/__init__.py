@@ -4,7 +4,8 @@ from __future__ import annotations
 from .catalog import DatasetSpec, check_num_classes, known_datasets, resolve_dataset
 from .coco import CategoryMap, load_records
 from .loader import build_test_loader, build_train_loader
-from .mapper import DatasetMapper, read_image
+from ..images import read_image
+from .mapper import DatasetMapper
 from .shapes import SHAPES_CATEGORIES, ShapesParams, shapes_root
 
 __all__ = [

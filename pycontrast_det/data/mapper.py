@@ -12,25 +12,14 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ConfigError, DatasetError
+from ..images import read_image
 from ..modeling.preprocess import resize_shortest_edge, scaled_size
 
 _FORMATS = ("RGB", "BGR")
 _FLIPS = ("horizontal", "vertical", "none")
 _MIN_BOX_SIDE = 1e-5  # detectron2's filter_empty_instances threshold
-
-
-def read_image(path: str) -> np.ndarray:
-    """An image file as HWC uint8 RGB, EXIF orientation applied; DatasetError naming the file if unreadable."""
-    try:
-        with Image.open(path) as img:
-            return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
-    except FileNotFoundError:
-        raise DatasetError(f"image file not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DatasetError(f"cannot read image {path}: {exc}") from None
 
 
 class DatasetMapper:

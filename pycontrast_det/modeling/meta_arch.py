@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..images import as_rgb_array
 from .postprocess import rescale
 from .preprocess import resize_shortest_edge
 
@@ -17,33 +18,6 @@ if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
 ImageLike = Union[str, Path, "PILImage", np.ndarray, Tensor]
-
-
-def _as_rgb_uint8(image: Any) -> np.ndarray:
-    """HWC uint8 RGB array from a path, a PIL image, an HWC uint8 array, or a CHW tensor (uint8, or float 0-1)."""
-    from PIL import Image, ImageOps
-
-    if isinstance(image, (str, Path)):  # EXIF orientation applied, as detectron2's read_image does
-        with Image.open(image) as pil:
-            return np.asarray(ImageOps.exif_transpose(pil).convert("RGB"))
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    if isinstance(image, Tensor):
-        if image.ndim != 3 or image.shape[0] not in (1, 3):
-            raise ValueError(f"a tensor image must be CHW with 1 or 3 channels, got shape {tuple(image.shape)}")
-        if image.is_floating_point():
-            image = (image.detach().float() * 255).round().clamp(0, 255)
-        image = image.detach().to("cpu", torch.uint8).expand(3, -1, -1).permute(1, 2, 0).numpy()
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8:
-            raise ValueError(f"an array image must be uint8 (HWC RGB), got {image.dtype}")
-        if image.ndim == 2:
-            image = np.stack([image] * 3, axis=-1)
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"an array image must be HWC RGB, got shape {image.shape}")
-        return np.ascontiguousarray(image)
-    raise TypeError(f"cannot read an image from {type(image).__name__}; pass a path, PIL image, HWC uint8 array "
-                    "or CHW tensor")
 
 
 class MaskRCNN(nn.Module):
@@ -109,7 +83,7 @@ class MaskRCNN(nn.Module):
 
     def to_input(self, image: ImageLike) -> dict:
         """A batched-input dict for one image: RGB uint8 -> config channel order -> detectron2's test resize."""
-        rgb = _as_rgb_uint8(image)
+        rgb = as_rgb_array(image)
         array = rgb[:, :, ::-1] if self.cfg.INPUT.FORMAT == "BGR" else rgb
         resized = resize_shortest_edge(np.ascontiguousarray(array), self.cfg.INPUT.MIN_SIZE_TEST,
                                        self.cfg.INPUT.MAX_SIZE_TEST)
