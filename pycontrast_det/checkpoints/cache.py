@@ -7,6 +7,7 @@ from typing import Optional, Union
 from ..errors import CheckpointFormatError
 from ..store import cache_dir, hash_file
 from .pretrain import convert_to_detectron2
+from .report import ConversionReport
 from .writers import write_d2_pkl
 
 # bump when the conversion's output changes, so that stale cached files are not reused
@@ -49,3 +50,13 @@ def converted_pretrain_path(source: Union[str, Path], format: Optional[str] = No
         (folder / f"{name}.json").write_text(report.to_json())
         write_d2_pkl(state, target)
     return target
+
+
+def converted_pretrain(source: Union[str, Path], format: Optional[str] = None,
+                       ema: bool = False) -> tuple[Path, ConversionReport]:
+    """:func:`converted_pretrain_path` plus the conversion's report (what STRIDE_IN_1X1 / INPUT.FORMAT the
+    weights need), read back from the cache."""
+    import json
+
+    path = converted_pretrain_path(source, format=format, ema=ema)
+    return path, ConversionReport.from_dict(json.loads(path.with_suffix(".json").read_text()))

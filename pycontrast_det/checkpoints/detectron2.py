@@ -105,6 +105,15 @@ def d2_to_model(state: Mapping[str, Any], arch: str,
     return out, MappingReport(tuple(missing), tuple(unexpected), tuple(dropped))
 
 
+def backbone_to_detector(state: Mapping[str, Any], arch: str) -> dict[str, Any]:
+    """A converted R-50 backbone (``stem.*``, ``res2..5.*``, as PyContrast's converter writes it) under the
+    detectron2 detector's names: FPN ``backbone.bottom_up.*``; C4 ``backbone.*`` with res5 in the ROI head."""
+    _rules(arch)
+    if arch == "fpn":
+        return {f"backbone.bottom_up.{k}": v for k, v in state.items()}
+    return {(f"roi_heads.{k}" if k.startswith("res5.") else f"backbone.{k}"): v for k, v in state.items()}
+
+
 def model_to_d2_key(key: str, arch: str) -> Optional[str]:
     """The detectron2 name of one of our keys, or None when the table has no rule for it."""
     return rename(key, _rules(arch), to_ours=False)

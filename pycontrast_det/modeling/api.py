@@ -80,24 +80,33 @@ def load_weights(model: MaskRCNN, state: Mapping[str, Any], source: str, strict:
     return missing
 
 
-def _pretrain_backbone(entry, model: MaskRCNN) -> Optional[dict[str, Any]]:
-    """The entry's pre-trained ResNet-50 under our key names, or None when it starts from random init."""
-    from ..checkpoints import d2_to_model
-    from ..checkpoints.pretrain import convert_to_detectron2
-    from ..store import fetch_pretrain
+def check_pretrain_fits(report: Any, cfg: Any, source: str) -> None:
+    """ConfigError when converted weights need another channel order or stride placement than ``cfg`` has:
+    shapes are identical either way, so such a mismatch would load silently and give wrong outputs."""
+    from ..errors import ConfigError
 
+    if report.input_format is not None and report.input_format != cfg.INPUT.FORMAT:
+        matching = "an *_infomin config" if report.input_format == "RGB" else "a supervised (BGR) config"
+        raise ConfigError(f"{source}: these weights were trained on {report.input_format} input, but the config "
+                          f"feeds {cfg.INPUT.FORMAT}; use {matching} or set INPUT.FORMAT")
+    if report.stride_in_1x1 is not None and report.stride_in_1x1 != cfg.MODEL.RESNETS.STRIDE_IN_1X1:
+        raise ConfigError(f"{source}: these weights need MODEL.RESNETS.STRIDE_IN_1X1 {report.stride_in_1x1}, "
+                          f"the config has {cfg.MODEL.RESNETS.STRIDE_IN_1X1}")
+
+
+def _pretrain_backbone(entry, model: MaskRCNN) -> Optional[dict[str, Any]]:
+    """The entry's pre-trained ResNet-50 under our key names (converted once, cached), or None for random init."""
+    from ..checkpoints import backbone_to_detector, converted_pretrain, d2_to_model, read_checkpoint
+    from ..store import fetch_pretrain
     from ..zoo import load_manifest
 
     pretrain = load_manifest().pretrain(entry.pretrain)
     if pretrain.file is None:
         return None
     path, ref = fetch_pretrain(pretrain.name)
-    backbone, _ = convert_to_detectron2(path, format=ref.format)
-    if model.arch == "fpn":
-        prefixed = {f"backbone.bottom_up.{k}": v for k, v in backbone.items()}
-    else:  # C4: res5 is the ROI head
-        prefixed = {(f"roi_heads.{k}" if k.startswith("res5.") else f"backbone.{k}"): v for k, v in backbone.items()}
-    state, _ = d2_to_model(prefixed, model.arch)
+    converted, report = converted_pretrain(path, format=ref.format)
+    check_pretrain_fits(report, model.cfg, f"pretrain {pretrain.name} ({path})")
+    state, _ = d2_to_model(backbone_to_detector(read_checkpoint(converted).state, model.arch), model.arch)
     return state
 
 
