@@ -114,7 +114,7 @@ def test_user_pretrain_in_the_plan_and_converted(user_resnet, capsys, tmp_path):
     report = prepare_weights(plan)  # local conversion only
     converted = read_checkpoint(plan.weights)
     assert converted.format == "detectron2" and len(converted.state) == 318
-    assert "res5.2.conv3.norm.running_var" in converted.state and report["input_format"] == "RGB"
+    assert "res5.2.conv3.norm.running_var" in converted.state and report.input_format == "RGB"
 
     bgr = plan_reproduction("mask_rcnn_fpn_2x_rand", pretrain=user_resnet, config="R_50_FPN_2x", output_dir=out_dir)
     with pytest.raises(ConfigError, match="RGB input"):

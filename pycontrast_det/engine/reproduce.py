@@ -15,10 +15,13 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from ..errors import ConfigError
 from . import comm
+
+if TYPE_CHECKING:
+    from ..checkpoints import ConversionReport
 
 ENGINES = ("native", "detectron2")
 DEFAULT_OUTPUT_ROOT = Path("output")
@@ -311,15 +314,14 @@ def plan_reproduction(entry: str, *, engine: str = "native", dataset: Optional[s
     return plan
 
 
-def prepare_weights(plan: ReproducePlan, *, quiet: bool = False) -> Optional[dict]:
+def prepare_weights(plan: ReproducePlan, *, quiet: bool = False) -> Optional["ConversionReport"]:
     """Fetch (through the store) and convert the pretrain into ``plan.weights``; returns the conversion report
     (None for random init). ConfigError when the weights' channel order does not match the config. Run on one
     process only."""
     if not plan.weights:
         return None
-    import json
-
-    from ..checkpoints import converted_pretrain_path
+    from ..checkpoints import converted_pretrain
+    from ..modeling.api import check_pretrain_fits
     from ..store import fetch_pretrain
 
     if plan.user_pretrain is not None:
@@ -327,14 +329,8 @@ def prepare_weights(plan: ReproducePlan, *, quiet: bool = False) -> Optional[dic
     else:
         source, file = fetch_pretrain(plan.pretrain, quiet=quiet)
         fmt = file.format
-    converted = converted_pretrain_path(source, format=fmt)
-    report_path = converted.with_suffix(".json")
-    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
-    wanted, cfg = report.get("input_format"), plan.config()
-    if wanted and wanted != cfg.INPUT.FORMAT:
-        raise ConfigError(f"{source}: these weights were trained on {wanted} input (stride_in_1x1 "
-                          f"{report.get('stride_in_1x1')}), but {plan.config_path.name} feeds {cfg.INPUT.FORMAT}; "
-                          "pass a matching --config")
+    converted, report = converted_pretrain(source, format=fmt)
+    check_pretrain_fits(report, plan.config(), f"{source} (config {plan.config_path.name}; pass a matching --config)")
     target = Path(plan.weights)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")

@@ -231,17 +231,14 @@ def resolve_weights(weights: str) -> Path:
 def _initial_state(path: Path, model: Any) -> dict[str, Any]:
     """A detectron2-format file under our model's keys: a whole detector, our own checkpoint, or a backbone
     alone as PyContrast's converter writes it (``stem.*``, ``res2..5.*``; C4's res5 lives in the ROI head)."""
-    from ..checkpoints import d2_to_model, read_checkpoint
+    from ..checkpoints import backbone_to_detector, d2_to_model, read_checkpoint
 
     state = read_checkpoint(path).state
     own = model.state_dict()
     if sum(k in own for k in state) > len(state) // 2:
         return state
     if all(k.startswith(("stem.", "res")) for k in state):
-        if model.arch == "fpn":
-            state = {f"backbone.bottom_up.{k}": v for k, v in state.items()}
-        else:
-            state = {(f"roi_heads.{k}" if k.startswith("res5.") else f"backbone.{k}"): v for k, v in state.items()}
+        state = backbone_to_detector(state, model.arch)
     mapped, report = d2_to_model(state, model.arch, own.keys())
     # a BN counter has no place in a frozen (FrozenBN) stage; anything else that fits nowhere is an error
     unexpected = [k for k in report.unexpected if not k.endswith("num_batches_tracked")]
