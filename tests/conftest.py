@@ -8,6 +8,13 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# Under pytest-xdist, split the cores between the workers (set before torch is imported): two workers
+# each running two OpenMP threads on two cores spend their time waiting for each other.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
+    os.environ.setdefault("MKL_NUM_THREADS", str(_share))
+
 
 def fixtures_dir() -> Path:
     """``PYCONTRAST_FIXTURES``, else ``../shared/fixtures`` beside the checkout."""
