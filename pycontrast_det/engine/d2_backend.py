@@ -117,8 +117,10 @@ def _d2_main(plan: Any) -> Optional[dict]:
     Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=plan.resume)
-    results = trainer.train()
-    return {task: dict(values) for task, values in (results or {}).items()}
+    trainer.train()
+    # DefaultTrainer.train() returns results only when TEST.EXPECTED_RESULTS is set; its eval hook keeps them
+    results = getattr(trainer, "_last_eval_results", None) or {}
+    return {task: dict(values) for task, values in results.items()}
 
 
 def train_with_detectron2(plan: Any) -> Optional[dict]:

@@ -222,7 +222,9 @@ def _dataset_overrides(dataset: Optional[str], max_iter: Optional[int]) -> tuple
                      "MODEL.ROI_HEADS.NUM_CLASSES", str(len(SHAPES_CATEGORIES))]
         for key, value, _ in SHAPES_PROTOCOL:
             overrides += [key, value]
-        overrides += ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", f"({int(iters * 0.75)},{int(iters * 0.9)})"]
+        # strictly increasing and inside the run: detectron2's scheduler refuses repeated milestones
+        steps = sorted({s for s in (int(iters * 0.75), int(iters * 0.9)) if 0 < s < iters})
+        overrides += ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", str(tuple(steps))]
         notes = [f"shapes protocol: {iters} iterations, lr steps at 75% and 90%, small inputs and RPN/RoI "
                  "samples (see SHAPES_PROTOCOL); architecture, norms and init as the entry. A pipeline check: "
                  "its AP is measured on synthetic shapes, not on COCO"]
