@@ -39,12 +39,16 @@ class TrainResult:
     model: Any = field(default=None, repr=False)  # the trained model (this process's copy; not sent between processes)
 
 
-def _seed_iteration(seed: int, rank: int, iteration: int) -> None:
-    """Seed every RNG from (seed, rank, iteration): what makes resumed == uninterrupted."""
+_INIT, _ITERATION = 0, 1  # what a seed is for: the initial weights, or one iteration of one rank
+
+
+def _seed_rngs(seed: int, *key: int) -> None:
+    """Seed torch/numpy/random from SEED and what it is for: ``(_INIT,)`` before the model is built (the same
+    initial weights on every rank), ``(_ITERATION, rank, iteration)`` before each step, so resumed == uninterrupted."""
     import numpy as np
     import torch
 
-    state = np.random.SeedSequence([seed, rank, iteration]).generate_state(2)
+    state = np.random.SeedSequence(seed, spawn_key=key).generate_state(2)
     torch.manual_seed(int(state[0]) << 32 | int(state[1]))
     np.random.seed(int(state[0]))
     random.seed(int(state[1]))
@@ -125,7 +129,8 @@ def _check_finite(losses: Mapping[str, float], iteration: int) -> None:
 class _Trainer:
     """One process's share of a run; :func:`train` drives it."""
 
-    def __init__(self, cfg: Any, output_dir: Path, device: Any, amp: bool, logger: logging.Logger) -> None:
+    def __init__(self, cfg: Any, output_dir: Path, device: Any, amp: bool, logger: logging.Logger,
+                 seed: int) -> None:
         import torch
 
         from ..modeling import build_model
@@ -133,6 +138,8 @@ class _Trainer:
         self.cfg, self.output_dir, self.device, self.amp, self.logger = cfg, output_dir, device, amp, logger
         self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
         self.max_iter = int(cfg.SOLVER.MAX_ITER)
+        self.seed = seed
+        _seed_rngs(seed, _INIT)
         self.model = build_model(cfg).to(device)
         if device.type == "cpu" and self.world_size > 1:
             _naive_sync_bn_on_cpu(self.model)  # before the optimizer sees the parameters
@@ -150,11 +157,11 @@ class _Trainer:
         if state is not None:
             start = int(state["iteration"]) + 1
             self.logger.info(f"Resuming from {self.checkpointer.last_checkpoint()} at iteration {start}")
-            return start, int(state.get("seed", _pick_seed(self.cfg)))
+            return start, int(state.get("seed", self.seed))
         if resume:
             self.logger.info(f"--resume: no checkpoint in {self.output_dir}; starting from iteration 0")
         self._load_initial_weights()
-        return 0, _pick_seed(self.cfg)
+        return 0, self.seed
 
     def _load_initial_weights(self) -> None:
         weights = str(self.cfg.MODEL.WEIGHTS)
@@ -306,7 +313,7 @@ def train(cfg: Any, *, output_dir: Union[str, os.PathLike], resume: bool = False
     logger.info(f"Training on {train_spec.name} ({world_size} process(es), {device}, "
                 f"{cfg.SOLVER.IMS_PER_BATCH} images/iteration, AMP {'on' if use_amp else 'off'})")
 
-    trainer = _Trainer(cfg, output_dir, device, use_amp, logger)
+    trainer = _Trainer(cfg, output_dir, device, use_amp, logger, _pick_seed(cfg))
     start_iter, seed = trainer.restore(resume)
     model = trainer.wrap()
     model.train()
@@ -316,7 +323,7 @@ def train(cfg: Any, *, output_dir: Union[str, os.PathLike], resume: bool = False
     losses: dict[str, float] = {}
     started = time.perf_counter()
     for iteration in range(start_iter, trainer.max_iter):
-        _seed_iteration(seed, rank, iteration)
+        _seed_rngs(seed, _ITERATION, rank, iteration)
         tick = time.perf_counter()
         batch = next(batches)
         data_time = time.perf_counter() - tick
