@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..images import as_rgb_array
+from .fuse import FastPath, clear_fold_caches
 from .postprocess import rescale
 from .preprocess import resize_shortest_edge
 
@@ -32,6 +33,7 @@ class MaskRCNN(nn.Module):
         self.rpn = rpn
         self.roi_heads = roi_heads
         self.class_names = list(class_names)
+        self.fast_path = FastPath()  # inference optimisations in eval mode (pycontrast_det.modeling.fuse)
         self.size_divisibility = backbone.size_divisibility
         self.register_buffer("pixel_mean", torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1), persistent=False)
@@ -57,9 +59,25 @@ class MaskRCNN(nn.Module):
                 pad[:, :img.shape[-2], :img.shape[-1]].copy_(img)
         return batch, sizes
 
+    def train(self, mode: bool = True) -> "MaskRCNN":
+        """nn.Module.train; entering training also drops the inference folds (training changes the weights)."""
+        if mode:
+            clear_fold_caches(self)
+        return super().train(mode)
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+        clear_fold_caches(self)  # .to() / .half() / ...: the folds refer to the old tensors
+        return super()._apply(fn, recurse)
+
     def forward(self, batched_inputs: Sequence[dict]) -> Union[dict[str, Tensor], list[dict[str, Tensor]]]:
         """Training: the five losses. Eval: per image boxes/scores/classes(/masks) in original pixels."""
+        with self.fast_path.active():
+            return self._forward(batched_inputs)
+
+    def _forward(self, batched_inputs: Sequence[dict]) -> Union[dict[str, Tensor], list[dict[str, Tensor]]]:
         images, sizes = self.preprocess(batched_inputs)
+        if self.fast_path.channels_last and not self.training:
+            images = images.contiguous(memory_format=torch.channels_last)
         features = self.backbone(images)
         if self.training:
             targets = [self._target(x) for x in batched_inputs]

@@ -9,19 +9,19 @@ from torch import Tensor, nn
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 
 from .backbone import c2_msra_fill, c2_xavier_fill, make_stage
+from .fuse import ConvNormAct
 from .norms import get_norm
 from .poolers import ROIPooler
 from .postprocess import Detections, fast_rcnn_inference, mask_probabilities
 from .rpn import Proposals
 
 
-def conv_norm_relu(in_channels: int, out_channels: int, norm: str) -> nn.Sequential:
+def conv_norm_relu(in_channels: int, out_channels: int, norm: str) -> ConvNormAct:
     """3x3 conv (bias only without a norm) -> norm -> ReLU, msra-initialised."""
     norm_layer = get_norm(norm, out_channels)
     conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=norm_layer is None)
     c2_msra_fill(conv)
-    layers = [conv] + ([norm_layer] if norm_layer is not None else []) + [nn.ReLU(inplace=True)]
-    return nn.Sequential(*layers)
+    return ConvNormAct(conv, norm_layer, relu=True)
 
 
 class BoxPredictor(nn.Module):
@@ -82,7 +82,7 @@ class _ROIHeadsBase(nn.Module):
                 image_sizes: list[tuple[int, int]], targets: list[dict] | None = None
                 ) -> tuple[list[Detections], dict[str, Tensor]]:
         """Detections per image (eval) or the box and mask losses (training)."""
-        maps = [features[f] for f in self.in_features]
+        maps = [features[f].contiguous() for f in self.in_features]  # RoIAlign reads NCHW: convert once
         if self.training:
             return [], self._losses(maps, proposals, targets)
         x, _ = self.box_features(maps, [p.boxes for p in proposals])
