@@ -66,3 +66,11 @@ class NonFiniteLossError(ZooError, FloatingPointError):
 
 class LogFormatError(ZooError):
     """A training log (detectron2 log.txt or metrics.json) is missing or has nothing we can read."""
+
+
+class OptionalDependencyError(ZooError, ImportError):
+    """A feature needs an optional package that is not installed; names the package and the extra to install."""
+
+
+class ExportError(ZooError):
+    """A model cannot be exported, or a file is not an exported detector this package can run."""

@@ -48,6 +48,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                         help="torch device: cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
     parser.add_argument("--batch-size", metavar="N", type=int, default=1,
                         help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
+                        help="inference precision: fp32, or autocast to fp16 (CUDA only) or bf16 "
+                             "(default: %(default)s)")
     parser.add_argument("--opts", metavar="KEY VALUE", nargs="+", default=[],
                         help="config overrides, detectron2 style, e.g. --opts INPUT.MIN_SIZE_TEST 600")
     parser.set_defaults(func=run_predict)
@@ -65,6 +68,9 @@ def run_predict(args: argparse.Namespace) -> int:
         raise ZooError(f"predict: image file(s) not found: {', '.join(missing)}")
 
     model = _load_model(args)
+    if args.precision == "fp16" and model.device.type != "cuda":
+        raise ZooError(f"predict: --precision fp16 needs a CUDA device (--device is {model.device}); use bf16 "
+                       "on the CPU")
     category_ids = _category_ids(model.class_names)
     image_ids = assign_image_ids(paths)
     png_names = _png_names(paths)
@@ -77,7 +83,8 @@ def run_predict(args: argparse.Namespace) -> int:
     for start in range(0, len(paths), args.batch_size):
         batch = paths[start:start + args.batch_size]
         arrays = [_read_rgb(path) for path in batch]
-        predictions = model.predict(arrays, score_thresh=args.score_thresh, batch_size=len(arrays))
+        predictions = model.predict(arrays, score_thresh=args.score_thresh, batch_size=len(arrays),
+                                    precision=args.precision)
         for offset, (path, array, pred) in enumerate(zip(batch, arrays, predictions)):
             index = start + offset
             results.extend(to_coco_results(pred, image_ids[index], path.name, category_ids))

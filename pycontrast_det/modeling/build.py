@@ -103,6 +103,11 @@ def class_names_for(num_classes: int) -> list[str]:
     return [f"class_{i}" for i in range(num_classes)]
 
 
+def model_class_names(model: MaskRCNN) -> list[str]:
+    """The names of ``model``'s classes, index = predicted label (the one place that says where they live)."""
+    return list(model.class_names)
+
+
 def build_model(cfg) -> MaskRCNN:
     """A randomly initialised MaskRCNN for ``cfg`` (detectron2 init rules; pretrained weights not loaded)."""
     arch = check_config(cfg)

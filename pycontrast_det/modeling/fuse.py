@@ -94,15 +94,34 @@ def _signature(tensors: list[Optional[Tensor]], channels_last: bool) -> Optional
     return tuple(key)
 
 
+def _affine64(norm: nn.Module) -> tuple[Tensor, Tensor]:
+    """(scale, shift) in float64 of an affine norm: ``norm(x) = x * scale + shift`` per channel."""
+    gamma = norm.weight if getattr(norm, "weight", None) is not None else torch.ones_like(norm.running_var)
+    beta = norm.bias if getattr(norm, "bias", None) is not None else torch.zeros_like(norm.running_var)
+    scale = gamma.detach().double() / torch.sqrt(norm.running_var.double() + norm.eps)
+    return scale, beta.detach().double() - norm.running_mean.double() * scale
+
+
+def foldable_affine(norm: nn.Module) -> bool:
+    """Whether the active fast path folds ``norm`` (an affine norm now, with no gradient asked of it)."""
+    return (active_fast_path().fold_norms and _is_affine(norm)
+            and not (torch.is_grad_enabled() and any(p.requires_grad for p in norm.parameters())))
+
+
+def affine_of(norm: nn.Module) -> tuple[Tensor, Tensor]:
+    """(scale, shift) of an affine norm, in its dtype, for applying it to a (N, C) tensor."""
+    with torch.inference_mode(False), torch.no_grad():
+        scale, shift = _affine64(norm)
+        return scale.to(norm.running_var.dtype), shift.to(norm.running_var.dtype)
+
+
 def fold(conv: nn.Conv2d, norm: nn.Module, channels_last: bool = False) -> tuple[Tensor, Tensor]:
     """(weight, bias) of one convolution equal to ``norm(conv(x))`` for an affine ``norm`` (computed in float64)."""
     with torch.inference_mode(False), torch.no_grad():
         weight = conv.weight.detach()
-        gamma = norm.weight if getattr(norm, "weight", None) is not None else torch.ones_like(norm.running_var)
-        beta = norm.bias if getattr(norm, "bias", None) is not None else torch.zeros_like(norm.running_var)
-        scale = gamma.double() / torch.sqrt(norm.running_var.double() + norm.eps)
-        bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
-        new_bias = (beta.double() + (bias - norm.running_mean.double()) * scale).to(weight.dtype)
+        scale, shift = _affine64(norm)
+        bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(scale)
+        new_bias = (shift + bias * scale).to(weight.dtype)
         new_weight = (weight.double() * scale.view(-1, 1, 1, 1)).to(weight.dtype)
         if channels_last:
             new_weight = new_weight.contiguous(memory_format=torch.channels_last)

@@ -40,8 +40,7 @@ class ROIPooler(nn.Module):
     def forward(self, features: Sequence[Tensor], boxes: Sequence[Tensor]) -> Tensor:
         """(R, C, S, S) pooled features, rows in the order of the concatenated ``boxes``."""
         all_boxes = torch.cat(list(boxes))
-        batch_index = torch.cat([torch.full((len(b), 1), i, dtype=all_boxes.dtype, device=all_boxes.device)
-                                 for i, b in enumerate(boxes)])
+        batch_index = torch.cat([torch.zeros_like(b[:, :1]) + i for i, b in enumerate(boxes)]).to(all_boxes.dtype)
         rois = torch.cat([batch_index, all_boxes], dim=1)
         # the heads' convolutions take NHWC on the fast path: write the output in that layout once
         layout = (torch.channels_last if not self.training and active_fast_path().channels_last
@@ -54,7 +53,7 @@ class ROIPooler(nn.Module):
             inds = torch.nonzero(levels == level, as_tuple=True)[0]
             pooled = self._align(feature, rois[inds], scale)
             if output is None:
-                output = torch.empty((len(rois), feature.shape[1], self.output_size, self.output_size),
+                output = torch.empty((rois.shape[0], feature.shape[1], self.output_size, self.output_size),
                                      dtype=pooled.dtype, device=pooled.device, memory_format=layout).zero_()
-            output[inds] = pooled
+            output.index_copy_(0, inds, pooled)  # exports to ONNX for any number of rows (index_put does not)
         return output
