@@ -129,15 +129,19 @@ def fold(conv: nn.Conv2d, norm: nn.Module, channels_last: bool = False) -> tuple
 
 
 def _folded(conv: nn.Conv2d, norm: nn.Module, channels_last: bool) -> tuple[Tensor, Tensor]:
-    """The fold of (conv, norm), from the cache on ``conv`` when its sources are unchanged."""
+    """The fold of (conv, norm), from the cache on ``conv`` (one entry per layout, so that models switching
+    layouts do not refold every time) when its sources are unchanged."""
     sources = _sources(conv, norm)
     key = _signature(sources, channels_last)
-    cached = conv.__dict__.get("_fold_cache")
+    cached = conv.__dict__.get("_fold_cache", {}).get(channels_last)
     if key is not None and cached is not None and cached[0] == key:
         return cached[1], cached[2]
     weight, bias = fold(conv, norm, channels_last)
-    # the cache holds the sources alive, so that no later tensor can reuse an address it compares against
-    conv.__dict__["_fold_cache"] = None if key is None else (key, weight, bias, [t for t in sources if t is not None])
+    if key is None:
+        conv.__dict__.get("_fold_cache", {}).pop(channels_last, None)
+    else:  # the cache holds the sources alive, so that no later tensor can reuse an address it compares against
+        conv.__dict__.setdefault("_fold_cache", {})[channels_last] = (key, weight, bias,
+                                                                       [t for t in sources if t is not None])
     return weight, bias
 
 
