@@ -59,9 +59,11 @@ def two_images(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, two_images):
-    """One 8-iteration run (checkpoint after iteration 3), shared by the resume, loss and log tests."""
+    """One 8-iteration run (checkpoint after iteration 3, every checkpoint kept), shared by the resume, loss and log
+    tests."""
     out = tmp_path_factory.mktemp("run")
-    result = train(tiny_cfg(two_images), output_dir=out, evaluate_at_end=False, log_period=1)
+    result = train(tiny_cfg(two_images, "SOLVER.CHECKPOINTS_KEPT", "0"), output_dir=out, evaluate_at_end=False,
+                   log_period=1, export_detectron2=True)
     return out, result
 
 

@@ -2,7 +2,9 @@
 
 Each file is ``{"model": state (our keys), "optimizer", "scheduler", "iteration", ...extra}`` where
 ``iteration`` is the last completed (0-based) iteration, as detectron2 stores it, so a resumed run starts at
-``iteration + 1``. Files are written by rank 0 only, atomically (temp file + rename), and read back with
+``iteration + 1``; ``model_final.pth`` holds the same, so ``--resume`` with a longer SOLVER.MAX_ITER goes on
+from it. Only the newest ``keep`` checkpoints (model_final.pth included) stay on disk: SOLVER.CHECKPOINTS_KEPT.
+Files are written by rank 0 only, atomically (temp file + rename), and read back with
 ``torch.load(weights_only=True)``: a checkpoint never runs code on load.
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ from . import comm
 
 LAST_CHECKPOINT = "last_checkpoint"
 FINAL_NAME = "model_final"
+_CHECKPOINT_GLOBS = ("model_[0-9]*.pth", f"{FINAL_NAME}.pth")
 
 
 def unwrap(model: Any) -> Any:
@@ -46,8 +49,9 @@ class Checkpointer:
     """Saves and restores model, optimizer, scheduler (and AMP scaler) under ``output_dir``."""
 
     def __init__(self, model: Any, output_dir: os.PathLike | str, *, optimizer: Any = None, scheduler: Any = None,
-                 scaler: Any = None, arch: Optional[str] = None) -> None:
+                 scaler: Any = None, arch: Optional[str] = None, keep: int = 0) -> None:
         self.model = model
+        self.keep = int(keep)  # newest checkpoints left on disk after each save; 0: every one
         self.output_dir = Path(output_dir)
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -69,7 +73,17 @@ class Checkpointer:
         path = self.output_dir / f"{name}.pth"
         _atomic_save(data, path)
         _atomic_write_text(path.name, self.output_dir / LAST_CHECKPOINT)
+        self._prune(path)
         return path
+
+    def _prune(self, newest: Path) -> None:
+        """Delete all but the ``keep`` newest checkpoints (by write time; ``newest``, just saved, always stays)."""
+        if self.keep <= 0:
+            return
+        found = {p for pattern in _CHECKPOINT_GLOBS for p in self.output_dir.glob(pattern)} - {newest}
+        older = sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        for path in older[self.keep - 1:]:
+            path.unlink(missing_ok=True)
 
     def export_detectron2(self, name: str = FINAL_NAME) -> Optional[Path]:
         """Write ``<name>_detectron2.pth``: the weights under detectron2's key names, loadable by stock

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from ..errors import ConfigError
 from . import comm
+from .events import progress, strict_json
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class EvalResult:
     metrics_json: Optional[Path] = None
     seconds: float = 0.0
     is_coco_val2017: bool = False
+    shards: list[int] = field(default_factory=list)  # images inferred by each process, in rank order
 
     @property
     def bbox(self) -> dict[str, float]:
@@ -56,7 +58,7 @@ class EvalResult:
 def evaluate(model_or_entry: Union[str, Callable[[list[dict]], list[dict]]], dataset: Any = "shapes", *,
              split: str = "val", device: str = "cpu", output_dir: Optional[Union[str, os.PathLike]] = None,
              backend: str = "auto", max_images: Optional[int] = None, rank: int = 0, world_size: int = 1,
-             cfg: Any = None, num_workers: int = 0) -> EvalResult:
+             cfg: Any = None, num_workers: int = 0, log: Optional[logging.Logger] = None) -> EvalResult:
     """Run ``model_or_entry`` over ``dataset`` (name, path or DatasetSpec) and score it with COCOeval.
 
     ``model_or_entry``: a zoo entry name (loaded on ``device``), or a model / callable taking
@@ -66,6 +68,7 @@ def evaluate(model_or_entry: Union[str, Callable[[list[dict]], list[dict]]], dat
     Distributed inference is opt-in: every rank of an initialised process group calls this with its
     ``rank`` and the ``world_size``; each infers on its slice, rank 0 scores, all return the same result.
     The default (0, 1) evaluates everything in this process, so calling it from rank 0 alone is safe.
+    ``log`` (default: this module's logger) receives progress lines during inference and the COCOeval tables.
     """
     import torch
 
@@ -84,6 +87,8 @@ def evaluate(model_or_entry: Union[str, Callable[[list[dict]], list[dict]]], dat
     check_num_classes(spec, cfg.MODEL.ROI_HEADS.NUM_CLASSES, model=type(model).__name__)
     loader = build_test_loader(cfg, spec, rank=rank, world_size=world_size, max_images=max_images,
                                num_workers=num_workers)
+    log = log or logger
+    share = f" (process {rank} of {world_size})" if world_size > 1 else ""
 
     started = time.perf_counter()
     was_training = getattr(model, "training", False)
@@ -93,20 +98,23 @@ def evaluate(model_or_entry: Union[str, Callable[[list[dict]], list[dict]]], dat
     results: list[dict] = []
     try:
         with torch.no_grad():
-            for batch in loader:
+            for batch in progress(loader, len(loader), f"Inference on {spec.name}{share}", log):
                 for inputs, outputs in zip(batch, model(batch)):
                     image_ids.append(inputs["image_id"])
                     results.extend(instances_to_coco(inputs["image_id"], outputs, spec.category_ids))
     finally:
         if was_training:
             model.train()
-    image_ids, results = _gather(image_ids, results, world_size)
+    image_ids, results, shards = _gather(image_ids, results, world_size)
 
     outcome = None
     if rank == 0:
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
-        outcome = score_results(spec, image_ids, results, tasks, backend, output_dir)
+        log.info(f"Scoring {len(results)} detections on {len(image_ids)} images with COCOeval ({backend}, "
+                 f"{', '.join(tasks)})")
+        outcome = score_results(spec, image_ids, results, tasks, backend, output_dir, log=log)
         outcome.seconds = time.perf_counter() - started
+        outcome.shards = shards
     return comm.broadcast_object(outcome) if world_size > 1 else outcome
 
 
@@ -182,21 +190,24 @@ def _load_model(entry: str, device: str) -> Any:
     return load(entry, device=device)
 
 
-def _gather(image_ids: list[int], results: list[dict], world_size: int) -> tuple[list[int], list[dict]]:
-    """Every rank's image ids and results, concatenated in rank order (identity in one process)."""
+def _gather(image_ids: list[int], results: list[dict], world_size: int) -> tuple[list[int], list[dict], list[int]]:
+    """Every rank's image ids and results, concatenated in rank order, and each rank's image count (identity in
+    one process)."""
     if world_size == 1:
-        return image_ids, results
+        return image_ids, results, [len(image_ids)]
     import torch.distributed as dist
 
     parts: list[Any] = [None] * world_size
     dist.all_gather_object(parts, (image_ids, results))
-    return [i for ids, _ in parts for i in ids], [r for _, res in parts for r in res]
+    return ([i for ids, _ in parts for i in ids], [r for _, res in parts for r in res],
+            [len(ids) for ids, _ in parts])
 
 
 def score_results(spec: Any, image_ids: list[int], results: list[dict], tasks: Sequence[str], backend: str,
-           output_dir: Optional[Union[str, os.PathLike]]) -> EvalResult:
+                  output_dir: Optional[Union[str, os.PathLike]], log: Optional[logging.Logger] = None) -> EvalResult:
     """COCOeval per task (``bbox``, ``segm``) of COCO ``results`` on ``image_ids`` of ``spec``; writes the results
-    and metrics files to ``output_dir`` when given. The scoring half of :func:`evaluate`."""
+    and metrics files (strict JSON: NaN as null) to ``output_dir`` when given. The scoring half of :func:`evaluate`."""
+    log = log or logger
     backend = _pick_backend(backend)
     gt = _load_gt(spec.json_file, backend)
     if not all("segmentation" in r for r in results) or not any(
@@ -212,7 +223,7 @@ def score_results(spec: Any, image_ids: list[int], results: list[dict], tasks: S
         result.metrics[task] = {m: (float(s) * 100 if s >= 0 else float("nan")) for m, s in zip(METRICS, stats)}
         result.per_category[task] = _per_category_ap(precision, spec.category_ids, names)
         result.summary[task] = text
-        logger.info(f"Evaluation results for {task} on {spec.name}:\n{text}")
+        log.info(f"Evaluation results for {task} on {spec.name}:\n{text}")
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -221,7 +232,7 @@ def score_results(spec: Any, image_ids: list[int], results: list[dict], tasks: S
         row = {f"{task}/{m}": v for task, values in result.metrics.items() for m, v in values.items()}
         row.update({f"{task}/AP-{n}": v for task, values in result.per_category.items() for n, v in values.items()})
         result.metrics_json = out / "metrics.json"
-        result.metrics_json.write_text(json.dumps(row, sort_keys=True) + "\n")
+        result.metrics_json.write_text(strict_json(row) + "\n")
     return result
 
 

@@ -1,0 +1,92 @@
+"""Pictures of training runs: losses, learning rate and AP against iteration, one line style per source.
+
+``plot_curves([ours, published], "curves.png")`` draws three panels (losses, lr, AP). Every curve is labelled
+by its source (the :class:`~pycontrast_det.engine.logs.LogSummary` label: "ours", "published", ...). A run
+whose length differs from the first one's by more than 2x (the shapes protocol's 240 iterations beside a
+published 90k-iteration COCO log) is drawn against its own iteration axis at the top of each panel, so that
+both curves fill the width. matplotlib is a dependency of the package (Agg backend, no display needed).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+
+if TYPE_CHECKING:
+    from .logs import LogSummary
+
+_TASK_STYLE = (("bbox", "o", "box AP"), ("segm", "s", "mask AP"))
+
+
+def _comparable(first: Optional[int], other: Optional[int]) -> bool:
+    """Whether two runs' last iterations are close enough (within 2x) to share one iteration axis."""
+    if not first or not other:
+        return True
+    return max(first, other) / max(1, min(first, other)) <= 2
+
+
+def _draw(axes: Sequence[Any], summary: "LogSummary", colour: str, components: bool) -> None:
+    """Losses (total thick; components thin when asked), lr and AP points of one run onto the three axes."""
+    ax_loss, ax_lr, ax_ap = axes
+    label = summary.label
+    iterations = [p.iteration for p in summary.losses]
+    if summary.losses:
+        ax_loss.plot(iterations, [p.total_loss for p in summary.losses], color=colour, linewidth=1.6,
+                     label=f"{label}: total_loss")
+        if components:
+            names = sorted({k for p in summary.losses for k in p.losses})
+            for index, name in enumerate(names):
+                points = [(p.iteration, p.losses[name]) for p in summary.losses if name in p.losses]
+                ax_loss.plot(*zip(*points), color=colour, linewidth=0.7, alpha=0.8,
+                             linestyle=(0, (1 + index, 1 + index)), label=f"{label}: {name}")
+        lrs = [(p.iteration, p.lr) for p in summary.losses if p.lr is not None]
+        if lrs:
+            ax_lr.plot(*zip(*lrs), color=colour, label=f"{label}: lr")
+    for task, marker, name in _TASK_STYLE:
+        points = [(i, r[task]["AP"]) for i, r in summary.evals if task in r and r[task].get("AP") is not None]
+        if points:
+            ax_ap.plot(*zip(*points), marker=marker, linestyle="-" if len(points) > 1 else "none", color=colour,
+                       label=f"{label}: {name}")
+
+
+def plot_curves(summaries: Sequence["LogSummary"], out_png: Union[str, os.PathLike], *,
+                title: Optional[str] = None) -> Path:
+    """Write a PNG of losses, lr and AP for each run in ``summaries`` (the first one's loss components too)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_png)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    base = summaries[0].last_iteration if summaries else None
+    panels: list[list[Any]] = [[ax] for ax in axes]  # each panel's axes: its own, then any twin iteration axes
+    for index, summary in enumerate(summaries):
+        target = list(axes)
+        if index and not _comparable(base, summary.last_iteration):
+            target = [ax.twiny() for ax in axes]
+            for panel, twin in zip(panels, target):
+                twin.set_xlabel(f"iteration ({summary.label})", fontsize=8)
+                panel.append(twin)
+        _draw(target, summary, f"C{index}", components=index == 0)
+    own_axis = "iteration" + (f" ({summaries[0].label})" if any(len(p) > 1 for p in panels) else "")
+    for ax, (ylabel, name) in zip(axes, (("loss", "training losses"), ("learning rate", "learning rate"),
+                                         ("AP (%)", "COCO AP"))):
+        ax.set(xlabel=own_axis, ylabel=ylabel, title=name)
+        ax.grid(alpha=0.3)
+    axes[2].set_ylim(bottom=0)
+    for panel in panels:  # one legend per panel, with the twin axes' curves
+        handles = [h for ax in panel for h in ax.get_legend_handles_labels()[0]]
+        labels = [label for ax in panel for label in ax.get_legend_handles_labels()[1]]
+        if handles:
+            panel[-1].legend(handles, labels, fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+__all__ = ["plot_curves"]
