@@ -66,3 +66,7 @@ class NonFiniteLossError(ZooError, FloatingPointError):
 
 class LogFormatError(ZooError):
     """A training log (detectron2 log.txt or metrics.json) is missing or has nothing we can read."""
+
+
+class MissingDependencyError(ZooError, ImportError):
+    """An optional dependency (a package extra) is not installed; the message gives the pip command."""

@@ -18,8 +18,12 @@ ENTRIES = list(load_manifest().entries.values())
 
 
 def _command(out: str, program: str) -> list[str]:
-    line = next(line for line in out.splitlines() if line.strip().startswith(program))
-    return shlex.split(line)
+    """The printed command starting with ``program``, its backslash-continued lines joined, as argv."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith(program))
+    end = next(i for i in range(start, len(lines)) if not lines[i].endswith("\\"))
+    assert all(len(line) <= 112 for line in lines[start:end + 1])
+    return shlex.split(" ".join(line.rstrip("\\") for line in lines[start:end + 1]))
 
 
 def _value(words: list[str], key: str) -> str:

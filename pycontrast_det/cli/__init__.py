@@ -42,6 +42,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point: parse, run the chosen subcommand, turn a ZooError into a one-line message and exit 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line as given (a SLURM job reruns it)
     try:
         code = args.func(args)
     except ZooError as exc:

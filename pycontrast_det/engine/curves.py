@@ -4,7 +4,8 @@
 by its source (the :class:`~pycontrast_det.engine.logs.LogSummary` label: "ours", "published", ...). A run
 whose length differs from the first one's by more than 2x (the shapes protocol's 240 iterations beside a
 published 90k-iteration COCO log) is drawn against its own iteration axis at the top of each panel, so that
-both curves fill the width. matplotlib is a dependency of the package (Agg backend, no display needed).
+both curves fill the width. matplotlib is a dependency of the package (a bare Figure: no display, no pyplot
+state).
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from .logs import LogSummary
 
 _TASK_STYLE = (("bbox", "o", "box AP"), ("segm", "s", "mask AP"))
@@ -49,16 +52,12 @@ def _draw(axes: Sequence[Any], summary: "LogSummary", colour: str, components: b
                        label=f"{label}: {name}")
 
 
-def plot_curves(summaries: Sequence["LogSummary"], out_png: Union[str, os.PathLike], *,
-                title: Optional[str] = None) -> Path:
-    """Write a PNG of losses, lr and AP for each run in ``summaries`` (the first one's loss components too)."""
-    import matplotlib
+def curves_figure(summaries: Sequence["LogSummary"], title: Optional[str] = None) -> "Figure":
+    """The figure of :func:`plot_curves`: panels of losses, lr and AP; a legend per panel naming each curve's source."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = Path(out_png)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    fig = Figure(figsize=(15, 4.5))
+    axes = fig.subplots(1, 3)
     base = summaries[0].last_iteration if summaries else None
     panels: list[list[Any]] = [[ax] for ax in axes]  # each panel's axes: its own, then any twin iteration axes
     for index, summary in enumerate(summaries):
@@ -83,10 +82,16 @@ def plot_curves(summaries: Sequence["LogSummary"], out_png: Union[str, os.PathLi
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(summaries: Sequence["LogSummary"], out_png: Union[str, os.PathLike], *,
+                title: Optional[str] = None) -> Path:
+    """Write a PNG of losses, lr and AP for each run in ``summaries`` (the first one's loss components too)."""
+    out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    curves_figure(summaries, title).savefig(out, dpi=100)
     return out
 
 
-__all__ = ["plot_curves"]
+__all__ = ["curves_figure", "plot_curves"]

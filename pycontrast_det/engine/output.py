@@ -65,8 +65,9 @@ def claim_output_dir(path: Path, *, resume: bool = False, overwrite: bool = Fals
 
 
 def recorded_anything(path: Path) -> bool:
-    """True once a run in ``path`` logged an iteration or saved a checkpoint (then a failure keeps the folder)."""
-    return (path / "metrics.json").is_file() or (path / "last_checkpoint").is_file()
+    """True once a run in ``path`` (or a folder in it: ``seed_*/``) logged an iteration or saved a checkpoint; then
+    a failure keeps the folder."""
+    return any(next(path.rglob(name), None) is not None for name in ("metrics.json", "last_checkpoint"))
 
 
 @contextlib.contextmanager

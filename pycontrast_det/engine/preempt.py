@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 from typing import Any, Sequence
 
-_state = {"installed": False, "requested": False, "signal": ""}
+_state = {"installed": False, "requested": False, "signal": "", "stopped": False}
 
 
 def _handler(signum: int, frame: Any) -> None:
@@ -39,4 +39,14 @@ def received() -> str:
     return str(_state["signal"])
 
 
-__all__ = ["install", "installed", "received", "requested"]
+def mark_stopped() -> None:
+    """Called by the trainer once it saved its checkpoint and stopped early because of a signal."""
+    _state["stopped"] = True
+
+
+def stopped() -> bool:
+    """True when a training run in this process stopped early (checkpointed) because of a signal."""
+    return bool(_state["stopped"])
+
+
+__all__ = ["install", "installed", "mark_stopped", "received", "requested", "stopped"]

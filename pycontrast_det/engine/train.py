@@ -346,7 +346,7 @@ def train(cfg: Any, *, output_dir: Union[str, os.PathLike], resume: bool = False
           dataset: Optional[Union[str, os.PathLike]] = None, device: Union[str, Any] = "cpu",
           amp: Optional[bool] = None, evaluate_at_end: bool = True, log_period: int = 20,
           notes: Sequence[str] = (), export_detectron2: bool = False,
-          reference_log: Optional[Union[str, os.PathLike]] = None) -> TrainResult:
+          reference_log: Optional[Union[str, os.PathLike]] = None, output_checked: bool = False) -> TrainResult:
     """Train ``cfg``'s model as detectron2 would and evaluate it on DATASETS.TEST (or ``dataset``'s val split).
 
     Args:
@@ -360,6 +360,8 @@ def train(cfg: Any, *, output_dir: Union[str, os.PathLike], resume: bool = False
         notes: logged first (e.g. the linear-scaling rule applied to ``cfg``).
         export_detectron2: also write model_final_detectron2.pth (the weights under detectron2's names).
         reference_log: a published log drawn beside this run in curves.png.
+        output_checked: the caller claimed ``output_dir`` already (``reproduce``, which writes its plan and the
+            converted pretrain there first): the folder is not checked again.
 
     Call it in each process of a group (see :func:`launch`) or alone. Files (rank 0): log.txt, metrics.json,
     config.yaml (with the seed used), ``model_{iter:07d}.pth`` every SOLVER.CHECKPOINT_PERIOD (the newest
@@ -379,7 +381,7 @@ def train(cfg: Any, *, output_dir: Union[str, os.PathLike], resume: bool = False
         torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
 
     def start() -> Any:  # rank 0, while the others wait: nothing is written before this has passed
-        claim = claim_output_dir(output_dir, resume=resume, overwrite=overwrite)
+        claim = None if output_checked else claim_output_dir(output_dir, resume=resume, overwrite=overwrite)
         _datasets(cfg)  # generated (shapes) or checked now
         if cfg.MODEL.WEIGHTS and not (resume and (output_dir / LAST_CHECKPOINT).is_file()):
             resolve_weights(str(cfg.MODEL.WEIGHTS))
@@ -453,6 +455,7 @@ def _run(trainer: _Trainer, cfg: Any, train_spec: Any, test_spec: Any, start_ite
                 trainer.save(periodic_name(iteration), iteration)
             logger.warning(f"{preempt.received() or 'a signal'}: stopped after iteration {iteration} with a "
                            f"checkpoint; --resume goes on from iteration {iteration + 1}")
+            preempt.mark_stopped()
             interrupted = True
             break
     seconds = time.perf_counter() - started
