@@ -81,7 +81,7 @@ class Checkpointer:
         if self.keep <= 0:
             return
         found = {p for pattern in _CHECKPOINT_GLOBS for p in self.output_dir.glob(pattern)} - {newest}
-        older = sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        older = sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
         for path in older[self.keep - 1:]:
             path.unlink(missing_ok=True)
 

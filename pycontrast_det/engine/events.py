@@ -57,11 +57,20 @@ def _format_eta(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(seconds)))
 
 
+def _finite(value: object) -> object:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def strict_json(row: Mapping[str, object]) -> str:
-    """``row`` as one line of strict JSON: NaN and infinities become ``null`` (``json.dumps`` alone writes a bare
-    ``NaN``, which strict parsers such as ``jq`` or JavaScript's ``JSON.parse`` refuse)."""
-    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
-    return json.dumps(clean, sort_keys=True, allow_nan=False)
+    """``row`` as one line of strict JSON: NaN and infinities (at any depth) become ``null`` (``json.dumps`` alone
+    writes a bare ``NaN``, which strict parsers such as ``jq`` or JavaScript's ``JSON.parse`` refuse)."""
+    return json.dumps(_finite(row), sort_keys=True, allow_nan=False)
 
 
 def progress(items: Iterable[T], total: int, what: str, logger: logging.Logger, period: float = 5.0) -> Iterator[T]:

@@ -110,7 +110,7 @@ def evaluation_dataset(name: str, train_name: str, train_spec: Any) -> tuple[Any
     except DatasetError as exc:
         if name != train_name:
             raise
-        return spec, (f"{name} has no val split ({str(exc).split(';')[0]}): evaluating on its train split "
+        return train_spec, (f"{name} has no val split ({str(exc).split(';')[0]}): evaluating on its train split "
                       f"{train_spec.json_file}, the images the model trains on (AP on them overstates the model)")
     if spec.json_file.resolve() == train_spec.json_file.resolve():
         return spec, (f"evaluating on {spec.json_file}, the annotations the model trains on (a single COCO json "
