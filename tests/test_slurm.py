@@ -57,6 +57,10 @@ def test_launcher_options_and_errors(tmp_path, capsys, monkeypatch):
         parse_slurm_args(["account"])
     assert with_resume(["train", "--overwrite", "X", "1"]) == ["train", "X", "1", "--resume"]
     base = ["train", "--config", "R_50_FPN_1x_rand", "--output", str(tmp_path / "o")]
+    assert main(base + ["--dry-run"]) == 0  # the local launcher: what would run, nothing run
+    assert "nothing was run" in capsys.readouterr().out and not (tmp_path / "o").exists()
+    assert main(["reproduce", "mask_rcnn_fpn_1x_rand", "--engine", "detectron2", "--launcher", "slurm"]) == 2
+    assert "runs the native engine" in capsys.readouterr().err
     assert main(base + ["--launcher", "slurm", "--dry-run", "--time", "soon"]) == 2
     assert "--time 'soon'" in capsys.readouterr().err
     if shutil.which("srun") is None:  # this machine has no SLURM: a clear error, nothing submitted

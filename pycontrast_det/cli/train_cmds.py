@@ -131,6 +131,9 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
     _check_opts(args.opts)
     if args.launcher != "local":
+        if args.engine != "native":
+            raise ConfigError("--launcher slurm / submitit-local runs the native engine (it checkpoints and requeues "
+                              "on preemption); for --engine detectron2 use detectron2's own SLURM scripts")
         plan = plan_reproduction(args.entry, engine=args.engine, dataset=args.dataset, max_iter=args.max_iter,
                                  overrides=args.opts, pretrain=args.pretrain, config=args.config,
                                  schedule=args.schedule, output_dir=args.output, device=args.device)

@@ -219,7 +219,7 @@ def score_results(spec: Any, image_ids: list[int], results: list[dict], tasks: S
     for task in tasks:
         drop = "segmentation" if task == "bbox" else "bbox"  # segm: score sizes by mask area, as detectron2
         task_results = [{k: v for k, v in r.items() if k != drop} for r in results]
-        stats, precision, text = _coco_eval(gt, task_results, task, sorted(set(image_ids)), backend)
+        stats, precision, text = _coco_eval(gt, task_results, task, sorted(set(image_ids)), backend, log)
         result.metrics[task] = {m: (float(s) * 100 if s >= 0 else float("nan")) for m, s in zip(METRICS, stats)}
         result.per_category[task] = _per_category_ap(precision, spec.category_ids, names)
         result.summary[task] = text
@@ -245,8 +245,24 @@ def _load_gt(json_file: Path, backend: str) -> Any:
         return COCO(str(json_file))
 
 
-def _coco_eval(gt: Any, results: list[dict], iou_type: str, image_ids: list[int], backend: str) -> tuple:
-    """(stats[:6], precision array [T,R,K,A,M], printed summary) of COCOeval on ``image_ids``."""
+class _LogLines(io.TextIOBase):
+    """A text stream that logs each complete line (COCOeval's progress prints: evaluating, accumulating, DONE)."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        super().__init__()
+        self.log, self.pending = log, ""
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in filter(None, (line.strip() for line in lines)):
+            self.log.info(f"COCOeval: {line}")
+        return len(text)
+
+
+def _coco_eval(gt: Any, results: list[dict], iou_type: str, image_ids: list[int], backend: str,
+               log: logging.Logger) -> tuple:
+    """(stats[:6], precision array [T,R,K,A,M], printed summary) of COCOeval on ``image_ids``; its progress
+    prints go to ``log``."""
     if backend == "faster-coco-eval":
         from faster_coco_eval import COCOeval_faster
 
@@ -257,7 +273,7 @@ def _coco_eval(gt: Any, results: list[dict], iou_type: str, image_ids: list[int]
 
         def make(dt: Any) -> Any:
             return COCOeval(gt, dt, iou_type)
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(_LogLines(log)):
         coco_eval = make(gt.loadRes(results) if results else _empty_results(gt))
         coco_eval.params.imgIds = image_ids
         coco_eval.evaluate()

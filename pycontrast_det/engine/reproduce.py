@@ -505,6 +505,9 @@ def _reproduce_once(plan: ReproducePlan, reference: Optional[Path], out: Any) ->
         measured = (result.evaluation or dict(result.metrics)) if result is not None else {}
     if result is None:  # not the machine of global rank 0
         return ReproduceResult(plan=plan)
+    if getattr(result, "interrupted", False):
+        print(f"stopped by a signal with a checkpoint in {plan.output_dir}; --resume goes on from it", file=out)
+        return ReproduceResult(plan=plan, train_result=result)
     text = compare(plan, measured)
     print(text, file=out, flush=True)
     native = plan.engine == "native"
