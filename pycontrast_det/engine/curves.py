@@ -1,7 +1,7 @@
 """Pictures of training runs: losses, learning rate and AP against iteration, one line style per source.
 
-``plot_curves([ours, published], "curves.png")`` draws three panels (losses, lr, AP). Every curve is labelled
-by its source (the :class:`~pycontrast_det.engine.logs.LogSummary` label: "ours", "published", ...). A run
+``plot_curves([ours, published], "curves.png")`` draws three panels (losses, lr, AP), sharing the iteration
+axis; the first run is drawn solid, the next dashed. Every curve is labelled by its source (the :class:`~pycontrast_det.engine.logs.LogSummary` label: "ours", "published", ...). A run
 whose length differs from the first one's by more than 2x (the shapes protocol's 240 iterations beside a
 published 90k-iteration COCO log) is drawn against its own iteration axis at the top of each panel, so that
 both curves fill the width. matplotlib is a dependency of the package (a bare Figure: no display, no pyplot
@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
     from .logs import LogSummary
 
-_TASK_STYLE = (("bbox", "o", "box AP"), ("segm", "s", "mask AP"))
+_TASKS = (("bbox", "o", "box AP"), ("segm", "s", "mask AP"))
+_SOURCE_STYLES = ("-", "--", ":", "-.")  # the first run solid, the next dashed, ...
 
 
 def _comparable(first: Optional[int], other: Optional[int]) -> bool:
@@ -28,28 +29,26 @@ def _comparable(first: Optional[int], other: Optional[int]) -> bool:
     return max(first, other) / max(1, min(first, other)) <= 2
 
 
-def _draw(axes: Sequence[Any], summary: "LogSummary", colour: str, components: bool) -> None:
-    """Losses (total thick; components thin when asked), lr and AP points of one run onto the three axes."""
+def _draw(axes: Sequence[Any], summary: "LogSummary", style: str, components: bool) -> None:
+    """Losses (total thick; components thin, one colour each, when asked), lr and AP of one run, in ``style``."""
     ax_loss, ax_lr, ax_ap = axes
     label = summary.label
-    iterations = [p.iteration for p in summary.losses]
     if summary.losses:
-        ax_loss.plot(iterations, [p.total_loss for p in summary.losses], color=colour, linewidth=1.6,
-                     label=f"{label}: total_loss")
+        ax_loss.plot([p.iteration for p in summary.losses], [p.total_loss for p in summary.losses], color="C0",
+                     linestyle=style, linewidth=1.8, label=f"{label}: total_loss")
         if components:
             names = sorted({k for p in summary.losses for k in p.losses})
-            for index, name in enumerate(names):
+            for index, name in enumerate(names, start=1):
                 points = [(p.iteration, p.losses[name]) for p in summary.losses if name in p.losses]
-                ax_loss.plot(*zip(*points), color=colour, linewidth=0.7, alpha=0.8,
-                             linestyle=(0, (1 + index, 1 + index)), label=f"{label}: {name}")
+                ax_loss.plot(*zip(*points), color=f"C{index}", linestyle=style, linewidth=0.8,
+                             label=f"{label}: {name}")
         lrs = [(p.iteration, p.lr) for p in summary.losses if p.lr is not None]
         if lrs:
-            ax_lr.plot(*zip(*lrs), color=colour, label=f"{label}: lr")
-    for task, marker, name in _TASK_STYLE:
+            ax_lr.plot(*zip(*lrs), color="C0", linestyle=style, label=f"{label}: lr")
+    for index, (task, marker, name) in enumerate(_TASKS):
         points = [(i, r[task]["AP"]) for i, r in summary.evals if task in r and r[task].get("AP") is not None]
         if points:
-            ax_ap.plot(*zip(*points), marker=marker, linestyle="-" if len(points) > 1 else "none", color=colour,
-                       label=f"{label}: {name}")
+            ax_ap.plot(*zip(*points), marker=marker, linestyle=style, color=f"C{index}", label=f"{label}: {name}")
 
 
 def curves_figure(summaries: Sequence["LogSummary"], title: Optional[str] = None) -> "Figure":
@@ -57,7 +56,7 @@ def curves_figure(summaries: Sequence["LogSummary"], title: Optional[str] = None
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(15, 4.5))
-    axes = fig.subplots(1, 3)
+    axes = fig.subplots(1, 3, sharex=True)
     base = summaries[0].last_iteration if summaries else None
     panels: list[list[Any]] = [[ax] for ax in axes]  # each panel's axes: its own, then any twin iteration axes
     for index, summary in enumerate(summaries):
@@ -66,19 +65,21 @@ def curves_figure(summaries: Sequence["LogSummary"], title: Optional[str] = None
             target = [ax.twiny() for ax in axes]
             for panel, twin in zip(panels, target):
                 twin.set_xlabel(f"iteration ({summary.label})", fontsize=8)
+                twin.set_xlim(0, 1.04 * (summary.last_iteration or 1))  # every twin over that run's whole length
                 panel.append(twin)
-        _draw(target, summary, f"C{index}", components=index == 0)
+        _draw(target, summary, _SOURCE_STYLES[index % len(_SOURCE_STYLES)], components=index == 0)
     own_axis = "iteration" + (f" ({summaries[0].label})" if any(len(p) > 1 for p in panels) else "")
     for ax, (ylabel, name) in zip(axes, (("loss", "training losses"), ("learning rate", "learning rate"),
                                          ("AP (%)", "COCO AP"))):
         ax.set(xlabel=own_axis, ylabel=ylabel, title=name)
         ax.grid(alpha=0.3)
     axes[2].set_ylim(bottom=0)
-    for panel in panels:  # one legend per panel, with the twin axes' curves
+    axes[0].set_xlim(0, 1.04 * (base or 1))  # shared by the three panels: the first run's whole length
+    for panel, where in zip(panels, ("upper right", "upper right", "lower left")):  # AP points sit at the right
         handles = [h for ax in panel for h in ax.get_legend_handles_labels()[0]]
         labels = [label for ax in panel for label in ax.get_legend_handles_labels()[1]]
-        if handles:
-            panel[-1].legend(handles, labels, fontsize=7)
+        if handles:  # one legend per panel, with the twin axes' curves
+            panel[-1].legend(handles, labels, fontsize=7, loc=where)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
