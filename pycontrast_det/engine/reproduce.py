@@ -5,7 +5,7 @@ evaluate -> measured AP beside the published one.
 touches neither the network nor the disk; a real run prints a short header and writes the full plan (every
 override, both commands) to ``OUTPUT/plan.txt``. On COCO the entry's config is followed exactly. On the
 built-in ``shapes`` dataset the *shapes protocol* (:data:`SHAPES_PROTOCOL`) shrinks inputs, RoI samples and
-the schedule so that the whole pipeline runs on two CPU cores in about five minutes; its AP is a check that
+the schedule so that the whole pipeline runs on two CPU cores in about five minutes (quiet machine); its AP is a check that
 the pipeline learns, not a number comparable to COCO's. ``seeds=N`` runs the protocol N times (SEED, SEED+1,
 ...) and prints each AP's mean and standard deviation, to tell noise from a real difference.
 """
