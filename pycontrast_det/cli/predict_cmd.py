@@ -109,7 +109,7 @@ def _load_model(args: argparse.Namespace) -> Any:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     weights = args.weights
     if args.config is not None and weights is None:
-        from ..store import fetch_entry_file
+        from ..checkpoints.sources import fetch_entry_file
 
         weights = fetch_entry_file(args.entry, "model")
     source = args.config if args.config is not None else args.entry

@@ -324,7 +324,7 @@ def prepare_weights(plan: ReproducePlan, *, quiet: bool = False) -> Optional["Co
         return None
     from ..checkpoints import converted_pretrain
     from ..modeling.api import check_pretrain_fits
-    from ..store import fetch_pretrain
+    from ..checkpoints.sources import fetch_pretrain
 
     if plan.user_pretrain is not None:
         source, fmt = plan.user_pretrain, None

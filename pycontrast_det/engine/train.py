@@ -218,7 +218,7 @@ def resolve_weights(weights: str) -> Path:
     from ..checkpoints import converted_pretrain_path, read_checkpoint
 
     if weights.startswith("detectron2://"):
-        from ..store import fetch_pretrain
+        from ..checkpoints.sources import fetch_pretrain
         from ..zoo import load_manifest
 
         for pretrain in load_manifest().pretrains.values():
