@@ -21,6 +21,7 @@ from .verify import CHUNK_BYTES, check_file, write_record
 
 log = logging.getLogger(__name__)
 
+WRITEBACK_BYTES = 8 << 20  # written bytes between two writebacks started (the final fsync then costs ~nothing)
 _generation = [0]  # bumped by interrupt_downloads; a Partial made before the bump stops at its next write
 
 
@@ -107,6 +108,7 @@ class Partial:
         self.size = 0
         self.validators = Validators(url)
         self._generation = _generation[0]
+        self._synced = 0  # bytes whose writeback was started
 
     def adopt(self, part: Path) -> bool:
         """Take over a kept partial of the same URL (atomically: one process wins) with its validators and
@@ -146,6 +148,10 @@ class Partial:
         self.fh.write(data)
         self.sha.update(data)
         self.size += len(data)
+        if self.size - self._synced >= WRITEBACK_BYTES:
+            self.fh.flush()
+            atomic.start_writeback(self.fh.fileno(), self._synced, self.size - self._synced)
+            self._synced = self.size
 
     def reset(self, url: Optional[str] = None) -> None:
         """Start over from byte 0 (the server's answer does not continue these bytes)."""
@@ -153,7 +159,7 @@ class Partial:
         self.fh.truncate()
         self.sha.abandon()
         self.sha = _Hasher()
-        self.size = 0
+        self.size = self._synced = 0
         self.validators = Validators(url or self.validators.url)
 
     def discard(self) -> None:
