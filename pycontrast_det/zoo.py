@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from . import resources
+from . import atomic, resources
 from .errors import ManifestError, UnknownEntryError
 
 __all__ = [
@@ -521,23 +521,14 @@ def update_manifest_checksums(path: Union[str, os.PathLike],
             indent = lines[idx][:len(lines[idx]) - len(lines[idx].lstrip())]
             lines[idx] = f"{indent}{key}: {value}\n"
     text = "".join(lines)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic.atomic_path(path, elsewhere="copy the manifest somewhere writable and pass it with --manifest") as tmp:
         tmp.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise ManifestError(f"{path}: cannot write next to the manifest ({exc.strerror or exc}); copy it somewhere "
-                            f"writable and pass it with --manifest") from None
-    try:
         check = _read_layer(tmp)
         for (section, name, role), (sha, size) in updates.items():
             record = getattr(check, section)[name]
             file = getattr(record, "file" if role == "file" else role)
             if file is None or file.sha256 != sha or file.size_bytes != int(size):
                 raise ManifestError(f"{path}: {section}.{name}.{role}: edit did not take effect; file unchanged")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     _load_cached.cache_clear()
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
+from .. import atomic
 from ..errors import ConfigError
 from . import comm
 
@@ -335,9 +336,8 @@ def prepare_weights(plan: ReproducePlan, *, quiet: bool = False) -> Optional["Co
     check_pretrain_fits(report, plan.config(), f"{source} (config {plan.config_path.name}; pass a matching --config)")
     target = Path(plan.weights)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.copyfile(converted, tmp)
-    os.replace(tmp, target)
+    with atomic.atomic_path(target) as tmp:
+        shutil.copyfile(converted, tmp)
     return report
 
 
