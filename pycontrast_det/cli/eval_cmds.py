@@ -77,7 +77,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         entry_name = zoo.entry(args.target).name
         source, weights = args.config or entry_name, None
         if args.config is not None:
-            from ..store import fetch_entry_file
+            from ..checkpoints.sources import fetch_entry_file
 
             weights = fetch_entry_file(entry_name, "model", zoo=zoo)
     model = pcd.load(source, weights=weights, device=device, overrides=list(args.opts))
@@ -148,7 +148,7 @@ def run_logs(args: argparse.Namespace) -> int:
 
 
 def _published_log(entry: str, zoo: Any) -> Path:
-    from ..store import fetch_entry_file
+    from ..checkpoints.sources import fetch_entry_file
 
     return fetch_entry_file(entry, "log", zoo=zoo)
 

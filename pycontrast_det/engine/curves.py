@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
+from .. import atomic
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -91,7 +93,9 @@ def plot_curves(summaries: Sequence["LogSummary"], out_png: Union[str, os.PathLi
     """Write a PNG of losses, lr and AP for each run in ``summaries`` (the first one's loss components too)."""
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    curves_figure(summaries, title).savefig(out, dpi=100)
+    figure = curves_figure(summaries, title)
+    with atomic.atomic_path(out) as tmp:
+        figure.savefig(tmp, dpi=100, format="png")
     return out
 
 

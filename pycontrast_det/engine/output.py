@@ -19,7 +19,7 @@ from ..errors import ConfigError
 
 LAUNCHER_DIR = "slurm"
 _RUN_FILES = ("config.yaml", "log.txt", "metrics.json", "last_checkpoint", "curves.png", "plan.txt")
-_RUN_PATTERNS = ("model_*.pth", "pretrain_*.pkl", ".*.tmp-*", "inference", "seed_*", "detectron2")
+_RUN_PATTERNS = ("model_*.pth", "pretrain_*.pkl", ".*.tmp", "inference", "seed_*", "detectron2")
 
 
 def run_files(folder: Path) -> list[Path]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
+from .. import atomic
 from ..errors import ConfigError, ZooError
 from . import comm
 from .events import strict_json
@@ -377,7 +378,7 @@ def prepare_weights(plan: ReproducePlan, *, quiet: bool = False) -> Optional["Co
         return None
     from ..checkpoints import converted_pretrain
     from ..modeling.api import check_pretrain_fits
-    from ..store import fetch_pretrain
+    from ..checkpoints.sources import fetch_pretrain
 
     if plan.user_pretrain is not None:
         source, fmt = plan.user_pretrain, None
@@ -388,9 +389,8 @@ def prepare_weights(plan: ReproducePlan, *, quiet: bool = False) -> Optional["Co
     check_pretrain_fits(report, plan.config(), f"{source} (config {plan.config_path.name}; pass a matching --config)")
     target = Path(plan.weights)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.copyfile(converted, tmp)
-    os.replace(tmp, target)
+    with atomic.atomic_path(target) as tmp:
+        shutil.copyfile(converted, tmp)
     return report
 
 
@@ -471,7 +471,7 @@ def reproduce(entry: str, *, engine: str = "native", dataset: Optional[str] = No
     with removed_if_nothing_recorded(claim) if claim is not None else contextlib.nullcontext():
         if main_machine:
             plan.output_dir.mkdir(parents=True, exist_ok=True)
-            (plan.output_dir / "plan.txt").write_text(plan.render() + "\n")
+            atomic.write_text(plan.output_dir / "plan.txt", plan.render() + "\n")
             print(f"  the full plan (every override, both commands): {plan.output_dir / 'plan.txt'}", file=out,
                   flush=True)
         reference = _cached_published_log(plan.entry) if engine == "native" and main_machine else None
@@ -482,7 +482,7 @@ def reproduce(entry: str, *, engine: str = "native", dataset: Optional[str] = No
 
 def _cached_published_log(entry: str) -> Optional[Path]:
     """The entry's published training log when it is in the cache already (never downloaded for this)."""
-    from ..store import fetch_entry_file
+    from ..checkpoints.sources import fetch_entry_file
 
     try:
         return fetch_entry_file(entry, "log", offline=True, quiet=True)
@@ -541,8 +541,8 @@ def _reproduce_seeds(plan: ReproducePlan, count: int, reference: Optional[Path],
     text = "\n".join([f"mean of {count} seeds ({', '.join(map(str, seeds))}):", compare(plan, measured),
                       _seed_table(seeds, metrics, mean, std)])
     print(text, file=out, flush=True)
-    (plan.output_dir / "seeds.json").write_text(strict_json({"seeds": seeds, "runs": metrics, "mean": mean,
-                                                             "std": std}) + "\n")
+    atomic.write_text(plan.output_dir / "seeds.json",
+                      strict_json({"seeds": seeds, "runs": metrics, "mean": mean, "std": std}) + "\n")
     return ReproduceResult(plan=plan, metrics=mean, comparison=text, seeds=seeds, runs=metrics)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
+from .. import atomic
 from ..errors import ConfigError, DatasetError, NonFiniteLossError
 from . import comm, preempt
 from .checkpoint import FINAL_NAME, LAST_CHECKPOINT, Checkpointer, periodic_name
@@ -280,7 +281,7 @@ def resolve_weights(weights: str) -> Path:
     from ..checkpoints import converted_pretrain_path, read_checkpoint
 
     if weights.startswith("detectron2://"):
-        from ..store import fetch_pretrain
+        from ..checkpoints.sources import fetch_pretrain
         from ..zoo import load_manifest
 
         for pretrain in load_manifest().pretrains.values():
@@ -406,7 +407,7 @@ def train(cfg: Any, *, output_dir: Union[str, os.PathLike], resume: bool = False
             logger.info(f"SEED {cfg.SEED}: this run uses seed {seed}; SEED {seed} repeats it")
         trainer.cfg = cfg = _with_seed(cfg, seed)
         if rank == 0:
-            (output_dir / "config.yaml").write_text(cfg.dump())
+            atomic.write_text(output_dir / "config.yaml", cfg.dump())
         return _run(trainer, cfg, train_spec, test_spec, start_iter, log_period=log_period,
                     evaluate_at_end=evaluate_at_end, export_detectron2=export_detectron2,
                     reference_log=reference_log)

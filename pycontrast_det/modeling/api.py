@@ -97,7 +97,7 @@ def check_pretrain_fits(report: Any, cfg: Any, source: str) -> None:
 def _pretrain_backbone(entry, model: MaskRCNN) -> Optional[dict[str, Any]]:
     """The entry's pre-trained ResNet-50 under our key names (converted once, cached), or None for random init."""
     from ..checkpoints import backbone_to_detector, converted_pretrain, d2_to_model, read_checkpoint
-    from ..store import fetch_pretrain
+    from ..checkpoints.sources import fetch_pretrain
     from ..zoo import load_manifest
 
     pretrain = load_manifest().pretrain(entry.pretrain)
@@ -128,7 +128,7 @@ def load(entry_or_config: Union[str, Path, Mapping[str, Any]], weights: Union[st
         load_weights(model, _detector_state(path, model), str(path))
     elif pretrained and entry is not None:
         if entry.model is not None:
-            from ..store import fetch_entry_file
+            from ..checkpoints.sources import fetch_entry_file
 
             path = fetch_entry_file(entry.name, "model")
             load_weights(model, _detector_state(path, model), f"{entry.name} ({path})")
