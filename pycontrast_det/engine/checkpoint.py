@@ -1,6 +1,6 @@
 """Training checkpoints in detectron2's layout: ``model_{iter:07d}.pth``, ``model_final.pth``, ``last_checkpoint``.
 
-Each file is ``{"model": state (our keys), "optimizer", "scheduler", "iteration", ...extra}`` where
+Each file is ``{"model": state (our keys), "optimizer", "scheduler", "iteration", "classes", ...extra}`` where
 ``iteration`` is the last completed (0-based) iteration, as detectron2 stores it, so a resumed run starts at
 ``iteration + 1``. Files are written by rank 0 only, atomically (temp file + rename), and read back with
 ``torch.load(weights_only=True)``: a checkpoint never runs code on load.
@@ -58,7 +58,12 @@ class Checkpointer:
         """Write ``<output_dir>/<name>.pth`` and point ``last_checkpoint`` at it (rank 0; others return None)."""
         if not comm.is_main_process():
             return None
-        data: dict[str, Any] = {"model": unwrap(self.model).state_dict(), "iteration": int(iteration), **extra}
+        model = unwrap(self.model)
+        data: dict[str, Any] = {"model": model.state_dict(), "iteration": int(iteration), **extra}
+        if getattr(model, "classes", None) is not None:  # the class names travel with the weights
+            from ..checkpoints import classes_entry
+
+            data.update(classes_entry(model.classes))
         if self.optimizer is not None:
             data["optimizer"] = self.optimizer.state_dict()
         if self.scheduler is not None:
