@@ -36,6 +36,11 @@ class HTMLResponseError(DownloadError):
     """A server answered with an HTML page (dead link, quota page) instead of weights."""
 
 
+class FilesystemError(ZooError):
+    """A file or folder cannot be written (read-only, permission, disk or quota full); names the path and what
+    to do."""
+
+
 class OfflineError(ZooError):
     """Offline mode is on and the file is not in the cache; says where to put it."""
 

@@ -26,12 +26,12 @@ from urllib.parse import urlparse
 
 import yaml
 
-from . import resources
+from . import atomic, resources
 from .errors import ManifestError, UnknownEntryError
 
 __all__ = [
     "FileRef", "PretrainEntry", "DetectorEntry", "Zoo", "load_manifest", "list_entries", "get_entry",
-    "get_pretrain", "render_table", "update_manifest_checksums", "url_basename", "SCHEMA_VERSION", "FORMATS",
+    "get_pretrain", "render_table", "update_manifest_checksums", "url_basename", "url_problem", "SCHEMA_VERSION", "FORMATS",
     "ENV_MANIFEST", "TABLE_START", "TABLE_END",
 ]
 
@@ -183,22 +183,43 @@ def _typed(ctx: _Ctx, where: str, value: Any, types: tuple, nullable: bool = Fal
     return value
 
 
+def url_problem(url: str) -> Optional[str]:
+    """Why ``url`` cannot be fetched as written (one phrase naming it), or None for a supported URL or a
+    local path."""
+    if not url.strip():
+        return "empty URL"
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", url):
+        try:
+            parsed = urlparse(url)
+            parsed.port  # noqa: B018  (raises ValueError for a port that is not a number in 0..65535)
+        except ValueError as exc:
+            return f"malformed URL {url!r}: {exc}"
+        if parsed.scheme not in URL_SCHEMES:
+            return f"URL scheme {parsed.scheme!r} not supported in {url!r} (use {', '.join(URL_SCHEMES)} or a local path)"
+        if parsed.scheme in ("http", "https") and not parsed.hostname:
+            return f"URL {url!r} has no host"
+        if parsed.scheme in ("http", "https") and re.search(r"\s", url):
+            return f"URL {url!r} contains whitespace (write a space as %20)"
+        if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
+            return (f"file URL {url!r} names the host {parsed.netloc!r}; a local file is file:///absolute/path "
+                    f"(or write the path itself)")
+        if parsed.scheme == "hf" and len([p for p in (parsed.netloc + parsed.path).split("/") if p]) < 3:
+            return f"hf URL {url!r} must look like hf://org/repo/path/in/repo"
+        return None
+    if re.match(r"^(https?|hf|file)(//|:/?[^/])", url, re.IGNORECASE):
+        return f"{url!r} looks like a URL missing ':' or a '/' (write scheme://host/path)"
+    if ":" in url.split("/", 1)[0] and not re.match(r"^[A-Za-z]:[\\/]", url):
+        return f"{url!r} is neither a supported URL ({', '.join(URL_SCHEMES)}) nor a path"
+    return None
+
+
 def _parse_url(ctx: _Ctx, where: str, url: Any, base: Path) -> str:
     _typed(ctx, where, url, (str,))
-    if not url.strip():
-        raise ctx.error(where, "empty URL")
+    problem = url_problem(url)
+    if problem:
+        raise ctx.error(where, problem)
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", url):
-        parsed = urlparse(url)
-        if parsed.scheme not in URL_SCHEMES:
-            raise ctx.error(where, f"URL scheme {parsed.scheme!r} not supported in {url!r} "
-                                   f"(use {', '.join(URL_SCHEMES)} or a local path)")
-        if parsed.scheme in ("http", "https") and not parsed.netloc:
-            raise ctx.error(where, f"URL {url!r} has no host")
-        if parsed.scheme == "hf" and len([p for p in (parsed.netloc + parsed.path).split("/") if p]) < 3:
-            raise ctx.error(where, f"hf URL {url!r} must look like hf://org/repo/path/in/repo")
         return url
-    if ":" in url.split("/", 1)[0] and not re.match(r"^[A-Za-z]:[\\/]", url):
-        raise ctx.error(where, f"{url!r} is neither a supported URL ({', '.join(URL_SCHEMES)}) nor a path")
     path = Path(os.path.expanduser(url))
     return str(path if path.is_absolute() else (base / path).resolve())
 
@@ -500,23 +521,14 @@ def update_manifest_checksums(path: Union[str, os.PathLike],
             indent = lines[idx][:len(lines[idx]) - len(lines[idx].lstrip())]
             lines[idx] = f"{indent}{key}: {value}\n"
     text = "".join(lines)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic.atomic_path(path, elsewhere="copy the manifest somewhere writable and pass it with --manifest") as tmp:
         tmp.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise ManifestError(f"{path}: cannot write next to the manifest ({exc.strerror or exc}); copy it somewhere "
-                            f"writable and pass it with --manifest") from None
-    try:
         check = _read_layer(tmp)
         for (section, name, role), (sha, size) in updates.items():
             record = getattr(check, section)[name]
             file = getattr(record, "file" if role == "file" else role)
             if file is None or file.sha256 != sha or file.size_bytes != int(size):
                 raise ManifestError(f"{path}: {section}.{name}.{role}: edit did not take effect; file unchanged")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     _load_cached.cache_clear()
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
+from .. import atomic
 from ..coco_classes import CategoryMap
 from ..errors import ArchitectureMismatchError, CheckpointFormatError, ConfigError, UnknownEntryError
 from .arrays import as_float32_tensor
@@ -102,7 +103,7 @@ def _entry_weights(zoo: "Zoo", name: str, quiet: bool) -> Optional[WeightsFile]:
     if entry.model is None:
         origin = f"pretrain {entry.pretrain} of zoo entry {name} (no detector was published for this row)"
         return _pretrain_weights(zoo, entry.pretrain, quiet, origin)
-    from ..store import fetch_entry_file
+    from .sources import fetch_entry_file
 
     path = fetch_entry_file(name, "model", zoo=zoo, quiet=quiet)
     return WeightsFile(name, path, entry.model.format, f"the published detector of zoo entry {name}")
@@ -111,7 +112,7 @@ def _entry_weights(zoo: "Zoo", name: str, quiet: bool) -> Optional[WeightsFile]:
 def _pretrain_weights(zoo: "Zoo", name: str, quiet: bool, origin: str) -> Optional[WeightsFile]:
     if zoo.pretrain(name).file is None:
         return None
-    from ..store import fetch_pretrain
+    from .sources import fetch_pretrain
 
     path, file = fetch_pretrain(name, zoo=zoo, quiet=quiet)
     return WeightsFile(name, path, file.format, origin)
@@ -338,7 +339,6 @@ def stage_backbone(spec: Union[str, os.PathLike], dest: Union[str, os.PathLike],
     check_fit(report, input_format, stride_in_1x1, f"{file.path}{hint}")
     target = Path(dest)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.copyfile(converted, tmp)
-    os.replace(tmp, target)
+    with atomic.atomic_path(target) as tmp:
+        shutil.copyfile(converted, tmp)
     return report

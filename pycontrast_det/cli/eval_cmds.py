@@ -73,7 +73,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         entry_name = zoo.entry(args.target).name
         source, weights = args.config or entry_name, None
         if args.config is not None:
-            from ..store import fetch_entry_file
+            from ..checkpoints.sources import fetch_entry_file
 
             weights = fetch_entry_file(entry_name, "model", zoo=zoo)
     model = pcd.load(source, weights=weights, device=device, overrides=list(args.opts))
@@ -103,7 +103,7 @@ def run_logs(args: argparse.Namespace) -> int:
     if args.file is not None:
         path = Path(args.file)
     else:
-        from ..store import fetch_entry_file
+        from ..checkpoints.sources import fetch_entry_file
 
         path = fetch_entry_file(entry.name, "log", zoo=zoo)
     published = parse_log(path, label=f"{entry.name} (published)")

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from .. import atomic
 from ..errors import ZooError
 
 RESULTS_FILE = "results.json"
@@ -91,7 +92,7 @@ def run_predict(args: argparse.Namespace) -> int:
             drawn.save(png_path)
             print(f"{path}: {len(pred['scores'])} detections ({int(keep.sum())} drawn) -> {png_path}")
     json_path = out_dir / RESULTS_FILE
-    json_path.write_text(json.dumps(results))
+    atomic.write_text(json_path, json.dumps(results))
     print(f"wrote {len(results)} detections for {len(paths)} image(s) to {json_path}")
     return 0
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .. import store
-from ..errors import ZooError
+from ..checkpoints import sources
+from ..errors import FilesystemError, ZooError
 from ..zoo import DETECTORS, DetectorEntry, FileRef, Zoo, load_manifest, list_entries, render_table, \
     update_manifest_checksums
 
@@ -56,10 +57,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("cache", help="inspect or clean the file cache")
     sub = p.add_subparsers(dest="cache_command", metavar="ACTION")
     sub.required = True
-    sub.add_parser("ls", help="list cached files (trusted, partial, temp)").set_defaults(func=_cmd_cache_ls)
+    sub.add_parser("ls", help="list cached files (trusted, partial downloads with their size, temp)") \
+        .set_defaults(func=_cmd_cache_ls)
     rm = sub.add_parser("rm", help="remove cached files of entries / pretrains / entry/role keys")
     rm.add_argument("names", nargs="*", metavar="NAME")
     rm.add_argument("--all", action="store_true", help="remove everything")
+    rm.add_argument("--partial", action="store_true",
+                    help="remove only partial downloads and temp files (of NAME..., or all of them)")
     rm.set_defaults(func=_cmd_cache_rm)
     sub.add_parser("path", help="print the cache root").set_defaults(func=_cmd_cache_path)
 
@@ -82,7 +86,7 @@ def _roles(text: str) -> tuple[str, ...]:
 def _cached_roles(entry: DetectorEntry, zoo: Zoo) -> list[str]:
     cached = []
     for role in store.ROLES:
-        if any(store.cache_path(f, k).is_file() for k, f in store.entry_files(entry.name, (role,), zoo)):
+        if any(store.cache_path(f, k).is_file() for k, f in sources.entry_files(entry.name, (role,), zoo)):
             cached.append(role)
     return cached
 
@@ -140,8 +144,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         if pre.note:
             out.append(f"  note: {pre.note}")
         out.append(f"  used by: {', '.join(e.name for e in zoo.entries_for_pretrain(name)) or '-'}")
-        out.append("files:" if store.pretrain_files(pre) else "files: none")
-        for key, file in store.pretrain_files(pre):
+        out.append("files:" if sources.pretrain_files(pre) else "files: none")
+        for key, file in sources.pretrain_files(pre):
             out += _describe_file(key, file)
         print("\n".join(out))
         return 0
@@ -152,15 +156,22 @@ def _cmd_info(args: argparse.Namespace) -> int:
            f"{f', ImageNet top-1 {pre.imagenet_top1}' if pre.imagenet_top1 is not None else ''})",
            f"  reported COCO val2017: box AP {entry.box_ap:.1f}, mask AP {entry.mask_ap:.1f}",
            f"  config: {entry.config} ({entry.config_path})",
-           f"  published: {'model and log' if entry.published else 'config only'}"]
+           f"  published: {_published(entry)}"]
     if entry.note:
         out.append(f"  note: {entry.note}")
     out.append(f"  manifest: {entry.source}")
     out.append("files:")
-    for key, file in store.entry_files(name, store.ROLES, zoo):
+    for key, file in sources.entry_files(name, store.ROLES, zoo):
         out += _describe_file(key, file)
     print("\n".join(out))
     return 0
+
+
+def _published(entry: DetectorEntry) -> str:
+    """What was released for a detector entry, in a few words."""
+    if not entry.published:
+        return "config only"
+    return "model and log" if entry.log is not None else "model (no training log)"
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
@@ -196,7 +207,8 @@ def _download_jobs(zoo: Zoo, names: list[str], roles: tuple[str, ...], args) -> 
                     continue
                 file = getattr(entry, role)
                 if file is None:
-                    print(f"{name}: no {role} published ({entry.note})", file=sys.stderr)
+                    print(f"{name}: no {role} published" + (f" ({entry.note})" if entry.note else ""),
+                          file=sys.stderr)
                     continue
                 jobs.setdefault(f"{name}/{role}", _file_job(file, f"{name}/{role}", zoo, args))
         if "pretrain" in roles:
@@ -208,19 +220,21 @@ def _download_jobs(zoo: Zoo, names: list[str], roles: tuple[str, ...], args) -> 
 
 def _file_job(file: FileRef, key: str, zoo: Zoo, args) -> Callable[[], Path]:
     if args.from_dir:
-        return lambda: store.import_from_dir(args.from_dir, file, key, zoo)
+        return lambda: sources.import_entry_file(args.from_dir, file, key, zoo)
     return lambda: store.fetch_file(file, key, quiet=args.quiet)
 
 
 def _pretrain_job(name: str, zoo: Zoo, args) -> Callable[[], Path]:
     if not args.from_dir:
-        return lambda: store.fetch_pretrain(name, zoo=zoo, quiet=args.quiet)[0]
+        return lambda: sources.fetch_pretrain(name, zoo=zoo, quiet=args.quiet)[0]
 
     def job() -> Path:
         errors = []
-        for key, file in store.pretrain_files(zoo.pretrain(name)):  # the main file, else an alternative
+        for key, file in sources.pretrain_files(zoo.pretrain(name)):  # the main file, else an alternative
             try:
-                return store.import_from_dir(args.from_dir, file, key, zoo)
+                return sources.import_entry_file(args.from_dir, file, key, zoo)
+            except FilesystemError:
+                raise
             except ZooError as exc:
                 errors.append(str(exc))
         raise ZooError("; ".join(errors))
@@ -228,36 +242,59 @@ def _pretrain_job(name: str, zoo: Zoo, args) -> Callable[[], Path]:
 
 
 def _run_jobs(jobs: dict[str, Callable[[], Path]], workers: int) -> int:
-    """Run the jobs on ``workers`` daemon threads (so Ctrl-C ends the command at once; an interrupted file
-    stays an untrusted temp), report each, return 2 if any failed."""
+    """Run the jobs on ``workers`` threads, report each, return 2 if any failed.
+
+    Ctrl-C stops every download at its next chunk with its partial kept (the next run resumes it), then
+    ends the command; a cache that cannot be written stops the command with that one error.
+    """
     pending: queue.Queue = queue.Queue()
     for key in jobs:
         pending.put(key)
     results: dict[str, object] = {}
+    stop = threading.Event()
+    count = max(1, min(workers, len(jobs)))
+    running = [count]
+    all_done = threading.Event()  # waited on instead of Thread.join: an interrupted join marks a live thread done
+    guard = threading.Lock()
 
     def worker() -> None:
-        while True:
-            try:
-                key = pending.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                results[key] = jobs[key]()
-            except Exception as exc:  # reported below; a non-ZooError is re-raised there
-                results[key] = exc
+        try:
+            while not stop.is_set():
+                try:
+                    key = pending.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    results[key] = jobs[key]()
+                except BaseException as exc:  # reported below; a non-ZooError is re-raised there
+                    results[key] = exc
+                    if isinstance(exc, (FilesystemError, KeyboardInterrupt)):
+                        stop.set()
+        finally:
+            with guard:
+                running[0] -= 1
+                if not running[0]:
+                    all_done.set()
 
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, min(workers, len(jobs))))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    for _ in range(count):
+        threading.Thread(target=worker, daemon=True).start()
+    try:
+        all_done.wait()
+    except KeyboardInterrupt:
+        stop.set()
+        store.interrupt_downloads()
+        all_done.wait(store.net_policy().read_timeout_s + 5)  # a download blocked in a read stops within its timeout
+        raise
+    first_fs_error = next((r for r in results.values() if isinstance(r, FilesystemError)), None)
+    if first_fs_error is not None:
+        raise first_fs_error
     failed = 0
     for key in jobs:
-        outcome = results[key]
+        outcome = results.get(key)
         if isinstance(outcome, ZooError):
             failed += 1
             print(f"{key}: FAILED: {outcome}", file=sys.stderr)
-        elif isinstance(outcome, Exception):
+        elif isinstance(outcome, BaseException):
             raise outcome
         else:
             print(f"{key}: {outcome}")
@@ -287,7 +324,7 @@ def _files(zoo: Zoo, names: list[str], roles: tuple[str, ...] = store.ROLES,
     for name in pool:
         if name not in zoo.pretrains:
             zoo.entry(name)
-        for key, file in store.entry_files(name, roles, zoo):
+        for key, file in sources.entry_files(name, roles, zoo):
             seen.setdefault(key, file)
     items = list(seen.items())
     return [(k, f) for k, f in items if store.cache_path(f, k).is_file()] if cached_only else items
@@ -302,7 +339,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     bad = 0
     for key, file in files:
         result = store.verify_file(file, key)
-        bad += result.status == "mismatch"
+        bad += result.status in ("mismatch", "missing")
         print(f"{key}: {result.status.upper()}: {result.message}")
     return 1 if bad else 0
 
@@ -334,7 +371,7 @@ def _cmd_pin(args: argparse.Namespace) -> int:
             print(f"{key}: alternatives cannot be written in place; pinned in pins.json instead")
             store.pin_file(file, key, quiet=args.quiet)
             continue
-        sha, size = store.hash_file(store.fetch_file(file, key, quiet=args.quiet))
+        _, sha, size = store.fetch_whole(file, key, quiet=args.quiet)
         updates.setdefault(location[0], {})[location[1]] = (sha, size)
         print(f"{key}: sha256 {sha} ({size} bytes) -> {location[0]}")
     for manifest, values in updates.items():
@@ -350,17 +387,23 @@ def _cmd_cache_ls(args: argparse.Namespace) -> int:
     if not items:
         print(f"cache is empty ({store.files_dir()})")
         return 0
-    _print_table(("key", "kind", "bytes", "path"),
-                 [(c.key, c.kind, str(c.size_bytes), str(c.path)) for c in items])
+    _print_table(("key", "kind", "bytes", "path"), [(c.key, c.kind, _size(c), str(c.path)) for c in items])
     total = sum(c.size_bytes for c in items)
     print(f"{len(items)} file(s), {total / 2**20:.1f} MiB")
     return 0
 
 
+def _size(item: store.CachedFile) -> str:
+    """Bytes of a cached file; for a partial, of how many (when the server announced the total)."""
+    if item.kind == "partial" and item.total_bytes:
+        return f"{item.size_bytes}/{item.total_bytes} ({100 * item.size_bytes / item.total_bytes:.0f}%)"
+    return str(item.size_bytes)
+
+
 def _cmd_cache_rm(args: argparse.Namespace) -> int:
-    if args.all == bool(args.names):
-        raise ZooError("cache rm: give NAME... (entry, pretrain or entry/role) or --all")
-    removed = store.remove_cached(() if args.all else args.names)
+    if (args.all and args.names) or not (args.all or args.names or args.partial):
+        raise ZooError("cache rm: give NAME... (entry, pretrain or entry/role) or --all (or --partial alone)")
+    removed = store.remove_cached(() if args.all else args.names, partial_only=args.partial)
     for path in removed:
         print(f"removed {path}")
     if not removed:

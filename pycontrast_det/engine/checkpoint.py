@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from .. import atomic
 from ..errors import CheckpointFormatError
 from . import comm
 
@@ -31,15 +32,8 @@ def periodic_name(iteration: int) -> str:
 def _atomic_save(obj: Any, path: Path) -> None:
     import torch
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic.atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 class Checkpointer:
@@ -73,7 +67,7 @@ class Checkpointer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         path = self.output_dir / f"{name}.pth"
         _atomic_save(data, path)
-        _atomic_write_text(path.name, self.output_dir / LAST_CHECKPOINT)
+        atomic.write_text(self.output_dir / LAST_CHECKPOINT, path.name)
         return path
 
     def export_detectron2(self, name: str = FINAL_NAME) -> Optional[Path]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
+from .. import atomic
 from ..errors import ConfigError
 from . import comm
 
@@ -231,10 +232,10 @@ def score_results(spec: Any, image_ids: list[int], results: list[dict], tasks: S
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         result.results_json = out / "coco_instances_results.json"
-        result.results_json.write_text(json.dumps(results))
+        atomic.write_text(result.results_json, json.dumps(results))
         row = {f"{task}/{m}": v for task, values in result.metrics.items() for m, v in values.items()}
         result.metrics_json = out / "metrics.json"
-        result.metrics_json.write_text(json.dumps(row, sort_keys=True) + "\n")
+        atomic.write_text(result.metrics_json, json.dumps(row, sort_keys=True) + "\n")
     return result
 
 

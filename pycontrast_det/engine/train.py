@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 from ..checkpoints.weights import resolve_weights
+from .. import atomic
 from ..errors import ConfigError, NonFiniteLossError
 from . import comm
 from .checkpoint import FINAL_NAME, Checkpointer, periodic_name
@@ -260,7 +261,7 @@ def train(cfg: Any, *, output_dir: Union[str, os.PathLike], resume: bool = False
         logger.info(note)
     if rank == 0:  # the first process writes, generates and downloads while the others wait
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(cfg.dump())
+        atomic.write_text(output_dir / "config.yaml", cfg.dump())
         train_spec, test_spec = _datasets(cfg, dataset)
         if cfg.MODEL.WEIGHTS and not (resume and (output_dir / "last_checkpoint").is_file()):
             resolve_weights(str(cfg.MODEL.WEIGHTS))
