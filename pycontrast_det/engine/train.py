@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
-from ..checkpoints.weights import resolve_weights
 from .. import atomic
+from ..checkpoints.weights import resolve_weights
 from ..errors import ConfigError, NonFiniteLossError
 from . import comm
 from .checkpoint import FINAL_NAME, Checkpointer, periodic_name
