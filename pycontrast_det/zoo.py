@@ -41,7 +41,8 @@ ENV_MANIFEST = "PYCONTRAST_ZOO_MANIFEST"
 TABLE_START = "<!-- zoo-table:start -->"
 TABLE_END = "<!-- zoo-table:end -->"
 
-#: Known file formats: checkpoint layouts the checkpoints package reads, plus text logs.
+#: Known file formats: the rows and aliases of checkpoints/formats.py (names only: zoo is torch-free and below
+#: checkpoints; tests/test_weights.py keeps the two equal), plus text logs.
 FORMATS = frozenset({"pycontrast", "pycontrast_cmc", "moco", "msra_c2", "torchvision", "detectron2",
                      "detectron2_pkl", "safetensors", "text"})
 DETECTORS = ("fpn", "c4")

@@ -485,11 +485,12 @@ def test_model_weights_from_a_user_resnet(config, two_images, tmp_path):
     assert torch.equal(model[body + "layer3.5.bn3.weight"], resnet.layer3[5].bn3.weight)
     res5 = "roi_heads.res5.0.conv2.weight" if config.startswith("R_50_C4") else body + "layer4.0.conv2.weight"
     assert torch.equal(model[res5], resnet.layer4[0].conv2.weight)
-    assert "Initial weights from" in (tmp_path / "out" / "log.txt").read_text()
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert f"Initial weights: weights {source}: backbone pretrain, format torchvision" in log
 
 
 def test_detectron2_weight_names_go_through_the_zoo(monkeypatch):
-    from pycontrast_det.engine.train import resolve_weights
+    from pycontrast_det.checkpoints import resolve_weights
     from pycontrast_det.errors import OfflineError
 
     monkeypatch.setenv("PYCONTRAST_ZOO_OFFLINE", "1")

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 from ..errors import ZooError
 
-_TOPICS = ("zoo_cmds", "convert_cmd", "predict_cmd", "eval_cmds", "train_cmds")
+_TOPICS = ("zoo_cmds", "convert_cmd", "predict_cmd", "eval_cmds", "train_cmds", "finetune_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -96,7 +96,8 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                     "DATASETS.TEST. MODEL.WEIGHTS may be a pre-trained ResNet-50 in any supported format.")
     tr.add_argument("--config", metavar="CFG", required=True, help="config file or name under configs/")
     tr.add_argument("--dataset", metavar="NAME|PATH", default=None,
-                    help="train on this dataset's train split, evaluate on its val split (default: DATASETS)")
+                    help="train on this dataset's train split, evaluate on its val split (default: DATASETS); "
+                         "MODEL.ROI_HEADS.NUM_CLASSES is set from its categories")
     tr.add_argument("--dry-run", action="store_true",
                     help="check the config and print what would run (with --launcher slurm: the exact submission)")
     _add_run_options(tr)
@@ -174,6 +175,10 @@ def run_train(args: argparse.Namespace) -> int:
 
     _check_opts(args.opts)
     opts = list(args.opts) + (["OUTPUT_DIR", args.output] if args.output else [])
+    if args.dataset is not None:  # its categories set the number of classes (another explicit one is an error)
+        from ..engine.finetune import dataset_classes
+
+        opts = dataset_classes(args.dataset, opts)[1] + opts
     cfg = load_config(args.config, opts)  # a bad config fails here, before any process starts
     output = cfg.OUTPUT_DIR
     if args.launcher != "local":

@@ -1,6 +1,6 @@
 """Training checkpoints in detectron2's layout: ``model_{iter:07d}.pth``, ``model_final.pth``, ``last_checkpoint``.
 
-Each file is ``{"model": state (our keys), "optimizer", "scheduler", "iteration", ...extra}`` where
+Each file is ``{"model": state (our keys), "optimizer", "scheduler", "iteration", "classes", ...extra}`` where
 ``iteration`` is the last completed (0-based) iteration, as detectron2 stores it, so a resumed run starts at
 ``iteration + 1``; ``model_final.pth`` holds the same, so ``--resume`` with a longer SOLVER.MAX_ITER goes on
 from it. Only the newest ``keep`` checkpoints (model_final.pth included) stay on disk: SOLVER.CHECKPOINTS_KEPT.
@@ -56,7 +56,12 @@ class Checkpointer:
         """Write ``<output_dir>/<name>.pth`` and point ``last_checkpoint`` at it (rank 0; others return None)."""
         if not comm.is_main_process():
             return None
-        data: dict[str, Any] = {"model": unwrap(self.model).state_dict(), "iteration": int(iteration), **extra}
+        model = unwrap(self.model)
+        data: dict[str, Any] = {"model": model.state_dict(), "iteration": int(iteration), **extra}
+        if getattr(model, "classes", None) is not None:  # the class names travel with the weights
+            from ..checkpoints import classes_entry
+
+            data.update(classes_entry(model.classes))
         if self.optimizer is not None:
             data["optimizer"] = self.optimizer.state_dict()
         if self.scheduler is not None:

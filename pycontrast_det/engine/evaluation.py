@@ -32,7 +32,8 @@ NOISE_AP = 0.3  # run-to-run spread of R50-FPN 1x on COCO (MoCo maintainers)
 
 @dataclass
 class EvalResult:
-    """COCO metrics (percent) per task (``bbox``, ``segm``), where the files went, and what was evaluated."""
+    """COCO metrics (percent) per task (``bbox``, ``segm``): METRICS and, as detectron2 reports them, ``AP-<class
+    name>`` per category (also in ``per_category``); where the files went, and what was evaluated."""
 
     dataset: str
     split: str
@@ -86,6 +87,7 @@ def evaluate(model_or_entry: Union[str, Callable[[list[dict]], list[dict]]], dat
         raise ConfigError("evaluate() needs the model's config for input size and format: pass cfg=, or a model "
                           "with a .cfg attribute")
     check_num_classes(spec, cfg.MODEL.ROI_HEADS.NUM_CLASSES, model=type(model).__name__)
+    _check_class_names(getattr(model, "classes", None), spec)
     loader = build_test_loader(cfg, spec, rank=rank, world_size=world_size, max_images=max_images,
                                num_workers=num_workers)
     log = log or logger
@@ -117,6 +119,17 @@ def evaluate(model_or_entry: Union[str, Callable[[list[dict]], list[dict]]], dat
         outcome.seconds = time.perf_counter() - started
         outcome.shards = shards
     return comm.broadcast_object(outcome) if world_size > 1 else outcome
+
+
+def _check_class_names(classes: Any, spec: Any) -> None:
+    """Warn when a model whose classes have names is scored on a dataset that names them otherwise: classes are
+    matched by position, so the AP would measure the wrong pairs."""
+    from ..coco_classes import CategoryMap
+
+    if classes is None or classes == CategoryMap.placeholder(len(classes)) or classes.names == spec.category_names:
+        return
+    logger.warning(f"the model's classes ({', '.join(classes.names[:5])}, ...) are not those of {spec.name} "
+                   f"({', '.join(spec.category_names[:5])}, ...); they are scored by position")
 
 
 def instances_to_coco(image_id: int, outputs: Mapping[str, Any], category_ids: Sequence[int]) -> list[dict]:
@@ -223,6 +236,7 @@ def score_results(spec: Any, image_ids: list[int], results: list[dict], tasks: S
         stats, precision, text = _coco_eval(gt, task_results, task, sorted(set(image_ids)), backend, log)
         result.metrics[task] = {m: (float(s) * 100 if s >= 0 else float("nan")) for m, s in zip(METRICS, stats)}
         result.per_category[task] = _per_category_ap(precision, spec.category_ids, names)
+        result.metrics[task].update({f"AP-{n}": v for n, v in result.per_category[task].items()})  # as detectron2
         result.summary[task] = text
         log.info(f"Evaluation results for {task} on {spec.name}:\n{text}")
     if output_dir is not None:
@@ -231,7 +245,6 @@ def score_results(spec: Any, image_ids: list[int], results: list[dict], tasks: S
         result.results_json = out / "coco_instances_results.json"
         atomic.write_text(result.results_json, json.dumps(results))
         row = {f"{task}/{m}": v for task, values in result.metrics.items() for m, v in values.items()}
-        row.update({f"{task}/AP-{n}": v for task, values in result.per_category.items() for n, v in values.items()})
         result.metrics_json = out / "metrics.json"
         atomic.write_text(result.metrics_json, strict_json(row) + "\n")
     return result

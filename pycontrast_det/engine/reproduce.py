@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import os
 import shlex
-import shutil
 import statistics
 import sys
 import textwrap
@@ -104,6 +103,11 @@ class ReproducePlan:
     user_pretrain: Optional[Path] = None
     scale_to_batch: Optional[int] = None
     export_detectron2: bool = False
+
+    @property
+    def weights_source(self) -> str:
+        """What ``weights`` is converted from: the user's pretrain file, else the zoo pretrain's name."""
+        return str(self.user_pretrain) if self.user_pretrain is not None else self.pretrain
 
     def config(self) -> Any:
         """The effective config: ``config_path`` with ``overrides`` (then ``scale_to_batch``) applied, frozen."""
@@ -376,22 +380,12 @@ def prepare_weights(plan: ReproducePlan, *, quiet: bool = False) -> Optional["Co
     process only."""
     if not plan.weights:
         return None
-    from ..checkpoints import converted_pretrain
-    from ..modeling.api import check_pretrain_fits
-    from ..checkpoints.sources import fetch_pretrain
+    from ..checkpoints import stage_backbone
 
-    if plan.user_pretrain is not None:
-        source, fmt = plan.user_pretrain, None
-    else:
-        source, file = fetch_pretrain(plan.pretrain, quiet=quiet)
-        fmt = file.format
-    converted, report = converted_pretrain(source, format=fmt)
-    check_pretrain_fits(report, plan.config(), f"{source} (config {plan.config_path.name}; pass a matching --config)")
-    target = Path(plan.weights)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic.atomic_path(target) as tmp:
-        shutil.copyfile(converted, tmp)
-    return report
+    cfg = plan.config()
+    return stage_backbone(plan.weights_source, plan.weights, input_format=cfg.INPUT.FORMAT,
+                          stride_in_1x1=cfg.MODEL.RESNETS.STRIDE_IN_1X1, quiet=quiet,
+                          hint=f" (config {plan.config_path.name}; pass a matching --config)")
 
 
 def _native_worker(plan: ReproducePlan, reference_log: Optional[Path]) -> Any:

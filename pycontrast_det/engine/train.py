@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 from .. import atomic
+from ..checkpoints.weights import resolve_weights
 from ..errors import ConfigError, DatasetError, NonFiniteLossError
 from . import comm, preempt
 from .checkpoint import FINAL_NAME, LAST_CHECKPOINT, Checkpointer, periodic_name
@@ -227,16 +228,15 @@ class _Trainer:
         return 0, self.seed
 
     def _load_initial_weights(self) -> None:
-        weights = str(self.cfg.MODEL.WEIGHTS)
-        if not weights:
-            self.logger.info("MODEL.WEIGHTS is empty: every weight starts from random initialisation")
-            return
-        from ..modeling.api import load_weights
+        from ..modeling import load_weights
 
-        path = resolve_weights(weights)  # rank 0 fetched it already (see train); a cache hit here
-        missing = load_weights(self.model, _initial_state(path, self.model), str(path), strict=False)
-        self.logger.info(f"Initial weights from {weights} ({path}); {len(missing)} model weights not in it "
-                         "keep their random initialisation")
+        weights = str(self.cfg.MODEL.WEIGHTS)
+        report = load_weights(self.model, weights) if weights else None  # rank 0 fetched it already: a cache hit
+        if report is None:
+            self.logger.info(f"MODEL.WEIGHTS {weights!r}: every weight starts from random initialisation")
+            return
+        for line in report.summary():
+            (self.logger.warning if line in report.warnings() else self.logger.info)(f"Initial weights: {line}")
 
     def wrap(self) -> Any:
         """The model as the training step calls it: DDP across processes, the bare model otherwise."""
@@ -273,49 +273,6 @@ class _Trainer:
         self.scaler.update()
         self.scheduler.step()
         return losses
-
-
-def resolve_weights(weights: str) -> Path:
-    """MODEL.WEIGHTS -> a local detectron2-format file: a ``detectron2://`` name of a zoo pretrain is fetched
-    through the store, and any pre-trained ResNet-50 (PyContrast, MoCo, torchvision, MSRA) is converted (cached)."""
-    from ..checkpoints import converted_pretrain_path, read_checkpoint
-
-    if weights.startswith("detectron2://"):
-        from ..checkpoints.sources import fetch_pretrain
-        from ..zoo import load_manifest
-
-        for pretrain in load_manifest().pretrains.values():
-            if pretrain.file is not None and weights in (pretrain.file.published_url, *pretrain.file.urls):
-                path, ref = fetch_pretrain(pretrain.name)
-                return converted_pretrain_path(path, format=ref.format)
-        raise ConfigError(f"MODEL.WEIGHTS {weights}: not a pretrain of the zoo manifest; download it and give the "
-                          "local file")
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"MODEL.WEIGHTS {weights}: no such file")
-    if read_checkpoint(path).format != "detectron2":
-        return converted_pretrain_path(path)
-    return path
-
-
-def _initial_state(path: Path, model: Any) -> dict[str, Any]:
-    """A detectron2-format file under our model's keys: a whole detector, our own checkpoint, or a backbone
-    alone as PyContrast's converter writes it (``stem.*``, ``res2..5.*``; C4's res5 lives in the ROI head)."""
-    from ..checkpoints import backbone_to_detector, d2_to_model, read_checkpoint
-
-    state = read_checkpoint(path).state
-    own = model.state_dict()
-    if sum(k in own for k in state) > len(state) // 2:
-        return state
-    if all(k.startswith(("stem.", "res")) for k in state):
-        state = backbone_to_detector(state, model.arch)
-    mapped, report = d2_to_model(state, model.arch, own.keys())
-    # a BN counter has no place in a frozen (FrozenBN) stage; anything else that fits nowhere is an error
-    unexpected = [k for k in report.unexpected if not k.endswith("num_batches_tracked")]
-    if unexpected:
-        raise ConfigError(f"MODEL.WEIGHTS {path}: {len(unexpected)} weights fit nowhere in the "
-                          f"{model.arch.upper()} model (e.g. {unexpected[:4]})")
-    return mapped
 
 
 def _naive_sync_bn_on_cpu(model: Any) -> None:
@@ -399,9 +356,15 @@ def train(cfg: Any, *, output_dir: Union[str, os.PathLike], resume: bool = False
             logger.info(note)
         if test_note and (evaluate_at_end or int(cfg.TEST.EVAL_PERIOD) > 0):
             logger.warning(test_note)
+        from ..data import check_num_classes
+
+        check_num_classes(train_spec, cfg.MODEL.ROI_HEADS.NUM_CLASSES, model="the config")
+        logger.info(f"{train_spec.num_classes} classes, from {train_spec.name}: "
+                    f"{', '.join(train_spec.category_names)}")
         logger.info(f"Training on {train_spec.name} ({world_size} process(es), {device}, "
                     f"{cfg.SOLVER.IMS_PER_BATCH} images/iteration, AMP {'on' if use_amp else 'off'})")
         trainer = _Trainer(cfg, output_dir, device, use_amp, logger, _pick_seed(cfg))
+        trainer.model.classes = train_spec.categories  # stored in every checkpoint: the names travel with the weights
         start_iter, seed = trainer.restore(resume)
         if start_iter == 0 and int(cfg.SEED) < 0:
             logger.info(f"SEED {cfg.SEED}: this run uses seed {seed}; SEED {seed} repeats it")
