@@ -123,7 +123,7 @@ def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
 def _describe_file(key: str, file: FileRef) -> list[str]:
     path = store.cache_path(file, key)
     lines = [f"  {key}  ({file.format})"]
-    lines += [f"    url: {u}" for u in store.candidate_urls(file)]
+    lines += [f"    url: {u}" for u in store.candidate_urls(file, key)]
     if file.published_url:
         lines.append(f"    published: {file.published_url}")
     if file.md5_prefix:
@@ -196,7 +196,8 @@ def _targets(zoo: Zoo, names: list[str], use_all: bool) -> list[str]:
 
 
 def _download_jobs(zoo: Zoo, names: list[str], roles: tuple[str, ...], args) -> dict[str, Callable[[], Path]]:
-    """One job per distinct file (pretrains are shared between entries), keyed by cache key."""
+    """One job per distinct file (pretrains are shared between entries), keyed by cache key; a model or a
+    pretrain is its main file, else the first of its alternatives that can be had."""
     jobs: dict[str, Callable[[], Path]] = {}
     for name in names:
         pretrain_only = name in zoo.pretrains and name not in zoo.entries
@@ -210,27 +211,23 @@ def _download_jobs(zoo: Zoo, names: list[str], roles: tuple[str, ...], args) -> 
                     print(f"{name}: no {role} published" + (f" ({entry.note})" if entry.note else ""),
                           file=sys.stderr)
                     continue
-                jobs.setdefault(f"{name}/{role}", _file_job(file, f"{name}/{role}", zoo, args))
+                files = sources.model_files(entry) if role == "model" else [(f"{name}/{role}", file)]
+                jobs.setdefault(f"{name}/{role}", _first_job(files, zoo, args))
         if "pretrain" in roles:
             pre = zoo.pretrain(name if pretrain_only else zoo.entry(name).pretrain)
             if pre.file is not None:
-                jobs.setdefault(f"{pre.name}/pretrain", _pretrain_job(pre.name, zoo, args))
+                jobs.setdefault(f"{pre.name}/pretrain", _first_job(sources.pretrain_files(pre), zoo, args))
     return jobs
 
 
-def _file_job(file: FileRef, key: str, zoo: Zoo, args) -> Callable[[], Path]:
-    if args.from_dir:
-        return lambda: sources.import_entry_file(args.from_dir, file, key, zoo)
-    return lambda: store.fetch_file(file, key, quiet=args.quiet)
-
-
-def _pretrain_job(name: str, zoo: Zoo, args) -> Callable[[], Path]:
+def _first_job(files: list[tuple[str, FileRef]], zoo: Zoo, args) -> Callable[[], Path]:
+    """A job fetching (or importing, with --from-dir) the first of ``files`` that can be had."""
     if not args.from_dir:
-        return lambda: sources.fetch_pretrain(name, zoo=zoo, quiet=args.quiet)[0]
+        return lambda: sources.fetch_first(files, quiet=args.quiet)[0]
 
     def job() -> Path:
         errors = []
-        for key, file in sources.pretrain_files(zoo.pretrain(name)):  # the main file, else an alternative
+        for key, file in files:
             try:
                 return sources.import_entry_file(args.from_dir, file, key, zoo)
             except FilesystemError:
