@@ -119,8 +119,14 @@ def load(entry_or_config: Union[str, Path, Mapping[str, Any]], weights: Union[st
     weights), or a config (path, name under configs/, CfgNode). ``weights``: a path or URL of a detector
     checkpoint (detectron2 or this package's keys) replacing the entry's. An entry without a published
     detector (the C4 rows) gets its pre-trained backbone only, with a warning. ``pretrained=False``: random
-    init. ``overrides``: ``KEY VALUE`` config overrides.
+    init. ``overrides``: ``KEY VALUE`` config overrides. A published folder (``hf://org/repo/<entry>``, or its
+    copy on disk) gives its verified ``config.yaml`` and ``model.safetensors``.
     """
+    from ..checkpoints.published import is_published_folder, resolve_published
+
+    if isinstance(entry_or_config, (str, Path)) and is_published_folder(entry_or_config):
+        folder = resolve_published(entry_or_config, weights=pretrained and weights is None)
+        entry_or_config, weights = folder.config, weights if weights is not None else folder.weights
     cfg, entry = _resolve(entry_or_config, overrides)
     model = build_model(cfg)
     if weights is not None:
