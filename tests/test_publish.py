@@ -24,7 +24,7 @@ from pycontrast_det import resources, store
 from pycontrast_det.checkpoints import sources
 from pycontrast_det.checkpoints.published import resolve_published
 from pycontrast_det.cli import main
-from pycontrast_det.errors import ChecksumError, PublishError
+from pycontrast_det.errors import ChecksumError, ManifestError, PublishError
 from pycontrast_det.publish import parse_target
 from pycontrast_det.publish.upload import repo_files
 from pycontrast_det.zoo import FileRef, entry_record, load_manifest
@@ -334,3 +334,56 @@ def test_targets_and_layouts(capsys):
         assert main(["publish", ENTRY, *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0], err
+
+
+def _fragment(path: Path, model: object, alternatives: list | None = None) -> Path:
+    record = {"detector": "fpn", "schedule": "1x", "pretrain": PRETRAIN, "config": "configs/R_50_FPN_1x_infomin.yaml",
+              "box_ap": 40.6, "mask_ap": 36.7, "published": model is not None, "model": model, "log": None}
+    if alternatives is not None:
+        record["model_alternatives"] = alternatives
+    if model is None:
+        record["note"] = "config only"
+    path.write_text(json.dumps({"schema_version": 1, "merge": True, "entries": {ENTRY: record}}))
+    return path
+
+
+def test_merge_takes_only_urls_other_machines_reach_and_leaves_the_manifest_unchanged_otherwise(tmp_path, capsys):
+    target = tmp_path / "zoo.yaml"
+    shutil.copy(resources.manifest_path(), target)
+    before = target.read_text()
+    local = {"urls": [f"{ENTRY}/model.safetensors"], "sha256": "a" * 64, "size_bytes": 10, "format": "safetensors"}
+    fragment = _fragment(tmp_path / "tree-zoo.yaml", local)
+    assert main(["--manifest", str(target), "pin", "--write-manifest", "--merge", str(fragment)]) == 2
+    err = capsys.readouterr().err
+    assert f"entries.{ENTRY}.model: lists only paths on this machine" in err and "--repo" in err
+    unknown = {**local, "urls": ["https://example.invalid/model.safetensors"], "sha256": None}
+    assert main(["--manifest", str(target), "pin", "--write-manifest", "--merge",
+                 str(_fragment(tmp_path / "f2.yaml", unknown))]) == 2
+    assert "only files published with a checksum are merged" in capsys.readouterr().err
+    assert target.read_text() == before
+    alone = {**local, "urls": ["https://example.invalid/model_final.pth"], "format": "detectron2"}
+    with pytest.raises(ManifestError, match=f"entries.{ENTRY}.model_alternatives: alternatives of a model that is not"):
+        load_manifest([_fragment(tmp_path / "f3.yaml", None, [alone])])
+
+
+def test_one_repository_per_entry(published, monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("PYCONTRAST_ZOO_HOME", str(published.home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.chdir(tmp_path)
+    with FakeHub(tmp_path / "hub") as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.base)
+        assert main(["--manifest", str(published.manifest), "publish", ENTRY, "--what", "log,pretrain",
+                     "--layout", "repos", "--to", "hf://org", "--quiet"]) == 0
+        assert set(_tree_files(tmp_path / "hub" / "org" / ENTRY)) == {"README.md", "config.yaml", "log.txt",
+                                                                      "SHA256SUMS"}
+        assert set(_tree_files(tmp_path / "hub" / "org" / PRETRAIN)) == {"InfoMin_200.pth", "README.md", "SHA256SUMS"}
+        assert resolve_published(f"hf://org/{ENTRY}", weights=False).config.read_bytes() == \
+            (published.tree / ENTRY / "config.yaml").read_bytes()
+        zoo = load_manifest([tmp_path / "zoo-fragment.yaml"])
+        assert zoo.entry(ENTRY).log.urls[0] == f"hf://org/{ENTRY}/log.txt"
+        monkeypatch.setenv("PYCONTRAST_ZOO_HOME", str(tmp_path / "empty-cache"))
+        assert sources.fetch_entry_file(ENTRY, "log", zoo=zoo, quiet=True).read_bytes() == published.served["log"]
+        assert f"/org/{ENTRY}/resolve/main/log.txt" in {r.path for r in hub.requests if r.method == "GET"}

@@ -106,6 +106,9 @@ def build_tree(zoo: Zoo, names: Sequence[str], target: "Target", root: Path, opt
     ``zoo.yaml`` and ``README.md`` keep the records of an earlier publish found at ``root`` (or given by
     :func:`write_root`'s caller)."""
     tree = Tree(root, target)
+    both = sorted((set(zoo.entries) & set(zoo.pretrains)) & set(names))
+    if both:
+        raise PublishError(f"{', '.join(both)}: both a detector entry and a pretrain; their folders would be one")
     atomic.make_dirs(root)
     done: set[str] = set()
     for name in names:
