@@ -16,7 +16,6 @@ original ``.pth`` URL: that one becomes a ``model_alternatives`` record with the
 from __future__ import annotations
 
 import dataclasses
-import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,14 +27,12 @@ from .. import atomic, resources, store
 from ..checkpoints import sources
 from ..checkpoints.published import CHECKSUMS, CONFIG, WEIGHTS, format_checksums
 from ..errors import ManifestError, PublishError
-from ..zoo import DetectorEntry, FileRef, PretrainEntry, Zoo, dump_manifest, entry_record, pretrain_record
+from ..zoo import DetectorEntry, FileRef, Zoo, dump_manifest, entry_record, pretrain_record
 from . import card
 from .convert import detector_to_safetensors
 
 if TYPE_CHECKING:
     from .target import Target
-
-log = logging.getLogger(__name__)
 
 TREE_MANIFEST = "zoo.yaml"
 CARD = "README.md"
