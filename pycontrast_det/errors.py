@@ -45,6 +45,10 @@ class OfflineError(ZooError):
     """Offline mode is on and the file is not in the cache; says where to put it."""
 
 
+class PublishError(ZooError):
+    """Publishing cannot go on (target unusable, upload refused), or a published folder is incomplete."""
+
+
 class CheckpointFormatError(ZooError):
     """A checkpoint's format is unknown, or it cannot initialise the requested network."""
 

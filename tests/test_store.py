@@ -15,7 +15,7 @@ import pytest
 
 from pycontrast_det import store
 from pycontrast_det.checkpoints import sources
-from pycontrast_det.errors import ChecksumError, DownloadError, HTMLResponseError, OfflineError
+from pycontrast_det.errors import ChecksumError, DownloadError, HTMLResponseError, OfflineError, ZooError
 from pycontrast_det.zoo import FileRef
 
 from store_helpers import assert_nothing_trusted, fast_net, payload, ref, resume_range, server  # noqa: F401
@@ -310,14 +310,41 @@ def test_import_from_flat_dir_needs_a_checksum(tmp_path):
     assert sources.import_entry_file(tmp_path, insdis, "insdis/pretrain").read_bytes() == data
 
 
-def test_endpoint_rewrites_scheme_and_host_keeping_path(server, monkeypatch):
+def test_endpoint_is_a_mirror_in_the_publish_layout_tried_first(server, monkeypatch, tmp_path):
     data = payload()
-    server.add("/s/abc123/model_final.pth", data)
-    file = ref("https://www.dropbox.com/s/abc123/model_final.pth?dl=0", data=data)
-    monkeypatch.setenv("PYCONTRAST_ZOO_ENDPOINT", server.base + "/")
-    assert store.candidate_urls(file) == [server.base + "/s/abc123/model_final.pth?dl=1"]
+    original = server.add("/s/abc123/model_final.pth", data)
+    file = ref(original, data=data)
+    monkeypatch.setenv("PYCONTRAST_ZOO_ENDPOINT", server.base + "/mirror/")
+    mirror = server.base + "/mirror/e/model_final.pth"  # <entry>/<filename>, as `pycontrast-zoo publish` lays it out
+    assert store.candidate_urls(file, "e/model") == [mirror, original]
+    assert store.candidate_urls(file) == [original]  # no cache key, no mirror
+    server.add("/mirror/e/model_final.pth", payload(seed=5))  # the mirror serves other bytes: refused
     assert store.fetch_file(file, "e/model", quiet=True).read_bytes() == data
-    assert server.requests[0].path == "/s/abc123/model_final.pth?dl=1"
+    gets = [s.path for s in server.requests if s.method == "GET"]
+    assert gets == ["/mirror/e/model_final.pth", "/s/abc123/model_final.pth"]
+
+    unknown = ref(original, data=data, known=False)
+    server.routes["/mirror/e/model_final.pth"].data = data
+    store.remove_cached(["e"])
+    assert store.fetch_file(unknown, "e/model", quiet=True).read_bytes() == data
+    assert store.proven_checksum(unknown, "e/model") is None  # came from the mirror: nothing proven about the URL
+    monkeypatch.delenv("PYCONTRAST_ZOO_ENDPOINT")
+    store.remove_cached(["e"])
+    store.fetch_file(unknown, "e/model", quiet=True)
+    assert store.proven_checksum(unknown, "e/model") == (hashlib.sha256(data).hexdigest(), len(data))
+
+    folder = tmp_path / "tree"
+    (folder / "f").mkdir(parents=True)
+    (folder / "f" / "model_final.pth").write_bytes(data)
+    monkeypatch.setenv("PYCONTRAST_ZOO_OFFLINE", "1")
+    for endpoint in (str(folder), folder.as_uri()):  # a shared folder or a file:// URL: used offline too
+        monkeypatch.setenv("PYCONTRAST_ZOO_ENDPOINT", endpoint)
+        store.remove_cached(["f"])
+        assert store.fetch_file(file, "f/model", quiet=True).read_bytes() == data
+    assert store.mirror_url(file, "url/0123456789abcdef") is None  # a file known by its URL only
+    monkeypatch.setenv("PYCONTRAST_ZOO_ENDPOINT", "ftp://mirror.example/zoo")
+    with pytest.raises(ZooError, match="PYCONTRAST_ZOO_ENDPOINT='ftp://mirror.example/zoo': URL scheme 'ftp'"):
+        store.candidate_urls(file, "e/model")
 
 
 def test_dropbox_links_are_made_raw():

@@ -13,14 +13,14 @@ from typing import Optional, Sequence
 
 from ..errors import ZooError
 
-_TOPICS = ("zoo_cmds", "convert_cmd", "predict_cmd", "eval_cmds", "train_cmds", "finetune_cmd")
+_TOPICS = ("zoo_cmds", "convert_cmd", "predict_cmd", "eval_cmds", "train_cmds", "finetune_cmd", "publish_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="pycontrast-zoo",
-        description="PyContrast detection-transfer model zoo: list, fetch, convert, predict, evaluate, reproduce.",
+        description="PyContrast detection-transfer model zoo: list, fetch, convert, predict, evaluate, reproduce, publish.",
     )
     parser.add_argument("--manifest", metavar="PATH", action="append", default=None,
                         help="use this manifest instead of (first one) or merged over the shipped zoo.yaml; "

@@ -1,10 +1,12 @@
-"""``pycontrast-zoo list | info | download | verify | pin | cache | table``: the zoo and its file cache.
+"""``pycontrast-zoo list | info | download | verify | pin | cache | table``: the zoo and its file cache (``pin
+--write-manifest --merge`` takes in what ``pycontrast-zoo publish`` wrote).
 
 No torch here (``list``, ``info`` and ``table`` must stay light).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import queue
 import sys
@@ -16,7 +18,7 @@ from .. import store
 from ..checkpoints import sources
 from ..errors import FilesystemError, ZooError
 from ..zoo import DETECTORS, DetectorEntry, FileRef, Zoo, load_manifest, list_entries, render_table, \
-    update_manifest_checksums
+    update_manifest_checksums, update_manifest_files
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,6 +53,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--what", default="model,log,pretrain", help="comma-separated roles (default: %(default)s)")
     p.add_argument("--write-manifest", action="store_true",
                    help="write the values into the manifest that defines each entry instead of pins.json")
+    p.add_argument("--merge", metavar="FRAGMENT",
+                   help="with --write-manifest: fetch and verify each file published in FRAGMENT (a manifest written "
+                        "by `pycontrast-zoo publish`), then write its file records (network URLs, checksums, formats, "
+                        "alternatives) into the manifests that define those entries and pretrains")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_pin)
 
@@ -75,7 +81,8 @@ def _zoo(args: argparse.Namespace) -> Zoo:
     return load_manifest(getattr(args, "manifest", None))
 
 
-def _roles(text: str) -> tuple[str, ...]:
+def parse_roles(text: str) -> tuple[str, ...]:
+    """``--what model,log,pretrain`` -> the roles; ZooError naming an unknown one."""
     roles = tuple(r.strip() for r in text.split(",") if r.strip())
     bad = [r for r in roles if r not in store.ROLES]
     if bad or not roles:
@@ -123,7 +130,7 @@ def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
 def _describe_file(key: str, file: FileRef) -> list[str]:
     path = store.cache_path(file, key)
     lines = [f"  {key}  ({file.format})"]
-    lines += [f"    url: {u}" for u in store.candidate_urls(file)]
+    lines += [f"    url: {u}" for u in store.candidate_urls(file, key)]
     if file.published_url:
         lines.append(f"    published: {file.published_url}")
     if file.md5_prefix:
@@ -182,7 +189,8 @@ def _cmd_table(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ download
 
 
-def _targets(zoo: Zoo, names: list[str], use_all: bool) -> list[str]:
+def target_names(zoo: Zoo, names: list[str], use_all: bool) -> list[str]:
+    """The ENTRY arguments (detector entries or pretrains, checked) or, with ``--all``, every detector entry."""
     if use_all and names:
         raise ZooError("give entry names or --all, not both")
     if use_all:
@@ -196,7 +204,8 @@ def _targets(zoo: Zoo, names: list[str], use_all: bool) -> list[str]:
 
 
 def _download_jobs(zoo: Zoo, names: list[str], roles: tuple[str, ...], args) -> dict[str, Callable[[], Path]]:
-    """One job per distinct file (pretrains are shared between entries), keyed by cache key."""
+    """One job per distinct file (pretrains are shared between entries), keyed by cache key; a model or a
+    pretrain is its main file, else the first of its alternatives that can be had."""
     jobs: dict[str, Callable[[], Path]] = {}
     for name in names:
         pretrain_only = name in zoo.pretrains and name not in zoo.entries
@@ -210,27 +219,23 @@ def _download_jobs(zoo: Zoo, names: list[str], roles: tuple[str, ...], args) -> 
                     print(f"{name}: no {role} published" + (f" ({entry.note})" if entry.note else ""),
                           file=sys.stderr)
                     continue
-                jobs.setdefault(f"{name}/{role}", _file_job(file, f"{name}/{role}", zoo, args))
+                files = sources.model_files(entry) if role == "model" else [(f"{name}/{role}", file)]
+                jobs.setdefault(f"{name}/{role}", _first_job(files, zoo, args))
         if "pretrain" in roles:
             pre = zoo.pretrain(name if pretrain_only else zoo.entry(name).pretrain)
             if pre.file is not None:
-                jobs.setdefault(f"{pre.name}/pretrain", _pretrain_job(pre.name, zoo, args))
+                jobs.setdefault(f"{pre.name}/pretrain", _first_job(sources.pretrain_files(pre), zoo, args))
     return jobs
 
 
-def _file_job(file: FileRef, key: str, zoo: Zoo, args) -> Callable[[], Path]:
-    if args.from_dir:
-        return lambda: sources.import_entry_file(args.from_dir, file, key, zoo)
-    return lambda: store.fetch_file(file, key, quiet=args.quiet)
-
-
-def _pretrain_job(name: str, zoo: Zoo, args) -> Callable[[], Path]:
+def _first_job(files: list[tuple[str, FileRef]], zoo: Zoo, args) -> Callable[[], Path]:
+    """A job fetching (or importing, with --from-dir) the first of ``files`` that can be had."""
     if not args.from_dir:
-        return lambda: sources.fetch_pretrain(name, zoo=zoo, quiet=args.quiet)[0]
+        return lambda: sources.fetch_first(files, quiet=args.quiet)[0]
 
     def job() -> Path:
         errors = []
-        for key, file in sources.pretrain_files(zoo.pretrain(name)):  # the main file, else an alternative
+        for key, file in files:
             try:
                 return sources.import_entry_file(args.from_dir, file, key, zoo)
             except FilesystemError:
@@ -305,8 +310,8 @@ def _run_jobs(jobs: dict[str, Callable[[], Path]], workers: int) -> int:
 
 def _cmd_download(args: argparse.Namespace) -> int:
     zoo = _zoo(args)
-    names = _targets(zoo, args.entries, args.all)
-    jobs = _download_jobs(zoo, names, _roles(args.what), args)
+    names = target_names(zoo, args.entries, args.all)
+    jobs = _download_jobs(zoo, names, parse_roles(args.what), args)
     if not jobs:
         print("nothing to download", file=sys.stderr)
         return 0
@@ -355,8 +360,12 @@ def _pin_location(zoo: Zoo, key: str) -> Optional[tuple[Path, tuple[str, str, st
 
 
 def _cmd_pin(args: argparse.Namespace) -> int:
+    if args.merge:
+        if not args.write_manifest:
+            raise ZooError("--merge FRAGMENT writes into manifests: give --write-manifest too")
+        return _merge_published(args)
     zoo = _zoo(args)
-    files = _files(zoo, args.entries, _roles(args.what), cached_only=not args.entries)
+    files = _files(zoo, args.entries, parse_roles(args.what), cached_only=not args.entries)
     if not files:
         print("nothing to pin: name entries to download and pin, or download some first")
         return 0
@@ -376,6 +385,58 @@ def _cmd_pin(args: argparse.Namespace) -> int:
         print(f"{key}: sha256 {sha} ({size} bytes) -> {location[0]}")
     for manifest, values in updates.items():
         update_manifest_checksums(manifest, values)
+    return 0
+
+
+_NETWORK = ("http://", "https://", "hf://")
+
+
+def _reachable(file: Optional[FileRef], where: str) -> Optional[FileRef]:
+    """``file`` with only the URLs other machines can reach (the tree's own paths left out)."""
+    if file is None:
+        return None
+    urls = tuple(u for u in file.urls if u.startswith(_NETWORK))
+    if not urls:
+        raise ZooError(f"{where}: lists only paths on this machine (a tree published without --repo?); publish to "
+                       f"hf://ORG/REPO, or give --repo, for URLs to merge")
+    return dataclasses.replace(file, urls=urls)
+
+
+def _merge_published(args: argparse.Namespace) -> int:
+    """``pin --write-manifest --merge FRAGMENT``: verify, then write the published file records in place."""
+    zoo = _zoo(args)
+    fragment = Path(args.merge).expanduser().resolve()
+    if fragment in zoo.sources:
+        raise ZooError(f"--merge {fragment}: already loaded (--manifest / PYCONTRAST_ZOO_MANIFEST); load only the "
+                       f"manifests to write into")
+    published = load_manifest([*zoo.sources, fragment])
+    updates: dict[Path, dict] = {}
+    checks: list[tuple[str, FileRef, Path]] = []
+    for entry in (e for e in published.entries.values() if e.source == fragment):
+        where = f"{fragment}: entries.{entry.name}"
+        fields = {"model": _reachable(entry.model, f"{where}.model"), "log": _reachable(entry.log, f"{where}.log"),
+                  "model_alternatives": tuple(_reachable(a, f"{where}.model_alternatives")
+                                              for a in entry.model_alternatives)}
+        updates.setdefault(zoo.entry(entry.name).source, {})[("entries", entry.name)] = fields
+        checks += [(f"{entry.name}/{role}", fields[role], zoo.entry(entry.name).source) for role in ("model", "log")
+                   if fields[role] is not None]
+    for pretrain in (p for p in published.pretrains.values() if p.source == fragment):
+        where = f"{fragment}: pretrains.{pretrain.name}"
+        fields = {"file": _reachable(pretrain.file, f"{where}.file"),
+                  "alternatives": tuple(_reachable(a, f"{where}.alternatives") for a in pretrain.alternatives)}
+        updates.setdefault(zoo.pretrain(pretrain.name).source, {})[("pretrains", pretrain.name)] = fields
+        if fields["file"] is not None:
+            checks.append((f"{pretrain.name}/pretrain", fields["file"], zoo.pretrain(pretrain.name).source))
+    if not updates:
+        raise ZooError(f"--merge {fragment}: defines no entry or pretrain")
+    for key, file, manifest in checks:
+        if file.sha256 is None:
+            raise ZooError(f"--merge {fragment}: {key} has no sha256; only files published with a checksum are merged")
+        path = store.fetch_file(file, key, quiet=args.quiet)  # checked against the published sha256 and size
+        print(f"{key}: {path.name} verified (sha256 {file.sha256}, {file.size_bytes} bytes) -> {manifest}")
+    for manifest, values in updates.items():
+        update_manifest_files(manifest, values)
+        print(f"{manifest}: {len(values)} record(s) updated")
     return 0
 
 

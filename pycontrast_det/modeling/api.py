@@ -118,8 +118,9 @@ def load(entry_or_config: Union[str, os.PathLike, Mapping[str, Any]], weights: O
 
     Args:
         entry_or_config: a zoo entry name (its config and, with ``pretrained``, its published detector), a
-            config (path, name under configs/, CfgNode, parsed YAML), or a checkpoint file alone (its stored
-            config or the ``config.yaml`` beside it, and its weights and class names).
+            config (path, name under configs/, CfgNode, parsed YAML), a checkpoint file alone (its stored
+            config or the ``config.yaml`` beside it, and its weights and class names), or a published folder
+            (``hf://org/repo/<entry>``, or its copy on disk: its verified ``config.yaml`` and ``model.safetensors``).
         weights: weights replacing the source's: a file (detectron2's or this package's detector, or a backbone
             pretrain in any supported format), a URL, a ``detectron2://`` name, a zoo entry or a pretrain. Layers
             that depend on the number of classes are re-initialised, with a warning, when their shapes differ.
@@ -129,6 +130,11 @@ def load(entry_or_config: Union[str, os.PathLike, Mapping[str, Any]], weights: O
 
     An entry without a published detector (the C4 rows) gets its pre-trained backbone only, with a warning.
     """
+    from ..checkpoints.published import is_published_folder, resolve_published
+
+    if isinstance(entry_or_config, (str, Path)) and is_published_folder(entry_or_config):
+        folder = resolve_published(entry_or_config, weights=pretrained and weights is None)
+        entry_or_config, weights = folder.config, weights if weights is not None else folder.weights
     cfg, entry, default = _resolve(entry_or_config, overrides)
     model = build_model(cfg)
     spec = weights if weights is not None else (default if pretrained else None)

@@ -9,8 +9,9 @@ on this machine). Settings are read from the environment at each call (see ``fet
 from __future__ import annotations
 
 from ._http import NetPolicy, net_policy
-from .fetch import candidate_urls, fetch_file, fetch_url, fetch_whole, import_from_dir, is_offline, pin_file
-from .layout import ROLES, CachedFile, cache_dir, cache_path, cached_files, files_dir, remove_cached
+from .fetch import candidate_urls, fetch_file, fetch_url, fetch_whole, hf_file, import_from_dir, is_offline, \
+    mirror_url, pin_file, proven_checksum
+from .layout import ROLES, CachedFile, cache_dir, cache_path, cached_files, files_dir, mirror_path, remove_cached
 from .partials import DownloadInterrupted, interrupt_downloads
 from .pins import Pin, checksum_status, load_pins
 from .verify import Verification, hash_file, verify_file
@@ -19,5 +20,5 @@ __all__ = [
     "cache_dir", "files_dir", "cache_path", "fetch_file", "fetch_url", "fetch_whole", "import_from_dir", "hash_file",
     "verify_file", "pin_file", "load_pins", "checksum_status", "cached_files", "remove_cached", "candidate_urls",
     "is_offline", "interrupt_downloads", "DownloadInterrupted", "Pin", "Verification", "CachedFile", "NetPolicy",
-    "net_policy", "ROLES",
+    "net_policy", "ROLES", "mirror_path", "mirror_url", "proven_checksum", "hf_file",
 ]

@@ -1,10 +1,11 @@
 """The store's entry points: a FileRef (or a URL, or a folder carried from elsewhere) -> a verified local file.
 
 Environment: ``PYCONTRAST_ZOO_OFFLINE=1`` or ``HF_HUB_OFFLINE=1`` (never touch the network),
-``PYCONTRAST_ZOO_ENDPOINT`` (mirror: every http(s) URL has its scheme and host replaced by the endpoint, path
-and query kept: ``https://www.dropbox.com/s/ID/f.pth?dl=1`` -> ``$ENDPOINT/s/ID/f.pth?dl=1``); the network
-settings are in :mod:`._http`; ``HTTP(S)_PROXY`` is honoured (requests), ``HF_ENDPOINT`` / ``HF_HUB_CACHE`` for
-``hf://`` URLs.
+``PYCONTRAST_ZOO_ENDPOINT`` (a mirror: a folder, ``file://``, ``http(s)://`` or ``hf://org/repo`` URL of a tree
+laid out as ``pycontrast-zoo publish`` writes it; the file of cache key ``<name>/<role>`` is tried first at
+``$ENDPOINT/<name>/<filename>``, then the manifest's URLs; its bytes are checked like any other URL's); the
+network settings are in :mod:`._http`; ``HTTP(S)_PROXY`` is honoured (requests), ``HF_ENDPOINT`` /
+``HF_HUB_CACHE`` for ``hf://`` URLs.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from .. import atomic
 from ..errors import ChecksumError, DownloadError, HTMLResponseError, OfflineError, ZooError
 from ..zoo import FileRef, url_problem
 from ._http import NetPolicy, SkipURL, Transient, download, net_policy
-from .layout import CACHE_ELSEWHERE, cache_path, check_key, lock_path, partial_path
+from .layout import CACHE_ELSEWHERE, URL_KEY, cache_path, check_key, lock_path, mirror_path, partial_path
 from .local import SourceMissing, copy_local, hf_download, local_source
 from .partials import Partial
 from .pins import Expected, Pin, expected, record_pin
@@ -45,21 +46,34 @@ def is_offline(offline: Optional[bool] = None) -> bool:
     return any(os.environ.get(var, "").strip().lower() in _TRUE for var in (ENV_OFFLINE, "HF_HUB_OFFLINE"))
 
 
-def candidate_urls(file: FileRef) -> list[str]:
-    """The URLs to try, in order: Dropbox ``?dl=0`` made raw (``?dl=1``), PYCONTRAST_ZOO_ENDPOINT applied."""
-    endpoint = os.environ.get(ENV_ENDPOINT, "").strip().rstrip("/")
-    out: list[str] = []
+def candidate_urls(file: FileRef, key: Optional[str] = None) -> list[str]:
+    """The URLs to try, in order: with ``key`` given and PYCONTRAST_ZOO_ENDPOINT set, the file's place in that
+    mirror (:func:`mirror_url`) first; then the manifest's URLs, Dropbox ``?dl=0`` made raw (``?dl=1``)."""
+    mirror = mirror_url(file, key) if key is not None else None
+    out: list[str] = [mirror] if mirror else []
     for url in file.urls:
         parsed = urlparse(url)
-        if parsed.scheme in ("http", "https"):
-            query = parsed.query
-            if parsed.hostname and parsed.hostname.endswith("dropbox.com"):
-                query = urlencode([(k, "1" if k == "dl" else v) for k, v in parse_qsl(query, keep_blank_values=True)])
-            base = endpoint if endpoint else f"{parsed.scheme}://{parsed.netloc}"
-            url = f"{base}{parsed.path}" + (f"?{query}" if query else "")
+        if parsed.scheme in ("http", "https") and parsed.hostname and parsed.hostname.endswith("dropbox.com"):
+            raw = [(k, "1" if k == "dl" else v) for k, v in parse_qsl(parsed.query, keep_blank_values=True)]
+            url = parsed._replace(query=urlencode(raw)).geturl()
         if url not in out:
             out.append(url)
     return out
+
+
+def mirror_url(file: FileRef, key: str) -> Optional[str]:
+    """``$PYCONTRAST_ZOO_ENDPOINT/<name>/<filename>`` for cache key ``<name>/<role>`` (the layout of
+    ``pycontrast-zoo publish``); None when no endpoint is set or the file is known only by its URL."""
+    endpoint = os.path.expanduser(os.environ.get(ENV_ENDPOINT, "").strip())
+    where = mirror_path(file, key)
+    if not endpoint or where is None:
+        return None
+    url = f"{endpoint.rstrip('/')}/{where}"
+    problem = url_problem(url)
+    if problem:
+        raise ZooError(f"{ENV_ENDPOINT}={endpoint!r}: {problem}; give a folder or a file://, http(s):// or "
+                       f"hf://org/repo URL of a published tree")
+    return url
 
 
 def _is_network(url: str) -> bool:
@@ -122,7 +136,7 @@ def _fetch_unlocked(file: FileRef, key: str, *, quiet: bool = False, offline: Op
     policy = net_policy()
     failures: list[tuple[str, BaseException]] = []
     with requests.Session() as session:
-        for url in candidate_urls(file):
+        for url in candidate_urls(file, key):
             if offline and _is_network(url):
                 failures.append((url, SkipURL("skipped: offline")))
                 continue
@@ -147,7 +161,7 @@ def _fetch_unlocked(file: FileRef, key: str, *, quiet: bool = False, offline: Op
 
 def _how_to_bring(key: str, dest: Path) -> str:
     entry = key.split("/")[0]
-    if entry == "url":
+    if entry == URL_KEY:
         return f"Put the file at {dest} or pass a local path instead of the URL"
     return (f"Import it from a folder with `pycontrast-zoo download {entry} --from-dir DIR` (a copy of a cache "
             f"from a machine with internet, or the downloaded files), or put it at {dest}")
@@ -157,7 +171,7 @@ def _combined_error(key: str, file: FileRef, dest: Path, failures: list[tuple[st
     lines = "\n".join(f"  - {url}: {exc}" for url, exc in failures)
     message = (f"could not fetch {key} ({file.filename}) from any of its URLs:\n{lines}\n"
                f"No network here? Set PYCONTRAST_ZOO_OFFLINE=1 to use only the cache. "
-               f"{_how_to_bring(key, dest)}. Links dead or slow? Set PYCONTRAST_ZOO_ENDPOINT to a mirror.")
+               f"{_how_to_bring(key, dest)}. Links dead or slow? Set PYCONTRAST_ZOO_ENDPOINT to a mirror (a tree made by `pycontrast-zoo publish`).")
     for cls in (HTMLResponseError, ChecksumError):  # every URL failed the same telling way: say so by type
         if failures and all(isinstance(exc, cls) for _, exc in failures):
             return cls(message)
@@ -222,7 +236,7 @@ def fetch_url(url: str, *, sha256: Optional[str] = None, format: str = "detectro
     if problem:
         raise ZooError(f"{url!r}: {problem}")
     file = FileRef(urls=(url,), sha256=sha256, size_bytes=None, format=format)
-    return fetch_file(file, f"url/{hashlib.sha256(url.encode()).hexdigest()[:16]}", quiet=quiet, offline=offline)
+    return fetch_file(file, f"{URL_KEY}/{hashlib.sha256(url.encode()).hexdigest()[:16]}", quiet=quiet, offline=offline)
 
 
 def import_from_dir(directory: Union[str, os.PathLike], file: FileRef, key: str, *, bare_name_ok: bool = False) -> Path:
@@ -298,3 +312,36 @@ def pin_file(file: FileRef, key: str, *, quiet: bool = False, offline: Optional[
               pinned_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     record_pin(pin)
     return pin
+
+
+def proven_checksum(file: FileRef, key: str) -> Optional[tuple[str, int]]:
+    """(sha256, size) of the cached copy of ``file`` when this machine can vouch that ``file``'s own URLs serve
+    those bytes: they matched the manifest's or a pin's sha256, or came whole (one piece) from one of its URLs
+    (not from a mirror, a folder or a resumed download). None otherwise: nothing is claimed for the URLs."""
+    dest = cache_path(file, key)
+    record = read_record(dest)
+    try:
+        st = dest.stat()
+    except FileNotFoundError:
+        return None
+    if record is None or not record.describes(st):
+        return None
+    want = expected(file, key)
+    if want.sha256 is not None:
+        return (record.sha256, record.size_bytes) if record.sha256 == want.sha256 else None
+    if record.pieces == 1 and record.url in candidate_urls(file):
+        return record.sha256, record.size_bytes
+    return None
+
+
+def hf_file(url: str, *, quiet: bool = False, offline: Optional[bool] = None) -> Path:
+    """An ``hf://org/repo[@rev]/path`` file straight from huggingface_hub's cache (it checks the revision for a
+    newer commit when online): for small files that say which bytes the others must have (checksum lists)."""
+    offline = is_offline(offline)
+    try:
+        return hf_download(url, offline, quiet)
+    except SourceMissing as exc:
+        if offline:
+            raise OfflineError(f"offline mode is on and {url} is not in the Hugging Face cache ({exc}); "
+                               f"turn offline mode off, or set HF_HUB_CACHE to a cache that holds it") from None
+        raise DownloadError(f"could not fetch {url}: {exc}") from None

@@ -11,6 +11,9 @@ release is called ``model_final.pth``):
 - ``.<filename>.lock``: the inter-process lock (an optimisation: correctness never depends on it).
 
 ``<cache>/pins.json`` holds the checksums recorded by ``pycontrast-zoo pin``.
+
+A mirror (``PYCONTRAST_ZOO_ENDPOINT``; a tree made by ``pycontrast-zoo publish``, or a copy of its Hugging Face
+repository) keeps the file of cache key ``<name>/<role>`` at ``<name>/<filename>`` (:func:`mirror_path`).
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ from ..zoo import FileRef
 ENV_HOME = "PYCONTRAST_ZOO_HOME"
 #: The roles a zoo entry's files can have: the second part of a cache key ``<entry>/<role>``.
 ROLES = ("model", "log", "pretrain")
+#: First part of the cache keys of files known only by their URL (``url/<hash of the URL>``): no mirror has them.
+URL_KEY = "url"
 #: What to do when the cache cannot be written (passed to the atomic-write helpers).
 CACHE_ELSEWHERE = f"set {ENV_HOME} to a writable folder with free space for the download cache"
 _PARTIAL_RE = re.compile(r"\.[0-9a-f]{12}\.part$")
@@ -64,6 +69,13 @@ def check_key(key: str) -> tuple[str, ...]:
 def cache_path(file: FileRef, key: str) -> Path:
     """The one trusted location of ``file`` under cache key ``key`` (``<entry>/<role>``)."""
     return files_dir().joinpath(*check_key(key)) / file.filename
+
+
+def mirror_path(file: FileRef, key: str) -> Optional[str]:
+    """Where a mirror keeps the file of cache key ``<name>/<role>``: ``<name>/<filename>`` (e.g.
+    ``mask_rcnn_fpn_1x_infomin/model.safetensors``, ``infomin/InfoMin_200.pth``); None for URL-only files."""
+    parts = check_key(key)
+    return None if parts[0] == URL_KEY else f"{parts[0]}/{file.filename}"
 
 
 def partial_path(dest: Path, url: str) -> Path:

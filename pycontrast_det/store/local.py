@@ -53,13 +53,20 @@ def _hf_cache_dir() -> Optional[str]:
 
 
 def hf_download(url: str, offline: bool, quiet: bool) -> Path:
-    """``hf://org/repo[@revision]/path/in/repo`` via huggingface_hub (its own cache, offline aware)."""
-    from huggingface_hub import hf_hub_download
+    """``hf://org/repo[@revision]/path/in/repo`` via huggingface_hub (its own cache). Offline, only its cache is
+    read (``try_to_load_from_cache``: hf_hub_download with local_files_only still builds request headers, which
+    may fetch a registry from the Hub)."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
     parsed = urlparse(url)
     parts = [p for p in (parsed.netloc + parsed.path).split("/") if p]
     org, repo, filename = parts[0], parts[1], "/".join(parts[2:])
     repo, _, revision = repo.partition("@")
+    if offline:
+        found = try_to_load_from_cache(f"{org}/{repo}", filename, cache_dir=_hf_cache_dir(), revision=revision or None)
+        if isinstance(found, str):
+            return Path(found)
+        raise SourceMissing("not in the Hugging Face cache")
     try:
         path = hf_hub_download(f"{org}/{repo}", filename, revision=revision or None, local_files_only=offline,
                                endpoint=os.environ.get("HF_ENDPOINT") or None, cache_dir=_hf_cache_dir(),
