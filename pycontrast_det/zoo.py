@@ -18,6 +18,7 @@ resolves against the folder of the manifest that names it, else against the ship
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
 from urllib.parse import urlparse
 
 import yaml
@@ -37,7 +38,7 @@ __all__ = [
     "FileRef", "PretrainEntry", "DetectorEntry", "Zoo", "load_manifest", "list_entries", "get_entry",
     "get_pretrain", "render_table", "update_manifest_checksums", "update_manifest_files", "url_basename", "url_problem",
     "file_record", "entry_record", "pretrain_record", "dump_manifest", "SCHEMA_VERSION", "FORMATS", "ENV_MANIFEST",
-    "TABLE_START", "TABLE_END",
+    "TABLE_START", "TABLE_END", "manifests_in_use",
 ]
 
 SCHEMA_VERSION = 1
@@ -308,7 +309,7 @@ def _resolve_config(ctx: _Ctx, where: str, config: str, base: Path) -> Path:
 def _parse_entry(ctx: _Ctx, name: str, data: Any, base: Path) -> DetectorEntry:
     where = f"entries.{name}"
     _check_keys(ctx, where, data, ("detector", "schedule", "pretrain", "config", "box_ap", "mask_ap",
-                                   "published", "model", "log"), ("model_alternatives", "note"))
+                                   "published", "model"), ("log", "model_alternatives", "note"))
     detector = _typed(ctx, f"{where}.detector", data["detector"], (str,))
     if detector not in DETECTORS:
         raise ctx.error(f"{where}.detector", f"{detector!r} is not one of {', '.join(DETECTORS)}")
@@ -317,7 +318,7 @@ def _parse_entry(ctx: _Ctx, name: str, data: Any, base: Path) -> DetectorEntry:
         raise ctx.error(f"{where}.schedule", f"{schedule!r} is not a schedule like 1x, 2x, 6x")
     published = _typed(ctx, f"{where}.published", data["published"], (bool,))
     model = None if data["model"] is None else _parse_file(ctx, f"{where}.model", data["model"], base)
-    log = None if data["log"] is None else _parse_file(ctx, f"{where}.log", data["log"], base)
+    log = None if data.get("log") is None else _parse_file(ctx, f"{where}.log", data["log"], base)
     model_alternatives = _parse_files(ctx, f"{where}.model_alternatives", data.get("model_alternatives"), base)
     if model_alternatives and model is None:
         raise ctx.error(f"{where}.model_alternatives", "alternatives of a model that is not given (model: null)")
@@ -421,6 +422,29 @@ def _manifest_paths(paths: Optional[Sequence[Union[str, os.PathLike]]]) -> tuple
         env = os.environ.get(ENV_MANIFEST, "")
         paths = [p for p in env.split(os.pathsep) if p.strip()]
     return tuple(Path(os.path.expanduser(str(p))).resolve() for p in paths)
+
+
+@contextlib.contextmanager
+def manifests_in_use(paths: Optional[Sequence[Union[str, os.PathLike]]]) -> Iterator[None]:
+    """Within the block, ``paths`` (absolute) are the user manifests of every :func:`load_manifest` call, in this
+    process and in the processes it starts (through $PYCONTRAST_ZOO_MANIFEST); None changes nothing."""
+    if paths is None:
+        yield
+        return
+    resolved = _manifest_paths(paths)
+    bad = [str(p) for p in resolved if os.pathsep in str(p)]
+    if bad:
+        raise ManifestError(f"--manifest {bad[0]}: a path containing {os.pathsep!r} cannot be passed on to the "
+                            f"processes a command starts; move or link the manifest to a path without it")
+    before = os.environ.get(ENV_MANIFEST)
+    os.environ[ENV_MANIFEST] = os.pathsep.join(str(p) for p in resolved)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ENV_MANIFEST, None)
+        else:
+            os.environ[ENV_MANIFEST] = before
 
 
 def load_manifest(paths: Optional[Sequence[Union[str, os.PathLike]]] = None) -> Zoo:

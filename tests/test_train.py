@@ -230,7 +230,7 @@ def test_evaluate_command_finds_the_run_config(uninterrupted, two_images, tmp_pa
     out, _ = uninterrupted
     assert main(["evaluate", str(out / "model_final.pth"), "--dataset", str(two_images), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
-    assert f"config: the one stored in {out / 'model_final.pth'}" in printed
+    assert f"config: stored in {out / 'model_final.pth'}" in printed
     assert f"{out / 'model_final.pth'} on two_val (2 images" in printed
     bare = tmp_path / "bare"
     bare.mkdir()

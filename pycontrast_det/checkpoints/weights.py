@@ -4,8 +4,9 @@ Every way of giving weights goes through here: ``load(cfg, weights=...)``, MODEL
 ``reproduce``'s pretrain, ``convert`` and the detectron2 backend.
 
 A spec (:func:`resolve_weights`) is a local path (or ``file://``), an ``http(s)://`` / ``hf://`` URL (fetched
-through the store's verified cache), a ``detectron2://`` name of a zoo pretrain, a zoo entry name (its published
-detector; for a row without one, its pretrain) or a zoo pretrain name. What a file holds is decided by one
+through the store's verified cache), a ``detectron2://`` name of a zoo pretrain, a published folder
+(``hf://org/repo/<entry>`` or its copy on disk: its verified ``model.safetensors``), a zoo entry name (its
+published detector; for a row without one, its pretrain) or a zoo pretrain name. What a file holds is decided by one
 rule, :func:`~.formats.weights_kind`. :func:`map_weights` puts the file onto a model given as plain data
 (:class:`ModelTarget`: this layer does not know the model class) and says what it did (:class:`LoadReport`):
 
@@ -37,6 +38,7 @@ from .cache import converted_pretrain
 from .detectron2 import CLASS_DEPENDENT, backbone_to_detector, d2_to_model
 from .formats import BACKBONE, DETECTOR_D2, DETECTOR_OURS, weights_kind
 from .pretrain import convert_to_detectron2
+from .published import is_published_folder, resolve_published
 from .readers import Checkpoint, read_checkpoint
 from .report import ConversionReport
 
@@ -75,6 +77,9 @@ def resolve_weights(spec: Union[str, os.PathLike], *, zoo: Optional["Zoo"] = Non
         return WeightsFile(text, local)
     if text.startswith("detectron2://"):
         return _detectron2_name(text, _zoo(zoo), quiet)
+    if is_published_folder(text) and Path(text).suffix not in _PATH_SUFFIXES:
+        folder = resolve_published(text, quiet=quiet)
+        return WeightsFile(text, folder.weights, origin=f"the detector of the published folder {text}")
     if "://" in text:
         from ..store import fetch_url
 

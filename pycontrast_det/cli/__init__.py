@@ -12,6 +12,7 @@ import sys
 from typing import Optional, Sequence
 
 from ..errors import ZooError
+from ..zoo import manifests_in_use
 
 _TOPICS = ("zoo_cmds", "convert_cmd", "predict_cmd", "eval_cmds", "train_cmds", "finetune_cmd", "publish_cmd")
 
@@ -23,8 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="PyContrast detection-transfer model zoo: list, fetch, convert, predict, evaluate, reproduce, publish.",
     )
     parser.add_argument("--manifest", metavar="PATH", action="append", default=None,
-                        help="use this manifest instead of (first one) or merged over the shipped zoo.yaml; "
-                             "repeatable (also PYCONTRAST_ZOO_MANIFEST)")
+                        help="use this manifest instead of (first one) or merged over the shipped zoo.yaml, for "
+                             "every command; repeatable (also PYCONTRAST_ZOO_MANIFEST)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for topic in _TOPICS:
@@ -44,7 +45,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line as given (a SLURM job reruns it)
     try:
-        code = args.func(args)
+        with manifests_in_use(args.manifest):  # --manifest reaches every command and the processes it starts
+            code = args.func(args)
     except ZooError as exc:
         print(f"pycontrast-zoo {args.command}: error: {exc}", file=sys.stderr)
         return 2

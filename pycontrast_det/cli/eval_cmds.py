@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import ZooError
+from .options import add_device, add_overrides, load_model, run_device
 
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
@@ -16,9 +17,11 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     ev = subparsers.add_parser(
         "evaluate", help="COCO box/mask AP of a zoo entry or a checkpoint, next to the published numbers",
         description="Run a detector over a dataset and score it with COCOeval (detectron2's numbers). TARGET is "
-                    "a zoo entry name (its published weights) or a checkpoint file (its architecture from --config "
-                    "or --entry, else the config a training run stored in it or beside it as config.yaml). Datasets: shapes (built in), coco_2017_val "
-                    "($DETECTRON2_DATASETS/coco), path/to/annotations.json[:image_root] or a dataset folder.")
+                    "a zoo entry name (its published weights), a published folder (hf://org/repo/<entry> or its copy "
+                    "on disk) or a checkpoint file (its architecture from --config or --entry, else the config a "
+                    "training run stored in it or beside it as config.yaml). Datasets: shapes (built in), "
+                    "coco_2017_val ($DETECTRON2_DATASETS/coco), path/to/annotations.json[:image_root] or a dataset "
+                    "folder.")
     ev.add_argument("target", metavar="ENTRY|CHECKPOINT")
     ev.add_argument("--config", metavar="CFG", default=None,
                     help="config name or YAML for a checkpoint (or to override an entry's config)")
@@ -27,8 +30,7 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     ev.add_argument("--dataset", metavar="NAME|PATH", default=None,
                     help="dataset to evaluate on (default: the config's DATASETS.TEST, else shapes)")
     ev.add_argument("--split", default="val", choices=("train", "val"), help="split (default: %(default)s)")
-    ev.add_argument("--device", metavar="D", default="auto",
-                    help="torch device: cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
+    add_device(ev)
     ev.add_argument("--output", metavar="DIR", default=None,
                     help="write coco_instances_results.json and metrics.json here")
     ev.add_argument("--max-images", metavar="N", type=int, default=None,
@@ -36,8 +38,7 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     ev.add_argument("--backend", default="auto", choices=("auto", "pycocotools", "faster-coco-eval"),
                     help="COCOeval implementation (default: faster-coco-eval when installed)")
     ev.add_argument("--num-workers", metavar="N", type=int, default=0, help="data loading processes (default: 0)")
-    ev.add_argument("--opts", metavar="KEY VALUE", nargs="+", default=[],
-                    help="config overrides, detectron2 style, e.g. --opts INPUT.MIN_SIZE_TEST 600")
+    add_overrides(ev)
     ev.set_defaults(func=run_evaluate)
 
     lg = subparsers.add_parser(
@@ -61,26 +62,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ..engine.evaluation import METRICS, compare_with_published, evaluate
     from ..engine.events import setup_logger
 
-    if len(args.opts) % 2:
-        raise ZooError(f"evaluate: --opts takes KEY VALUE pairs, got an odd number of items: {args.opts}")
-    device = _device(args.device)
-    zoo = pcd.load_manifest(args.manifest)
-    checkpoint = Path(args.target)
-    if checkpoint.is_file():
-        source = args.config or args.entry or _run_config(checkpoint)
-        if source is None:
-            raise ZooError(f"evaluate: {checkpoint} is a checkpoint with no config in it or beside it "
-                           "(config.yaml); say which architecture it is with --config CFG or --entry NAME")
-        entry_name = zoo.entry(args.entry).name if args.entry is not None else None
-        weights = checkpoint
-    else:
-        entry_name = zoo.entry(args.target).name
-        source, weights = args.config or entry_name, None
-        if args.config is not None:
-            from ..checkpoints.sources import fetch_entry_file
-
-            weights = fetch_entry_file(entry_name, "model", zoo=zoo)
-    model = pcd.load(source, weights=weights, device=device, overrides=list(args.opts))
+    device = run_device(args)
+    zoo = pcd.load_manifest()
+    entry = zoo.entry(args.entry) if args.entry is not None else None  # a typo fails now, with close names
+    if entry is None and args.target in zoo.entries and not Path(args.target).exists():
+        entry = zoo.entries[args.target]
+    config = args.config or (str(entry.config_path) if args.entry is not None else None)
+    model = load_model(args.target, config=config, weights=None, device=device, overrides=args.opts,
+                       config_options="--config CFG or --entry NAME")
     dataset = args.dataset or (model.cfg.DATASETS.TEST[0] if len(model.cfg.DATASETS.TEST) else "shapes")
     progress = setup_logger(None, 0, name="pycontrast_det.evaluate", stream=sys.stderr)  # progress lines
     result = evaluate(model, dataset, split=args.split, device=device, output_dir=args.output,
@@ -92,9 +81,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(f"{task:6}" + "".join(f"{values[m]:>8.2f}" for m in METRICS))
     if result.results_json is not None:
         print(f"results: {result.results_json}\nmetrics: {result.metrics_json}")
-    if entry_name is not None:
+    if entry is not None:
         print()
-        print(compare_with_published(zoo.entry(entry_name), result))
+        print(compare_with_published(entry, result))
     return 0
 
 
@@ -151,36 +140,6 @@ def _published_log(entry: str, zoo: Any) -> Path:
     from ..checkpoints.sources import fetch_entry_file
 
     return fetch_entry_file(entry, "log", zoo=zoo)
-
-
-def _run_config(checkpoint: Path) -> Optional[Any]:
-    """The config of the training run that wrote ``checkpoint``: the one stored in it, else config.yaml beside it."""
-    import yaml
-
-    from ..config import load_config
-    from ..engine.checkpoint import load_training_checkpoint
-    from ..errors import CheckpointFormatError
-
-    try:
-        stored = load_training_checkpoint(checkpoint).get("config")
-    except CheckpointFormatError:  # not one of our training checkpoints (a detectron2 file, a state dict)
-        stored = None
-    if isinstance(stored, str):
-        print(f"config: the one stored in {checkpoint}")
-        return load_config(yaml.safe_load(stored))
-    beside = checkpoint.parent / "config.yaml"
-    if beside.is_file():
-        print(f"config: {beside}")
-        return load_config(beside)
-    return None
-
-
-def _device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _describe(summary: Any) -> None:

@@ -18,9 +18,12 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
+from ..config import override_value
 from ..errors import ConfigError
+from ..zoo import load_manifest
+from . import commands
 
 if TYPE_CHECKING:
     from ..coco_classes import CategoryMap
@@ -63,22 +66,25 @@ class Schedule:
                 + "; ".join(self.reasons) + ")")
 
 
-def _user_value(overrides: Sequence[str], key: str) -> Optional[str]:
-    """The last value given for ``key`` in KEY VALUE ``overrides``, or None."""
-    values = [v for k, v in zip(overrides[0::2], overrides[1::2]) if k == key]
-    return values[-1] if values else None
-
-
 def finetune_schedule(schedule: Union[str, int], images: int, cfg: "CfgNode", processes: int = 1,
-                      overrides: Sequence[str] = ()) -> Schedule:
+                      overrides: Sequence[str] = (), batch: Optional[int] = None) -> Schedule:
     """The schedule for ``images`` training images: ``1x`` / ``short`` (epochs, :data:`SCHEDULES`) or a number of
-    iterations; the batch is 2 images per process and the lr the config's scaled linearly to it; SOLVER values in
-    ``overrides`` are kept and the rest derived from them."""
-    given = {key: _user_value(overrides, f"SOLVER.{key}") for key in
+    iterations; the batch is ``batch`` images (``--scale-to-batch``), else 2 per process, and the lr the config's
+    scaled linearly to it; SOLVER values in ``overrides`` are kept and the rest derived from them."""
+    given = {key: override_value(overrides, f"SOLVER.{key}") for key in
              ("IMS_PER_BATCH", "BASE_LR", "MAX_ITER", "WARMUP_ITERS", "STEPS")}
-    batch = int(given["IMS_PER_BATCH"] or IMAGES_PER_PROCESS * processes)
-    reasons = [f"{batch} images: SOLVER.IMS_PER_BATCH given" if given["IMS_PER_BATCH"]
-               else f"{batch} images: {IMAGES_PER_PROCESS} per process"]
+    if batch is not None and given["IMS_PER_BATCH"] is not None:
+        raise ConfigError(f"--scale-to-batch {batch} and SOLVER.IMS_PER_BATCH {given['IMS_PER_BATCH']} both set the "
+                          "batch; give one of them")
+    if batch is not None and int(batch) < 1:
+        raise ConfigError(f"--scale-to-batch must be >= 1, got {batch}")
+    if given["IMS_PER_BATCH"]:
+        batch, why = int(given["IMS_PER_BATCH"]), "SOLVER.IMS_PER_BATCH given"
+    elif batch is not None:
+        batch, why = int(batch), "--scale-to-batch"
+    else:
+        batch, why = IMAGES_PER_PROCESS * processes, f"{IMAGES_PER_PROCESS} per process"
+    reasons = [f"{batch} images: {why}"]
     name = str(schedule)
     if given["MAX_ITER"]:
         max_iter = int(given["MAX_ITER"])
@@ -116,7 +122,7 @@ def dataset_classes(dataset: Union[str, os.PathLike], overrides: Sequence[str] =
     from ..data import resolve_dataset
 
     spec = resolve_dataset(dataset, split="train")
-    given = _user_value(overrides, _NUM_CLASSES)
+    given = override_value(overrides, _NUM_CLASSES)
     if given is not None and int(given) != spec.num_classes:
         raise ConfigError(f"{_NUM_CLASSES} {given} conflicts with the {spec.num_classes} categories of {spec.name} "
                           f"({', '.join(spec.category_names)}); drop it: the dataset sets the number of classes")
@@ -130,7 +136,7 @@ class FinetunePlan:
     """Everything a fine-tuning run will do, decided before anything is trained."""
 
     source: str                     # the entry, checkpoint or pretrain as given
-    config: Union[Path, dict]       # the config file, or a config stored in the checkpoint
+    config: Union[Path, Mapping]    # the config file, or a config stored in the checkpoint
     config_origin: str
     dataset: str
     categories: "CategoryMap"
@@ -143,6 +149,9 @@ class FinetunePlan:
     machine_rank: int = 0
     dist_url: str = "auto"
     resume: bool = False
+    overwrite: bool = False
+    amp: Optional[bool] = None
+    export_detectron2: bool = False
     notes: tuple[str, ...] = ()
 
     def cfg(self) -> "CfgNode":
@@ -155,15 +164,13 @@ class FinetunePlan:
         """The equivalent ``pycontrast-zoo train`` command (None when the config lives in a checkpoint)."""
         if not isinstance(self.config, Path):
             return None
-        from .reproduce import _join
-
-        return _join(["pycontrast-zoo", "train", "--config", str(self.config), "--device", self.device,
-                      "--num-gpus", str(self.num_gpus), *self.overrides])
+        return commands.join([*commands.train_words(self.config, device=self.device, num_gpus=self.num_gpus,
+                                                    num_machines=self.num_machines, machine_rank=self.machine_rank,
+                                                    dist_url=self.dist_url, resume=self.resume, amp=self.amp),
+                              *self.overrides])
 
     def render(self) -> str:
         """The plan as ``pycontrast-zoo finetune`` prints it."""
-        from .reproduce import _join
-
         names = ", ".join(self.categories.names)
         lines = [f"fine-tune {self.source} on {self.dataset} ({len(self.categories)} classes: {names})",
                  f"  config:   {self.config_origin}",
@@ -171,7 +178,7 @@ class FinetunePlan:
                  f"  schedule: {self.schedule.describe()}",
                  f"  output:   {self.output_dir}",
                  f"  device:   {self.device} x {self.num_gpus} process(es)",
-                 f"  overrides: {_join(self.overrides)}"]
+                 f"  overrides: {commands.join(self.overrides)}"]
         lines += [f"  note: {note}" for note in self.notes]
         command = self.command()
         if command is not None:
@@ -179,35 +186,34 @@ class FinetunePlan:
         return "\n".join(lines)
 
 
-def _source_config(source: str, config: Optional[Union[str, os.PathLike]]) -> tuple[Union[Path, dict], str]:
-    """The config to fine-tune ``source`` with: ``config``, an entry's, or the one stored with a checkpoint."""
+def _source_config(source: str, config: Optional[Union[str, os.PathLike]]) -> tuple[Union[Path, Mapping], str]:
+    """The config to fine-tune ``source`` with: ``config``, else the one that comes with the source (a zoo entry's,
+    a published folder's, the one stored with a checkpoint; see ``modeling.resolve_source``)."""
     from ..config import resolve_config_path
-    from ..zoo import load_manifest
+    from ..modeling import resolve_source
 
     if config is not None:
         path = resolve_config_path(config)
         return path, str(path)
-    entries = load_manifest().entries
-    if source in entries and not Path(source).is_file():
-        return entries[source].config_path, f"{entries[source].config_path} (zoo entry {source})"
-    if not Path(source).is_file():  # a pretrain name or a URL: nothing is fetched to plan
-        raise ConfigError(f"{source}: not a zoo entry or a local checkpoint, so no config comes with it; give one "
-                          "with --config")
-    from ..checkpoints import open_weights
-
-    opened = open_weights(source)
-    stored = opened.stored_config() if opened is not None else None
-    if stored is None:
+    zoo = load_manifest()
+    url = "://" in source and not source.startswith("hf://")
+    if url or (source in zoo.pretrains and source not in zoo.entries):
+        raise ConfigError(f"{source}: a pretrain or a URL, so no config comes with it; give one with --config")
+    resolved = resolve_source(source)
+    if resolved.weights is None:
+        raise ConfigError(f"{source} is a config, not weights: give it as --config and the weights as SOURCE")
+    if resolved.config is None:
         raise ConfigError(f"{source}: no config is stored with these weights (nor a config.yaml beside them); "
                           "give one with --config")
-    return stored, (f"{stored}" if isinstance(stored, Path) else f"stored in {source}")
+    return resolved.config, resolved.origin
 
 
 def plan_finetune(source: Union[str, os.PathLike], dataset: Union[str, os.PathLike], *,
                   schedule: Union[str, int, None] = None, config: Optional[Union[str, os.PathLike]] = None,
                   overrides: Sequence[str] = (), output_dir: Optional[Union[str, os.PathLike]] = None,
                   device: str = "cpu", num_gpus: int = 1, num_machines: int = 1, machine_rank: int = 0,
-                  dist_url: str = "auto", resume: bool = False) -> FinetunePlan:
+                  dist_url: str = "auto", resume: bool = False, overwrite: bool = False, amp: Optional[bool] = None,
+                  scale_to_batch: Optional[int] = None, export_detectron2: bool = False) -> FinetunePlan:
     """Decide a fine-tuning run; reads the manifest, the dataset's annotations and the source's config only.
 
     Args:
@@ -219,7 +225,9 @@ def plan_finetune(source: Union[str, os.PathLike], dataset: Union[str, os.PathLi
         config: a config instead of the source's.
         overrides: ``KEY VALUE`` pairs applied last (SOLVER values replace the schedule's).
         output_dir: default ``output/finetune_<source>_<dataset>``.
-        device, num_gpus, num_machines, machine_rank, dist_url, resume: as for ``train``.
+        device, num_gpus, num_machines, machine_rank, dist_url, resume, overwrite, amp, export_detectron2: as for
+            ``train``.
+        scale_to_batch: images per iteration (default 2 per process); the lr is scaled linearly to it.
     """
     if len(overrides) % 2:
         raise ConfigError(f"overrides must be KEY VALUE pairs; got an odd number: {list(overrides)}")
@@ -234,7 +242,8 @@ def plan_finetune(source: Union[str, os.PathLike], dataset: Union[str, os.PathLi
     from ..config import load_config
 
     base = load_config(config_path, user)
-    sched = finetune_schedule(schedule or DEFAULT_SCHEDULE, images, base, num_gpus * num_machines, user)
+    sched = finetune_schedule(schedule or DEFAULT_SCHEDULE, images, base, num_gpus * num_machines, user,
+                              batch=scale_to_batch)
     out = Path(output_dir) if output_dir is not None else DEFAULT_OUTPUT_ROOT / (
         f"finetune_{Path(source).stem}_{Path(name).name}")
     ours = [*class_overrides, "MODEL.WEIGHTS", source, "DATASETS.TRAIN", f"({name!r},)", "DATASETS.TEST",
@@ -243,7 +252,8 @@ def plan_finetune(source: Union[str, os.PathLike], dataset: Union[str, os.PathLi
                         categories=train_spec.categories, schedule=sched, overrides=tuple(ours + user),
                         output_dir=out.resolve(), device=device, num_gpus=int(num_gpus),
                         num_machines=int(num_machines), machine_rank=int(machine_rank), dist_url=dist_url,
-                        resume=resume, notes=(class_note,))
+                        resume=resume, overwrite=overwrite, amp=amp, export_detectron2=export_detectron2,
+                        notes=(class_note,))
     plan.cfg()  # a bad override fails now, before anything is trained
     return plan
 
@@ -252,7 +262,8 @@ def _worker(plan: FinetunePlan, log_period: int, evaluate_at_end: bool) -> "Trai
     """One training process of a fine-tuning run (module level: spawned processes import it)."""
     from .train import train
 
-    result = train(plan.cfg(), output_dir=plan.output_dir, resume=plan.resume, device=plan.device,
+    result = train(plan.cfg(), output_dir=plan.output_dir, resume=plan.resume, overwrite=plan.overwrite,
+                   device=plan.device, amp=plan.amp, export_detectron2=plan.export_detectron2,
                    notes=(f"fine-tuning {plan.source}: {plan.schedule.describe()}",), log_period=log_period,
                    evaluate_at_end=evaluate_at_end)
     result.model = None  # returned across processes: results only

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import shlex
 import statistics
 import sys
 import textwrap
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from .. import atomic
 from ..errors import ConfigError, ZooError
-from . import comm
+from . import comm, commands
 from .events import strict_json
 from .output import claim_output_dir, removed_if_nothing_recorded
 
@@ -59,7 +58,6 @@ SHAPES_PROTOCOL: tuple[tuple[str, str, str], ...] = (
                   "so the same command on the same machine gives bit-identical weights and the same AP; "
                   "--seeds N measures the spread between seeds"),
 )
-_WIDTH = 110  # printed lines are wrapped to this width
 
 
 @dataclass(frozen=True)
@@ -131,17 +129,10 @@ class ReproducePlan:
 
     def _native_words(self) -> tuple[list[str], list[str]]:
         """(program and options, KEY VALUE overrides) of the ``pycontrast-zoo train`` command."""
-        words = ["pycontrast-zoo", "train", "--config", str(self.config_path), "--device", self.device,
-                 "--num-gpus", str(self.num_gpus)]
-        if self.num_machines > 1:
-            words += ["--num-machines", str(self.num_machines), "--machine-rank", str(self.machine_rank),
-                      "--dist-url", self.dist_url]
-        if self.resume:
-            words.append("--resume")
-        if self.amp:
-            words.append("--amp")
-        if self.scale_to_batch:
-            words += ["--scale-to-batch", str(self.scale_to_batch)]
+        words = commands.train_words(self.config_path, device=self.device, num_gpus=self.num_gpus,
+                                     num_machines=self.num_machines, machine_rank=self.machine_rank,
+                                     dist_url=self.dist_url, resume=self.resume, amp=self.amp,
+                                     scale_to_batch=self.scale_to_batch)
         return words, self.overrides(self.weights)
 
     def _detectron2_words(self) -> tuple[list[str], list[str]]:
@@ -162,11 +153,11 @@ class ReproducePlan:
 
     def native_command(self) -> str:
         """The equivalent ``pycontrast-zoo train`` command, on one line."""
-        return _join(sum(self._native_words(), []))
+        return commands.join(sum(self._native_words(), []))
 
     def detectron2_command(self) -> str:
         """The equivalent stock detectron2 command (8 GPUs for the COCO recipe), on one line."""
-        return _join(sum(self._detectron2_words(), []))
+        return commands.join(sum(self._detectron2_words(), []))
 
     def header(self) -> str:
         """The short plan a run prints before it starts (no line longer than about 110 characters)."""
@@ -184,7 +175,7 @@ class ReproducePlan:
             lines.append(f"  published: box AP {self.published.box_ap:.1f}, mask AP {self.published.mask_ap:.1f} "
                          "(COCO val2017)")
         notes = list(self.notes) + ([self.scaling_note() or ""] if self.scale_to_batch else [])
-        lines += [textwrap.fill(note, _WIDTH, initial_indent="  note: ", subsequent_indent="        ")
+        lines += [textwrap.fill(note, commands.WIDTH, initial_indent="  note: ", subsequent_indent="        ")
                   for note in notes]
         return "\n".join(lines)
 
@@ -193,10 +184,10 @@ class ReproducePlan:
         wrapped with shell line continuations (``--dry-run``'s output and ``plan.txt``)."""
         pairs = [*self.protocol_overrides, *self.user_overrides]
         lines = [self.header(), "  overrides:" + ("" if pairs else " (none)")]
-        lines += [f"    {_quote(k)} {_quote(v)}" for k, v in zip(pairs[::2], pairs[1::2])]
-        lines += [textwrap.fill(note, _WIDTH, initial_indent="  note: ", subsequent_indent="        ")
+        lines += [f"    {commands.quote(k)} {commands.quote(v)}" for k, v in zip(pairs[::2], pairs[1::2])]
+        lines += [textwrap.fill(note, commands.WIDTH, initial_indent="  note: ", subsequent_indent="        ")
                   for note in self.command_notes]
-        lines += ["commands:", _wrap_command(*self._native_words()), _wrap_command(*self._detectron2_words())]
+        lines += ["commands:", commands.wrap(*self._native_words()), commands.wrap(*self._detectron2_words())]
         return "\n".join(lines)
 
 
@@ -211,32 +202,6 @@ class ReproduceResult:
     dry_run: bool = False
     seeds: list[int] = field(default_factory=list)            # the seeds run (one, or --seeds N of them)
     runs: list[dict[str, dict[str, float]]] = field(default_factory=list)  # each seed's metrics, same order
-
-
-def _quote(word: str) -> str:
-    """Shell quoting that keeps config literals readable: "('shapes_train',)" rather than shlex's escapes."""
-    quoted = shlex.quote(word)
-    if quoted == word or "'" not in word or any(c in word for c in '"$`\\!'):
-        return quoted
-    return f'"{word}"'
-
-
-def _join(words: Sequence[str]) -> str:
-    return " ".join(_quote(str(w)) for w in words)
-
-
-def _wrap_command(words: Sequence[str], pairs: Sequence[str]) -> str:
-    """A shell command over several lines (``\\`` continuations; each KEY VALUE pair on one line), copy-pasteable."""
-    chunks = [_quote(str(w)) for w in words] + [f"{_quote(str(k))} {_quote(str(v))}"
-                                                for k, v in zip(pairs[::2], pairs[1::2])]
-    lines, current = [], "  " + chunks[0]
-    for chunk in chunks[1:]:
-        if len(current) + 1 + len(chunk) > _WIDTH - 2:
-            lines.append(current + " \\")
-            current = "      " + chunk
-        else:
-            current += " " + chunk
-    return "\n".join(lines + [current])
 
 
 def _entry_for_schedule(zoo: Any, entry: Any, schedule: Optional[str]) -> Any:

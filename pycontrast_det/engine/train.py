@@ -81,18 +81,6 @@ def _pick_seed(cfg: Any) -> int:
     return int(comm.broadcast_object(seed))
 
 
-def _resolve_device(device: Union[str, Any]) -> Any:
-    import torch
-
-    device = torch.device(device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("device 'cuda' asked for but CUDA is not available here; use --device cpu")
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-    return device
-
-
 def _use_amp(cfg: Any, amp: Optional[bool], device: Any) -> bool:
     enabled = bool(cfg.SOLVER.AMP.ENABLED) if amp is None else bool(amp)
     if enabled and device.type != "cuda":
@@ -326,10 +314,12 @@ def train(cfg: Any, *, output_dir: Union[str, os.PathLike], resume: bool = False
     SOLVER.CHECKPOINTS_KEPT kept), model_final.pth, inference/, curves.png. A start that fails before anything
     was recorded leaves no folder behind.
     """
+    from ..modeling.device import resolve_device
+
     output_dir = Path(output_dir)
     rank, world_size = comm.get_rank(), comm.get_world_size()
     logger = setup_logger(None, rank)
-    device = _resolve_device(device)
+    device = resolve_device(device)
     cfg = _effective_config(cfg, dataset, device)
     check_engine_config(cfg, world_size)
     use_amp = _use_amp(cfg, amp, device)

@@ -7,6 +7,7 @@ import logging
 import os
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
@@ -55,95 +56,124 @@ def _warn(message: str) -> None:
     log.warning(message)
 
 
-def _unknown_source(text: str) -> UnknownEntryError:
+def _unknown_source(text: str, entries: Sequence[str]) -> UnknownEntryError:
     from ..resources import configs_dir
-    from ..zoo import load_manifest
 
-    known = [*load_manifest().entries, *(p.stem for p in configs_dir().glob("*.yaml"))]
+    known = [*entries, *(p.stem for p in configs_dir().glob("*.yaml"))]
     close = difflib.get_close_matches(text, known, n=3, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     return UnknownEntryError(f"unknown entry {text!r}: not a zoo entry, a config (file or name under configs/) nor a "
                              f"checkpoint file.{hint} (`pycontrast-zoo list` shows the entries)")
 
 
-def _resolve(source: Any, overrides: Sequence[str]
-             ) -> tuple["CfgNode", Optional["DetectorEntry"], Optional[WeightsSpec]]:
-    """(config, entry or None, the weights that come with the source or None)."""
-    from ..config import load_config, resolve_config_path
+@dataclass(frozen=True)
+class ModelSource:
+    """What an ENTRY|CHECKPOINT|CONFIG argument stands for: the config that comes with it (a file, parsed YAML or
+    a CfgNode; None when none does), the weights that come with it (a spec for :func:`load_weights`; None: none)
+    and its zoo entry, if it is one."""
 
-    if isinstance(source, Mapping) and hasattr(source, "clone"):  # an existing CfgNode
-        cfg = source.clone()
-        cfg.defrost()
-        cfg.merge_from_list(list(overrides))
-        return cfg.freeze(), None, None
+    spec: str                        # the argument as given (a config given as data: "<config>")
+    config: Union[Path, Mapping[str, Any], None]
+    weights: Optional[WeightsSpec]
+    entry: Optional["DetectorEntry"] = None
+    origin: str = ""                 # where the config comes from, for messages and plans
+
+
+def resolve_source(source: Union[str, os.PathLike, Mapping[str, Any]]) -> ModelSource:
+    """The config and weights of a source, as :func:`load` takes it: a config (path, name under configs/, CfgNode,
+    parsed YAML), a zoo entry name, a checkpoint file (read once: its stored config or the ``config.yaml`` beside
+    it, and its weights and class names) or a published folder (``hf://org/repo/<entry>`` or its copy on disk:
+    its verified ``config.yaml``; its weights are fetched when loaded). Nothing else is downloaded.
+
+    UnknownEntryError with close names for a bare name that is none of these.
+    """
+    from ..checkpoints.published import is_published_folder, resolve_published
+    from ..config import resolve_config_path
+
     if isinstance(source, Mapping):
-        return load_config(source, overrides), None, None
+        return ModelSource("<config>", source, None, origin="the config given")
     text = os.fspath(source)
     path = Path(text).expanduser()
+    if is_published_folder(text):
+        folder = resolve_published(text, weights=False)
+        return ModelSource(text, folder.config, text, origin=f"{folder.config} (published folder {text})")
     if path.is_file() and path.suffix not in _CONFIG_SUFFIXES:
-        return _checkpoint_source(path, overrides)
+        opened = open_weights(path)
+        assert opened is not None  # a local file is never "random init"
+        stored = opened.stored_config()
+        origin = str(stored) if isinstance(stored, Path) else f"stored in {path}"
+        return ModelSource(text, stored, opened, origin=origin)
     if not path.is_file():
         from ..zoo import load_manifest
 
         entries = load_manifest().entries
         if text in entries:
-            return load_config(entries[text].config_path, overrides), entries[text], entries[text].name
+            entry = entries[text]
+            return ModelSource(text, entry.config_path, entry.name, entry,
+                               origin=f"{entry.config_path} (zoo entry {text})")
         if path.suffix and path.suffix not in _CONFIG_SUFFIXES:
             raise ConfigError(f"{text}: no such checkpoint file")
         if os.sep not in text and not path.suffix:  # a bare name: an entry or a shipped config
             try:
                 resolve_config_path(text)
             except ConfigError:
-                raise _unknown_source(text) from None
-    return load_config(text, overrides), None, None
+                raise _unknown_source(text, list(entries)) from None
+    config = resolve_config_path(text)
+    return ModelSource(text, config, None, origin=str(config))
 
 
-def _checkpoint_source(path: Path, overrides: Sequence[str]) -> tuple["CfgNode", None, OpenedWeights]:
-    """A checkpoint given alone: its stored config (or the config.yaml beside it) and its weights."""
+def _config(source: ModelSource, overrides: Sequence[str]) -> "CfgNode":
+    """The source's config with ``overrides``; ConfigError when no config comes with it."""
     from ..config import load_config
 
-    opened = open_weights(path)
-    assert opened is not None  # a local file is never "random init"
-    stored = opened.stored_config()
-    if stored is None:
-        raise ConfigError(f"{path}: no config is stored in this checkpoint and there is no config.yaml beside it; "
-                          f"say which architecture it is: load(CONFIG, weights={str(path)!r})")
-    return load_config(stored, overrides), None, opened
+    if source.config is None:
+        raise ConfigError(f"{source.spec}: no config is stored in this checkpoint and there is no config.yaml beside "
+                          f"it; say which architecture it is: load(CONFIG, weights={source.spec!r})")
+    if hasattr(source.config, "clone"):  # an existing CfgNode: kept as it is, overrides on top
+        cfg = source.config.clone()
+        cfg.defrost()
+        cfg.merge_from_list(list(overrides))
+        return cfg.freeze()
+    return load_config(source.config, overrides)
 
 
-def load(entry_or_config: Union[str, os.PathLike, Mapping[str, Any]], weights: Optional[WeightsSpec] = None,
-         device: Union[str, torch.device] = "cpu", pretrained: bool = True, overrides: Sequence[str] = ()
-         ) -> MaskRCNN:
+def load(entry_or_config: Union[str, os.PathLike, Mapping[str, Any], ModelSource],
+         weights: Optional[WeightsSpec] = None, device: Union[str, torch.device, None] = None, pretrained: bool = True,
+         overrides: Sequence[str] = ()) -> MaskRCNN:
     """A MaskRCNN in eval mode on ``device``.
 
     Args:
         entry_or_config: a zoo entry name (its config and, with ``pretrained``, its published detector), a
             config (path, name under configs/, CfgNode, parsed YAML), a checkpoint file alone (its stored
             config or the ``config.yaml`` beside it, and its weights and class names), or a published folder
-            (``hf://org/repo/<entry>``, or its copy on disk: its verified ``config.yaml`` and ``model.safetensors``).
+            (``hf://org/repo/<entry>``, or its copy on disk: its verified ``config.yaml`` and ``model.safetensors``);
+            or what :func:`resolve_source` made of one of these.
         weights: weights replacing the source's: a file (detectron2's or this package's detector, or a backbone
-            pretrain in any supported format), a URL, a ``detectron2://`` name, a zoo entry or a pretrain. Layers
-            that depend on the number of classes are re-initialised, with a warning, when their shapes differ.
-        device: where the model goes.
+            pretrain in any supported format), a URL, a ``detectron2://`` name, a published folder, a zoo entry or a
+            pretrain. Layers that depend on the number of classes are re-initialised, with a warning, when their
+            shapes differ.
+        device: where the model goes: cpu, cuda, cuda:N or auto (default: MODEL.DEVICE when ``overrides`` set it,
+            else cpu); ConfigError for a device this machine does not have.
         pretrained: False builds the source's architecture randomly initialised.
         overrides: ``KEY VALUE`` config overrides.
 
     An entry without a published detector (the C4 rows) gets its pre-trained backbone only, with a warning.
     """
-    from ..checkpoints.published import is_published_folder, resolve_published
+    from ..config import requested_device
+    from .device import resolve_device
 
-    if isinstance(entry_or_config, (str, Path)) and is_published_folder(entry_or_config):
-        folder = resolve_published(entry_or_config, weights=pretrained and weights is None)
-        entry_or_config, weights = folder.config, weights if weights is not None else folder.weights
-    cfg, entry, default = _resolve(entry_or_config, overrides)
+    target = resolve_device(requested_device(device, overrides, default="cpu"))
+    source = entry_or_config if isinstance(entry_or_config, ModelSource) else resolve_source(entry_or_config)
+    cfg = _config(source, overrides)
     model = build_model(cfg)
-    spec = weights if weights is not None else (default if pretrained else None)
+    spec = weights if weights is not None else (source.weights if pretrained else None)
     report = load_weights(model, spec) if spec is not None else None
     for line in report.warnings() if report is not None else ():
         _warn(line)
+    entry = source.entry
     if entry is not None and spec == entry.name and entry.model is None:
         what = (f"its pre-trained backbone ({entry.pretrain}) only" if report is not None
                 else "random initialisation (its pretrain is 'rand')")
         _warn(f"{entry.name}: no detector weights were published for this row; the model has {what}, and its "
               "heads are untrained: train it first (pycontrast-zoo train)")
-    return model.to(device).eval()
+    return model.to(target).eval()
