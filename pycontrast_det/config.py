@@ -224,6 +224,7 @@ def _read_yaml_chain(path: Path, depth: int = 0) -> list[tuple[Path, dict]]:
 
 _KEY_SHAPE = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)*$")
 DEVICE_KEY = "MODEL.DEVICE"
+AUTO_DEVICE = "auto"  # cuda when available, else cpu
 
 
 def looks_like_key(word: str) -> bool:
@@ -241,12 +242,14 @@ def override_value(overrides: Sequence[str], key: str) -> Optional[str]:
 
 def requested_device(device: Optional[str], overrides: Sequence[str], default: str) -> str:
     """The device asked for: ``device`` (a --device flag), else MODEL.DEVICE among ``overrides``, else
-    ``default``. MODEL.DEVICE in a config file is a record of where that config ran and asks for nothing;
-    ConfigError when the flag and the override name different devices."""
+    ``default``; ``auto`` (cuda when available, else cpu) gives way to the other. MODEL.DEVICE in a config file
+    is a record of where that config ran and asks for nothing. ConfigError when the flag and the override name
+    different devices."""
     given = override_value(overrides, DEVICE_KEY)
-    if device is not None and given is not None and str(device) != given:
+    named = [str(d) for d in (device, given) if d is not None and str(d) != AUTO_DEVICE]
+    if len(set(named)) > 1:
         raise ConfigError(f"--device {device} and {DEVICE_KEY} {given} name different devices; give one of them")
-    return str(device if device is not None else given if given is not None else default)
+    return named[0] if named else str(device if device is not None else given if given is not None else default)
 
 
 def load_config(config: Union[str, Path, Mapping[str, Any]], overrides: Sequence[str] = (),

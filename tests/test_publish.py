@@ -15,9 +15,11 @@ from contextlib import redirect_stdout
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 import pycontrast_det as pcd
 from pycontrast_det import resources, store
@@ -218,6 +220,30 @@ def test_hf_folder_loads_through_hf_endpoint(published, reference, hub):
     (bad / ENTRY / "config.yaml").write_text("MODEL:\n  MASK_ON: false\n")
     with pytest.raises(ChecksumError, match="sha256 mismatch"):
         resolve_published(f"hf://org/bad/{ENTRY}")
+
+
+def test_predict_and_evaluate_take_a_published_folder(published, reference, hub, tmp_path):
+    """``hf://org/repo/<entry>`` as ENTRY of evaluate, and of predict with --config (the folder's detector under
+    that config; ENTRY alone goes through ``pcd.load``, tested above)."""
+    from pycontrast_det.coco_classes import COCO_CATEGORIES
+
+    image, expected = reference
+    folder = f"hf://org/zoo/{ENTRY}"
+    assert main(["predict", folder, str(image), "--config", str(pcd.get_entry(ENTRY).config_path), "--out",
+                 str(tmp_path / "predicted"), "--device", "cpu", *SMALL]) == 0
+    scores = [r["score"] for r in json.loads((tmp_path / "predicted" / "results.json").read_text())]
+    np.testing.assert_allclose(scores, expected["scores"].numpy(), rtol=0, atol=1e-6)
+    width, height = Image.open(image).size
+    annotations = tmp_path / "one.json"  # one image with one square, under COCO's categories
+    annotations.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": image.name, "width": width, "height": height}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 40], "area": 1600,
+                         "iscrowd": 0, "segmentation": [[10, 10, 50, 10, 50, 50, 10, 50]]}],
+        "categories": [{"id": cid, "name": cname} for cid, cname in COCO_CATEGORIES]}))
+    assert main(["evaluate", folder, "--dataset", f"{annotations}:{image.parent}", "--device", "cpu",
+                 "--output", str(tmp_path / "ev"), *SMALL]) == 0
+    evaluated = json.loads((tmp_path / "ev" / "coco_instances_results.json").read_text())
+    np.testing.assert_allclose(sorted(r["score"] for r in evaluated), sorted(expected["scores"].tolist()), atol=1e-6)
 
 
 @pytest.fixture

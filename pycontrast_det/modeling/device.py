@@ -9,9 +9,8 @@ from typing import Union
 
 import torch
 
+from ..config import AUTO_DEVICE as AUTO
 from ..errors import ConfigError
-
-AUTO = "auto"  # cuda when available, else cpu
 
 
 def resolve_device(device: Union[str, torch.device], *, what: str = "device") -> torch.device:
