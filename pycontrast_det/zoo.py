@@ -3,13 +3,15 @@
 Which manifests are read (``load_manifest``):
 
 1. the shipped ``zoo.yaml`` (``resources.manifest_path()``) is always the base;
-2. then each user manifest in order: ``paths`` if given (CLI ``--manifest``, repeatable), otherwise
+2. then each user manifest in order: ``paths`` if given (CLI ``--manifest``, repeatable, which every command passes
+   on through :func:`manifests_in_use`), otherwise
    ``PYCONTRAST_ZOO_MANIFEST`` (``os.pathsep``-separated). A user manifest with ``merge: true`` merges over
    what was loaded so far, entry by entry and pretrain by pretrain (a name it defines replaces the whole
    record of that name; other names are kept); a manifest without ``merge: true`` replaces everything loaded
    so far.
 
-A detector entry's ``model_alternatives`` are other sources of the same detector in other bytes (the original
+A detector entry without a published training log may omit ``log`` (or write ``log: null``). A detector entry's
+``model_alternatives`` are other sources of the same detector in other bytes (the original
 ``.pth`` of a converted ``model.safetensors``), each with its own checksum: every URL of one file record
 serves exactly the bytes of its ``sha256``, never another file's.
 

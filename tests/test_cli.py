@@ -197,3 +197,22 @@ def test_zoo_commands_stay_torch_free_and_take_an_entry_without_a_log(user):
     assert "published: model (no training log)" in proc.stdout
     assert "| `my_fpn` | FPN | 1x | random init | 12.5 | 11.5 | [R_50_FPN_1x_rand](configs/R_50_FPN_1x_rand.yaml) | " \
            "[model](https://example.org/my_fpn/model_final.pth) | not published |" in proc.stdout
+
+
+def test_finetune_takes_the_run_options_of_train(user, tmp_path, capsys):
+    """--scale-to-batch sets the batch (the lr follows it linearly), --amp reaches the train command, and
+    --launcher slurm --dry-run prints the submission: one option set for train, reproduce and finetune."""
+    commands = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001 (argparse has no API)
+    options = {name: {action.dest for action in commands[name]._actions} for name in ("train", "finetune")}
+    assert options["train"] <= options["finetune"]
+    source = ["finetune", "mask_rcnn_fpn_1x_rand", "--dataset", str(user.dataset), "--output", str(tmp_path / "ft")]
+    assert main([*source, "--dry-run", "--scale-to-batch", "4", "--amp", "--device", "cuda"]) == 0  # planned only
+    out = capsys.readouterr().out
+    assert "4 images: --scale-to-batch" in out and "BASE_LR 0.005" in out  # the config's 0.02 for 16 images
+    assert "pycontrast-zoo train --config" in out and "--device cuda --num-gpus 1 --amp" in out
+    assert main([*source, "--dry-run", "--scale-to-batch", "4", "SOLVER.IMS_PER_BATCH", "8"]) == 2
+    assert "--scale-to-batch 4 and SOLVER.IMS_PER_BATCH 8 both set the batch" in capsys.readouterr().err
+    assert main([*source, "--dry-run", "--launcher", "slurm", "--num-gpus", "2", "--partition", "gpu"]) == 0
+    out = capsys.readouterr().out
+    assert "#SBATCH --partition=gpu" in out and "--launcher local" in out and "fine-tune mask_rcnn_fpn_1x_rand" in out
+    assert not (tmp_path / "ft").exists()

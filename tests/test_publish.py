@@ -222,7 +222,7 @@ def test_hf_folder_loads_through_hf_endpoint(published, reference, hub):
         resolve_published(f"hf://org/bad/{ENTRY}")
 
 
-def test_predict_and_evaluate_take_a_published_folder(published, reference, hub, tmp_path):
+def test_predict_evaluate_and_finetune_take_a_published_folder(published, reference, hub, tmp_path, capsys):
     """``hf://org/repo/<entry>`` as ENTRY of evaluate, and of predict with --config (the folder's detector under
     that config; ENTRY alone goes through ``pcd.load``, tested above)."""
     from pycontrast_det.coco_classes import COCO_CATEGORIES
@@ -244,6 +244,10 @@ def test_predict_and_evaluate_take_a_published_folder(published, reference, hub,
                  "--output", str(tmp_path / "ev"), *SMALL]) == 0
     evaluated = json.loads((tmp_path / "ev" / "coco_instances_results.json").read_text())
     np.testing.assert_allclose(sorted(r["score"] for r in evaluated), sorted(expected["scores"].tolist()), atol=1e-6)
+    # finetune plans from the folder's config; its trainer loads MODEL.WEIGHTS hf://... as pcd.load does
+    assert main(["finetune", folder, "--dataset", f"{annotations}:{image.parent}", "--dry-run", "--output",
+                 str(tmp_path / "ft")]) == 0
+    assert f"config.yaml (published folder {folder})" in capsys.readouterr().out
 
 
 @pytest.fixture
