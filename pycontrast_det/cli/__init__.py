@@ -1,7 +1,9 @@
 """The ``pycontrast-zoo`` command: one argparse parser, subcommands registered by topic modules.
 
 Each topic module exposes ``register(subparsers)`` and must not import torch at module level, so that
-``pycontrast-zoo list`` stays fast and light.
+``pycontrast-zoo list`` stays fast and light. The conventions the commands share (``KEY VALUE`` overrides,
+``--device``, ENTRY|CHECKPOINT) are in :mod:`.options`; the run options of train, reproduce and finetune in
+:mod:`.runs`.
 """
 from __future__ import annotations
 

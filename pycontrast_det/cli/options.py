@@ -10,7 +10,8 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from ..config import looks_like_key, requested_device
+from ..config import AUTO_DEVICE, DEVICE_KEY, looks_like_key, requested_device
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ..modeling import MaskRCNN
@@ -79,19 +80,17 @@ def add_device(parser: argparse.ArgumentParser) -> None:
 def planned_device(args: argparse.Namespace) -> str:
     """The device a command asks for, unchecked (a plan may be for another machine): --device, else MODEL.DEVICE
     among the overrides, else auto."""
-    from ..modeling.device import AUTO
-
-    return requested_device(args.device, args.opts, default=AUTO)
+    return requested_device(args.device, args.opts, default=AUTO_DEVICE)
 
 
 def run_device(args: argparse.Namespace) -> str:
     """The device a command runs on, checked against this machine (one ConfigError line otherwise): ``auto``
     becomes cuda or cpu; other names stay as given (``cuda`` is each process's own GPU)."""
-    from ..modeling.device import AUTO, resolve_device
+    from ..modeling.device import resolve_device
 
     name = planned_device(args)
-    device = resolve_device(name, what="--device" if args.device is not None else "MODEL.DEVICE")
-    return device.type if name == AUTO else name
+    device = resolve_device(name, what="--device" if name == args.device else DEVICE_KEY)
+    return device.type if name == AUTO_DEVICE else name
 
 
 def load_model(source: Optional[str], *, config: Optional[str], weights: Optional[str], device: str,
@@ -101,12 +100,10 @@ def load_model(source: Optional[str], *, config: Optional[str], weights: Optiona
     config and --weights, else SOURCE's weights (a zoo entry's published detector, a checkpoint, a published
     folder's detector). ``config_options`` names what the command offers to say which architecture a checkpoint
     without a config is."""
-    import pycontrast_det as pcd
-    from ..errors import ConfigError
-    from ..modeling import resolve_source
+    from ..modeling import load, resolve_source
 
     if config is not None:
-        return pcd.load(config, weights=weights if weights is not None else source, device=device,
+        return load(config, weights=weights if weights is not None else source, device=device,
                         overrides=list(overrides))
     assert source is not None
     resolved = resolve_source(source)
@@ -114,7 +111,7 @@ def load_model(source: Optional[str], *, config: Optional[str], weights: Optiona
         raise ConfigError(f"{source}: a checkpoint with no config in it or beside it (config.yaml); say which "
                           f"architecture it is with {config_options}")
     print(f"config: {resolved.origin}")
-    return pcd.load(resolved, weights=weights, device=device, overrides=list(overrides))
+    return load(resolved, weights=weights, device=device, overrides=list(overrides))
 
 
 __all__ = ["EPILOG", "OverridesParser", "add_device", "add_overrides", "load_model", "planned_device", "run_device"]

@@ -232,7 +232,7 @@ def plan_finetune(source: Union[str, os.PathLike], dataset: Union[str, os.PathLi
     if len(overrides) % 2:
         raise ConfigError(f"overrides must be KEY VALUE pairs; got an odd number: {list(overrides)}")
     source, user = os.fspath(source), [str(o) for o in overrides]
-    if Path(source).is_file():
+    if Path(source).exists():  # a checkpoint, a published folder on disk
         source = str(Path(source).resolve())  # the printed command works from any folder
     config_path, origin = _source_config(source, config)
     train_spec, class_overrides, class_note = dataset_classes(dataset, user)
