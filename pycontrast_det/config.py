@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
@@ -219,6 +220,36 @@ def _read_yaml_chain(path: Path, depth: int = 0) -> list[tuple[Path, dict]]:
         chain.extend(_read_yaml_chain(base_path.resolve(), depth + 1))
     chain.append((path, data))
     return chain
+
+
+_KEY_SHAPE = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)*$")
+DEVICE_KEY = "MODEL.DEVICE"
+AUTO_DEVICE = "auto"  # cuda when available, else cpu
+
+
+def looks_like_key(word: str) -> bool:
+    """Whether a command-line word is a config key (``SOLVER.BASE_LR``, ``SEED``): upper case, dotted, under a
+    top-level key of the defaults, and not the name of an existing file (``TEST.PNG``)."""
+    return (bool(_KEY_SHAPE.match(word)) and word.split(".", 1)[0] in _defaults()
+            and not Path(word).exists())
+
+
+def override_value(overrides: Sequence[str], key: str) -> Optional[str]:
+    """The last value ``overrides`` (``KEY VALUE ...``) give ``key``, or None."""
+    values = [v for k, v in zip(overrides[0::2], overrides[1::2]) if k == key]
+    return str(values[-1]) if values else None
+
+
+def requested_device(device: Optional[str], overrides: Sequence[str], default: str) -> str:
+    """The device asked for: ``device`` (a --device flag), else MODEL.DEVICE among ``overrides``, else
+    ``default``; ``auto`` (cuda when available, else cpu) gives way to the other. MODEL.DEVICE in a config file
+    is a record of where that config ran and asks for nothing. ConfigError when the flag and the override name
+    different devices."""
+    given = override_value(overrides, DEVICE_KEY)
+    named = [str(d) for d in (device, given) if d is not None and str(d) != AUTO_DEVICE]
+    if len(set(named)) > 1:
+        raise ConfigError(f"--device {device} and {DEVICE_KEY} {given} name different devices; give one of them")
+    return named[0] if named else str(device if device is not None else given if given is not None else default)
 
 
 def load_config(config: Union[str, Path, Mapping[str, Any]], overrides: Sequence[str] = (),

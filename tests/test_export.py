@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from PIL import Image
 
 import pycontrast_det as pcd
 from pycontrast_det.cli import main
-from pycontrast_det.errors import ExportError, OptionalDependencyError
+from pycontrast_det.errors import ExportError, MissingDependencyError
 from pycontrast_det.modeling.preprocess import (resize_shortest_edge, resize_shortest_edge_tensor, scaled_size,
                                                 traced_scaled_size)
 
@@ -59,7 +60,8 @@ def eager(models):
 
 @pytest.fixture(scope="module")
 def exported(models, d2_fixtures: Path, tmp_path_factory):
-    """``exported(arch, format)``: the file, written once; FPN TorchScript through the CLI (its output is kept)."""
+    """``exported(arch, format)``: the file, written once; FPN TorchScript through the CLI (its output is kept).
+    The files (about 180 MB each) are removed after the module: pytest keeps its last temporary folders."""
     folder = tmp_path_factory.mktemp("exported")
     files: dict[tuple[str, str], tuple[Path, str]] = {}
 
@@ -80,7 +82,8 @@ def exported(models, d2_fixtures: Path, tmp_path_factory):
             files[arch, format] = path, printed
         return files[arch, format]
 
-    return get
+    yield get
+    shutil.rmtree(folder)
 
 
 def _assert_same_detections(got: dict, expected: dict, where: str) -> None:
@@ -103,7 +106,7 @@ def _assert_same_detections(got: dict, expected: dict, where: str) -> None:
 
 def _check_equal_to_eager(arch: str, path: Path, images: dict[str, np.ndarray], eager, models) -> None:
     runner = pcd.load_exported(path)
-    assert runner.class_names == models[arch].class_names and len(runner.class_names) == 80
+    assert runner.classes == models[arch].classes and len(runner.class_names) == 80
     detected = 0
     for name, image in images.items():
         got, expected = runner.predict(image), eager(arch, name, image)
@@ -157,17 +160,35 @@ def test_missing_onnxruntime_is_a_one_line_error(monkeypatch, tmp_path: Path) ->
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # what an environment without it gives on import
     fake = tmp_path / "model.onnx"
     fake.write_bytes(b"not a zip: an ONNX protobuf")
-    with pytest.raises(OptionalDependencyError) as info:
+    with pytest.raises(MissingDependencyError) as info:
         pcd.load_exported(fake)
     message = str(info.value)
     assert "\n" not in message and "onnxruntime" in message and "pip install 'pycontrast-det[export]'" in message
 
 
-def test_export_cli_refuses_a_checkpoint_without_config(d2_fixtures: Path, tmp_path: Path, capsys) -> None:
-    code = main(["export", str(d2_fixtures / "fpn" / "weights_fp16.pth"), "--format", "onnx",
-                 "--out", str(tmp_path / "x.onnx")])
-    assert code == 2
-    assert "--config" in capsys.readouterr().err and not (tmp_path / "x.onnx").exists()
+def test_export_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, capsys) -> None:
+    """Unknown format, an --out that cannot be written, a missing file, a checkpoint without a config, an entry
+    without a published detector: one line naming it, exit 2, before any model is loaded."""
+    in_the_way = tmp_path / "a_file"
+    in_the_way.write_text("")
+    bare = tmp_path / "bare.pth"
+    torch.save({"model": {"backbone.bottom_up.stem.conv1.weight": torch.zeros(1)}}, bare)
+    out = ["--out", str(tmp_path / "x.onnx")]
+    cases = [
+        (["mask_rcnn_fpn_1x_rand", "--format", "tflite", *out], "unknown --format 'tflite': use onnx or torchscript"),
+        (["mask_rcnn_fpn_1x_rand", "--format", "onnx", "--out", str(in_the_way / "x.onnx")],
+         f"{in_the_way} is a file, not a folder"),
+        (["mask_rcnn_fpn_1x_rand", "--format", "onnx", "--out", str(tmp_path)], f"--out {tmp_path} is a folder"),
+        ([str(tmp_path / "missing.pth"), "--format", "onnx", *out], f"{tmp_path / 'missing.pth'}: no such"),
+        ([str(bare), "--format", "onnx", *out], "--config CFG"),
+        (["mask_rcnn_c4_1x_infomin", "--format", "onnx", *out], "mask_rcnn_c4_1x_infomin has no published detector"),
+        (["--format", "onnx", *out], "give ENTRY|CHECKPOINT, or --config and --weights"),
+    ]
+    for argv, message in cases:
+        assert main(["export", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("pycontrast-zoo export: error: ") and message in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "bare.pth"]
 
 
 @pytest.mark.parametrize("size", [(256, 320), (300, 451), (186, 372), (97, 1201), (1000, 1500), (5, 7)])
@@ -190,4 +211,5 @@ def test_metadata_is_stored_as_json(models, exported) -> None:
     torch.jit.load(str(path), _extra_files=extra)
     stored = json.loads(extra["pycontrast_det.json"])
     assert stored["class_names"] == models["fpn"].class_names
+    assert stored["category_ids"] == list(models["fpn"].classes.ids) and stored["category_ids"][-1] == 90  # COCO's
     assert stored["outputs"] == ["boxes", "scores", "labels", "masks"] and stored["input_format"] == "RGB"

@@ -25,7 +25,7 @@ def fpn_run(tmp_path_factory, d2_fixtures):
     out = tmp_path_factory.mktemp("predict-out")
     fpn = d2_fixtures / "fpn"
     images = [d2_fixtures / "images" / f"{name}.png" for name in IMAGES]
-    code = main(["predict", "mask_rcnn_fpn_1x_infomin", *map(str, images), "--weights", str(fpn / "weights_fp16.pth"),
+    code = main(["predict", *map(str, images), "--weights", str(fpn / "weights_fp16.pth"),  # no ENTRY needed
                  "--config", str(fpn / "config.yaml"), "--out", str(out), "--device", "cpu", "--batch-size", "2",
                  "--draw-thresh", str(DRAW_THRESH)])
     assert code == 0

@@ -1,7 +1,9 @@
 """The ``pycontrast-zoo`` command: one argparse parser, subcommands registered by topic modules.
 
 Each topic module exposes ``register(subparsers)`` and must not import torch at module level, so that
-``pycontrast-zoo list`` stays fast and light.
+``pycontrast-zoo list`` stays fast and light. The conventions the commands share (``KEY VALUE`` overrides,
+``--device``, ENTRY|CHECKPOINT) are in :mod:`.options`; the run options of train, reproduce and finetune in
+:mod:`.runs`.
 """
 from __future__ import annotations
 
@@ -12,8 +14,10 @@ import sys
 from typing import Optional, Sequence
 
 from ..errors import ZooError
+from ..zoo import manifests_in_use
 
-_TOPICS = ("zoo_cmds", "convert_cmd", "predict_cmd", "eval_cmds", "train_cmds", "export_cmd")
+_TOPICS = ("zoo_cmds", "convert_cmd", "predict_cmd", "eval_cmds", "train_cmds", "finetune_cmd", "publish_cmd",
+           "export_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,11 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pycontrast-zoo",
         description="PyContrast detection-transfer model zoo: list, fetch, convert, predict, evaluate, reproduce, "
-                    "export.",
+                    "publish, export.",
     )
     parser.add_argument("--manifest", metavar="PATH", action="append", default=None,
-                        help="use this manifest instead of (first one) or merged over the shipped zoo.yaml; "
-                             "repeatable (also PYCONTRAST_ZOO_MANIFEST)")
+                        help="use this manifest instead of (first one) or merged over the shipped zoo.yaml, for "
+                             "every command; repeatable (also PYCONTRAST_ZOO_MANIFEST)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for topic in _TOPICS:
@@ -43,8 +47,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point: parse, run the chosen subcommand, turn a ZooError into a one-line message and exit 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line as given (a SLURM job reruns it)
     try:
-        code = args.func(args)
+        with manifests_in_use(args.manifest):  # --manifest reaches every command and the processes it starts
+            code = args.func(args)
     except ZooError as exc:
         print(f"pycontrast-zoo {args.command}: error: {exc}", file=sys.stderr)
         return 2

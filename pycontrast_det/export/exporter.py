@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
+from .. import atomic
 from ..errors import ExportError
-from .metadata import METADATA_KEY, OUTPUTS, describe, require
+from .metadata import FORMATS, METADATA_KEY, OUTPUTS, describe, require
 
 if TYPE_CHECKING:
     from ..modeling import MaskRCNN
 
-FORMATS = ("onnx", "torchscript")
 ONNX_OPSET = 17  # RoiAlign with half-pixel coordinates (detectron2's ROIAlignV2) needs opset 16 or later
 
 
@@ -50,29 +50,26 @@ def export(model: "MaskRCNN", file: Union[str, os.PathLike], format: str = "onnx
         raise ExportError("export needs a Mask R-CNN with its mask head (MODEL.MASK_ON True)")
     onnx = require("onnx", "export to ONNX") if format == "onnx" else None
     path = Path(file)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = describe(model)
     cpu_model = model if model.device.type == "cpu" and not model.training else copy.deepcopy(model).cpu()
     detector = ImageDetector(cpu_model.eval()).eval()
     image = torch.from_numpy(example_image())
-    partial = path.with_name(path.name + ".partial")
-    with warnings.catch_warnings(), torch.no_grad():
+    with atomic.atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
         # tracing warns about each Python value it records (e.g. torchvision's shape asserts), all deliberate here
         warnings.simplefilter("ignore")
         if format == "torchscript":
             traced = torch.jit.trace(detector, image, check_trace=False)
             # constants in place of attributes: drops the unfolded weights the trace does not use
             frozen = torch.jit.freeze(traced, optimize_numerics=False)
-            torch.jit.save(frozen, str(partial), _extra_files={f"{METADATA_KEY}.json": meta.to_json()})
+            torch.jit.save(frozen, str(tmp), _extra_files={f"{METADATA_KEY}.json": meta.to_json()})
         else:
-            torch.onnx.export(detector, (image,), str(partial), dynamo=False, opset_version=ONNX_OPSET,
+            torch.onnx.export(detector, (image,), str(tmp), dynamo=False, opset_version=ONNX_OPSET,
                               input_names=["image"], output_names=list(OUTPUTS),
                               dynamic_axes={"image": {0: "height", 1: "width"}, "boxes": {0: "detections"},
                                             "scores": {0: "detections"}, "labels": {0: "detections"},
                                             "masks": {0: "detections", 1: "height", 2: "width"}})
-            proto = onnx.load(str(partial))
+            proto = onnx.load(str(tmp))
             entry = proto.metadata_props.add()
             entry.key, entry.value = METADATA_KEY, meta.to_json()
-            onnx.save(proto, str(partial))
-    os.replace(partial, path)
+            onnx.save(proto, str(tmp))
     return path

@@ -5,10 +5,14 @@ import importlib
 import json
 from dataclasses import asdict, dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING
 
-from ..errors import ExportError, OptionalDependencyError
+from ..errors import ExportError, MissingDependencyError
 
+if TYPE_CHECKING:
+    from ..modeling import MaskRCNN
+
+FORMATS = ("onnx", "torchscript")
 METADATA_KEY = "pycontrast_det"  # ONNX metadata_props key; TorchScript extra file "<key>.json"
 OUTPUTS = ("boxes", "scores", "labels", "masks")
 FORMAT_VERSION = 1
@@ -19,6 +23,7 @@ class ExportMetadata:
     """The facts a runtime needs besides the graph: class names, and how the model was set up when exported."""
 
     class_names: list[str]
+    category_ids: list[int]  # the dataset's id of each class (COCO's for the zoo detectors), index = label
     arch: str
     input_format: str  # the channel order the network was trained on (the graph takes RGB either way)
     min_size_test: int
@@ -46,20 +51,20 @@ class ExportMetadata:
 
 
 def require(module: str, purpose: str) -> ModuleType:
-    """Import an optional dependency, or OptionalDependencyError saying how to install it."""
+    """Import an optional dependency, or MissingDependencyError saying how to install it."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise OptionalDependencyError(f"{purpose} needs the '{module}' package, which is not installed; "
+        raise MissingDependencyError(f"{purpose} needs the '{module}' package, which is not installed; "
                                       "install it with: pip install 'pycontrast-det[export]'") from None
 
 
-def describe(model: Any) -> ExportMetadata:
+def describe(model: "MaskRCNN") -> ExportMetadata:
     """The metadata of ``model`` (a MaskRCNN) as it is now."""
     from .. import __version__
-    from ..modeling.build import model_class_names
 
     cfg = model.cfg
-    return ExportMetadata(class_names=model_class_names(model), arch=model.arch, input_format=cfg.INPUT.FORMAT,
+    return ExportMetadata(class_names=list(model.classes.names), category_ids=list(model.classes.ids),
+                          arch=model.arch, input_format=cfg.INPUT.FORMAT,
                           min_size_test=int(cfg.INPUT.MIN_SIZE_TEST), max_size_test=int(cfg.INPUT.MAX_SIZE_TEST),
                           score_thresh=float(model.roi_heads.score_thresh), package_version=__version__)

@@ -8,6 +8,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from ..coco_classes import CategoryMap
 from ..errors import ExportError
 from ..images import as_rgb_array
 from .metadata import METADATA_KEY, ExportMetadata, require
@@ -22,8 +23,13 @@ class ExportedModel:
         self.path = path
         self.format = format  # "onnx" or "torchscript"
         self.metadata = metadata
-        self.class_names = list(metadata.class_names)
+        self.classes = CategoryMap(ids=tuple(metadata.category_ids), names=tuple(metadata.class_names))
         self._run = run
+
+    @property
+    def class_names(self) -> list[str]:
+        """Each class's name in label order, as ``MaskRCNN.class_names``."""
+        return list(self.classes.names)
 
     def __repr__(self) -> str:
         return f"ExportedModel({str(self.path)!r}, format={self.format!r}, {len(self.class_names)} classes)"

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..coco_classes import CategoryMap
 from ..images import as_rgb_array
 from .fuse import FastPath, clear_fold_caches
 from .postprocess import rescale
@@ -47,18 +48,23 @@ class MaskRCNN(nn.Module):
     """Mask R-CNN taking detectron2-style batched inputs; see the project brief for the exact interface."""
 
     def __init__(self, cfg, arch: str, backbone: nn.Module, rpn: nn.Module, roi_heads: nn.Module,
-                 class_names: Sequence[str]) -> None:
+                 classes: CategoryMap) -> None:
         super().__init__()
         self.cfg = cfg
         self.arch = arch  # "fpn" or "c4": the checkpoint key layout (pycontrast_det.checkpoints.d2_to_model)
         self.backbone = backbone
         self.rpn = rpn
         self.roi_heads = roi_heads
-        self.class_names = list(class_names)
+        self.classes = classes  # names and dataset category ids in contiguous order; checkpoints store them
         self.fast_path = FastPath()  # inference optimisations in eval mode (pycontrast_det.modeling.fuse)
         self.size_divisibility = backbone.size_divisibility
         self.register_buffer("pixel_mean", torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1), persistent=False)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Each class's name in contiguous order (``classes.names``)."""
+        return list(self.classes.names)
 
     @property
     def device(self) -> torch.device:
