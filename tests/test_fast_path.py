@@ -170,6 +170,19 @@ def test_training_losses_and_gradients_do_not_depend_on_the_fast_path(d2_fixture
 
 # ------------------------------------------------------------------------------------------ precision, batching
 
+def test_predict_cli_refuses_fp16_off_cuda_before_loading(tmp_path: Path, capsys) -> None:
+    from pycontrast_det.cli import main
+
+    image = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(image)
+    out = tmp_path / "out"
+    assert main(["predict", "mask_rcnn_fpn_1x_rand", str(image), "--device", "cpu", "--precision", "fp16",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--precision fp16 needs a CUDA device (the device is cpu)" in err and err.count("\n") == 1
+    assert not out.exists()
+
+
 def test_precision_argument(d2_fixtures: Path) -> None:
     model = _model(d2_fixtures)
     image = np.asarray(Image.open(d2_fixtures / "images" / "shapes_0001.png").convert("RGB"))
