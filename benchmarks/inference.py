@@ -231,7 +231,8 @@ def _matched_difference(a: dict, b: dict) -> tuple[int, float, float]:
     return len(scores_a) - len(scores_b), box_err, score_err
 
 
-def _run_arch(args: argparse.Namespace) -> None:
+def _run_arch(args: argparse.Namespace) -> bool:
+    """Print one architecture's table; False when ours or the baseline could not run."""
     try:
         import detectron2  # noqa: F401
         baseline = "detectron2"
@@ -241,6 +242,8 @@ def _run_arch(args: argparse.Namespace) -> None:
     if not args.no_onnx and not args.device.startswith("cuda"):
         kinds.append(("onnxruntime", args.onnx_python or sys.executable))
     started = {kind: workers.start(kind, _command(args, kind, python)) for kind, python in kinds}
+    if not workers.required_started(started, ("ours", baseline)):
+        return False
     replies = workers.take_turns({kind: proc for kind, proc in started.items() if proc is not None}, args.rounds)
     figures: dict[str, list[dict]] = {}
     peaks: dict[str, float] = {}
@@ -299,7 +302,9 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"{os.cpu_count()} CPUs{' (under load: wall times are not final)' if load > 0.5 * (os.cpu_count() or 1) else ''}")
     for arch in args.arch:
         print(f"\nR50-{arch.upper()} (detectron2 parity fixture weights)")
-        _run_arch(argparse.Namespace(**{**vars(args), "arch": arch}))
+        ok = _run_arch(argparse.Namespace(**{**vars(args), "arch": arch}))
+        if not ok:
+            return 1
     return 0
 
 

@@ -170,7 +170,8 @@ def worker(args: argparse.Namespace) -> None:
     workers.serve(args.worker, run_round)
 
 
-def main() -> None:
+def main() -> int:
+    """Run the benchmark (or, with --worker, one worker); 1 when ours or the baseline could not run."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=320, help="shortest input edge (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=2, help="images per iteration (default: %(default)s)")
@@ -186,7 +187,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         worker(args)
-        return
+        return 0
     try:
         import detectron2  # noqa: F401
         baseline = "detectron2"
@@ -203,6 +204,8 @@ def main() -> None:
               str(args.iters), "--rounds", str(args.rounds), "--warmup", str(args.warmup), "--threads",
               str(args.threads), "--device", args.device]
     started = {name: workers.start(name, [sys.executable, __file__, "--worker", name] + common) for name in names}
+    if not workers.required_started(started, (baseline, "ours")):
+        return 1
     replies = workers.take_turns({n: p for n, p in started.items() if p is not None}, args.rounds)
     best = {name: {key: min(r[key] for r in rounds) for key in ("s_it", "cpu_s_it")} for name, rounds in replies.items()}
     print(f"{'model':<46}{'s/it':>8}{'CPU s/it':>10}{'peak MiB':>10}{'x base (CPU)':>14}{'x base (wall)':>15}"
@@ -215,7 +218,8 @@ def main() -> None:
         ratio_wall = base["s_it"] / row["s_it"] if base else float("nan")
         print(f"{label:<46}{row['s_it']:>8.2f}{row['cpu_s_it']:>10.2f}{rounds[-1]['peak_mib']:>10.0f}"
               f"{ratio_cpu:>14.2f}{ratio_wall:>15.2f}{rounds[-1]['loss']:>11.3f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,10 +56,24 @@ def take_turns(workers: dict[str, subprocess.Popen], rounds: int) -> dict[str, l
                     raise RuntimeError(f"worker {name} stopped (exit status {proc.wait()})")
                 replies[name].append(json.loads(line))
     finally:
-        for proc in workers.values():
+        stop(workers.values())
+    return replies
+
+
+def stop(procs: Iterable[Optional[subprocess.Popen]]) -> None:
+    """End the workers that started (closing their input ends their loop) and wait for them."""
+    for proc in procs:
+        if proc is not None:
             proc.stdin.close()
             proc.wait()
-    return replies
+
+
+def required_started(started: dict[str, Optional[subprocess.Popen]], required: Iterable[str]) -> bool:
+    """Whether every worker in ``required`` started; when one did not, the others are stopped."""
+    if all(started.get(name) is not None for name in required):
+        return True
+    stop(started.values())
+    return False
 
 
 def serve(ready: Any, run_round: Callable[[], Any]) -> None:
