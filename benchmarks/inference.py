@@ -272,6 +272,7 @@ def _run_arch(args: argparse.Namespace) -> bool:
         peak_text = f"{peak:>10.0f}" if peak == peak else f"{'-':>10}"  # nan: the worker's first row has it
         print(f"{name:<52}{row['s']:>8.2f}{row['cpu_s']:>11.2f}{peak_text}{ratio_cpu:>14.2f}{ratio_wall:>15.2f}"
               f"{same}")
+    return True
 
 
 def main(argv: Optional[list[str]] = None) -> int:
