@@ -2,7 +2,8 @@
 
 One file (``--size-mb``, default 512, random bytes) is served from 127.0.0.1 by a separate process using
 ``sendfile`` (so the server is not the bottleneck). Side by side, in one run, each fetching the same URL into
-a fresh file: ``pycontrast_det.store.fetch_file`` (sha256 + size verified, atomic publish),
+a fresh file: ``pycontrast_det.store.fetch_file`` (sha256 + size verified, fsync'ed, its verified record written,
+atomic publish),
 ``torch.hub.download_url_to_file`` (with ``hash_prefix``: it hashes too), ``huggingface_hub``'s
 ``file_download.http_get`` (no hashing), and two hashing limits over the file on disk (page cache): ``sha256sum``
 and Python's ``hashlib.sha256`` (OpenSSL; much faster than coreutils where the CPU has SHA extensions).

@@ -28,7 +28,7 @@ _API = {
     # modeling
     "build_model": "modeling", "load": "modeling",
     # engine
-    "evaluate": "engine", "train": "engine", "reproduce": "engine",
+    "evaluate": "engine", "train": "engine", "reproduce": "engine", "finetune": "engine", "plan_finetune": "engine",
 }
 
 __all__ = sorted(_API) + ["__version__"]

@@ -1,5 +1,44 @@
-"""The 80 COCO detection categories in detectron2's contiguous order: (COCO category id, name)."""
+"""Detector categories: :class:`CategoryMap` (a model's or a dataset's classes: contiguous index <-> category id and
+name), and the 80 COCO categories in detectron2's contiguous order (COCO category id, name)."""
 from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Iterable
+
+
+@dataclass(frozen=True)
+class CategoryMap:
+    """Categories sorted by id; contiguous id ``i`` is ``ids[i]`` named ``names[i]`` (detectron2's mapping)."""
+
+    ids: tuple[int, ...]
+    names: tuple[str, ...]
+
+    @classmethod
+    def from_pairs(cls, pairs: Iterable[tuple[int, str]]) -> "CategoryMap":
+        ordered = sorted((int(cid), str(name)) for cid, name in pairs)
+        return cls(ids=tuple(c for c, _ in ordered), names=tuple(n for _, n in ordered))
+
+    @classmethod
+    def placeholder(cls, num_classes: int) -> "CategoryMap":
+        """``class_<i>`` with id ``i``: the classes of a model nobody named."""
+        return cls(ids=tuple(range(num_classes)), names=tuple(f"class_{i}" for i in range(num_classes)))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def to_contiguous(self, dataset_id: int) -> int:
+        """Dataset category id -> 0..K-1."""
+        return self.contiguous_ids[dataset_id]
+
+    def to_dataset(self, contiguous_id: int) -> int:
+        """0..K-1 -> dataset category id (for COCO results files)."""
+        return self.ids[contiguous_id]
+
+    @cached_property
+    def contiguous_ids(self) -> dict[int, int]:
+        """dataset id -> contiguous id."""
+        return {cid: i for i, cid in enumerate(self.ids)}
 
 COCO_CATEGORIES: list[tuple[int, str]] = [
     (1, 'person'),
@@ -87,3 +126,5 @@ COCO_CATEGORIES: list[tuple[int, str]] = [
 COCO_CLASS_NAMES: list[str] = [name for _, name in COCO_CATEGORIES]
 
 CONTIGUOUS_TO_COCO_ID: dict[int, int] = {i: cid for i, (cid, _) in enumerate(COCO_CATEGORIES)}
+
+COCO: CategoryMap = CategoryMap.from_pairs(COCO_CATEGORIES)

@@ -36,8 +36,17 @@ class HTMLResponseError(DownloadError):
     """A server answered with an HTML page (dead link, quota page) instead of weights."""
 
 
+class FilesystemError(ZooError):
+    """A file or folder cannot be written (read-only, permission, disk or quota full); names the path and what
+    to do."""
+
+
 class OfflineError(ZooError):
     """Offline mode is on and the file is not in the cache; says where to put it."""
+
+
+class PublishError(ZooError):
+    """Publishing cannot go on (target unusable, upload refused), or a published folder is incomplete."""
 
 
 class CheckpointFormatError(ZooError):
@@ -66,3 +75,7 @@ class NonFiniteLossError(ZooError, FloatingPointError):
 
 class LogFormatError(ZooError):
     """A training log (detectron2 log.txt or metrics.json) is missing or has nothing we can read."""
+
+
+class MissingDependencyError(ZooError, ImportError):
+    """An optional dependency (a package extra) is not installed; the message gives the pip command."""

@@ -9,6 +9,10 @@ Which manifests are read (``load_manifest``):
    record of that name; other names are kept); a manifest without ``merge: true`` replaces everything loaded
    so far.
 
+A detector entry's ``model_alternatives`` are other sources of the same detector in other bytes (the original
+``.pth`` of a converted ``model.safetensors``), each with its own checksum: every URL of one file record
+serves exactly the bytes of its ``sha256``, never another file's.
+
 Cross references (an entry's pretrain, its config file) are checked after merging. A relative config path
 resolves against the folder of the manifest that names it, else against the shipped data root.
 """
@@ -26,13 +30,14 @@ from urllib.parse import urlparse
 
 import yaml
 
-from . import resources
+from . import atomic, resources
 from .errors import ManifestError, UnknownEntryError
 
 __all__ = [
     "FileRef", "PretrainEntry", "DetectorEntry", "Zoo", "load_manifest", "list_entries", "get_entry",
-    "get_pretrain", "render_table", "update_manifest_checksums", "url_basename", "SCHEMA_VERSION", "FORMATS",
-    "ENV_MANIFEST", "TABLE_START", "TABLE_END",
+    "get_pretrain", "render_table", "update_manifest_checksums", "update_manifest_files", "url_basename", "url_problem",
+    "file_record", "entry_record", "pretrain_record", "dump_manifest", "SCHEMA_VERSION", "FORMATS", "ENV_MANIFEST",
+    "TABLE_START", "TABLE_END",
 ]
 
 SCHEMA_VERSION = 1
@@ -41,7 +46,8 @@ ENV_MANIFEST = "PYCONTRAST_ZOO_MANIFEST"
 TABLE_START = "<!-- zoo-table:start -->"
 TABLE_END = "<!-- zoo-table:end -->"
 
-#: Known file formats: checkpoint layouts the checkpoints package reads, plus text logs.
+#: Known file formats: the rows and aliases of checkpoints/formats.py (names only: zoo is torch-free and below
+#: checkpoints; tests/test_weights.py keeps the two equal), plus text logs.
 FORMATS = frozenset({"pycontrast", "pycontrast_cmc", "moco", "msra_c2", "torchvision", "detectron2",
                      "detectron2_pkl", "safetensors", "text"})
 DETECTORS = ("fpn", "c4")
@@ -99,6 +105,7 @@ class DetectorEntry:
     published: bool
     model: Optional[FileRef]
     log: Optional[FileRef]
+    model_alternatives: tuple[FileRef, ...] = ()  # the same detector in other bytes (e.g. the original .pth)
     note: Optional[str] = None
     source: Optional[Path] = None  # the manifest file that defined it
 
@@ -183,22 +190,43 @@ def _typed(ctx: _Ctx, where: str, value: Any, types: tuple, nullable: bool = Fal
     return value
 
 
+def url_problem(url: str) -> Optional[str]:
+    """Why ``url`` cannot be fetched as written (one phrase naming it), or None for a supported URL or a
+    local path."""
+    if not url.strip():
+        return "empty URL"
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", url):
+        try:
+            parsed = urlparse(url)
+            parsed.port  # noqa: B018  (raises ValueError for a port that is not a number in 0..65535)
+        except ValueError as exc:
+            return f"malformed URL {url!r}: {exc}"
+        if parsed.scheme not in URL_SCHEMES:
+            return f"URL scheme {parsed.scheme!r} not supported in {url!r} (use {', '.join(URL_SCHEMES)} or a local path)"
+        if parsed.scheme in ("http", "https") and not parsed.hostname:
+            return f"URL {url!r} has no host"
+        if parsed.scheme in ("http", "https") and re.search(r"\s", url):
+            return f"URL {url!r} contains whitespace (write a space as %20)"
+        if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
+            return (f"file URL {url!r} names the host {parsed.netloc!r}; a local file is file:///absolute/path "
+                    f"(or write the path itself)")
+        if parsed.scheme == "hf" and len([p for p in (parsed.netloc + parsed.path).split("/") if p]) < 3:
+            return f"hf URL {url!r} must look like hf://org/repo/path/in/repo"
+        return None
+    if re.match(r"^(https?|hf|file)(//|:/?[^/])", url, re.IGNORECASE):
+        return f"{url!r} looks like a URL missing ':' or a '/' (write scheme://host/path)"
+    if ":" in url.split("/", 1)[0] and not re.match(r"^[A-Za-z]:[\\/]", url):
+        return f"{url!r} is neither a supported URL ({', '.join(URL_SCHEMES)}) nor a path"
+    return None
+
+
 def _parse_url(ctx: _Ctx, where: str, url: Any, base: Path) -> str:
     _typed(ctx, where, url, (str,))
-    if not url.strip():
-        raise ctx.error(where, "empty URL")
+    problem = url_problem(url)
+    if problem:
+        raise ctx.error(where, problem)
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", url):
-        parsed = urlparse(url)
-        if parsed.scheme not in URL_SCHEMES:
-            raise ctx.error(where, f"URL scheme {parsed.scheme!r} not supported in {url!r} "
-                                   f"(use {', '.join(URL_SCHEMES)} or a local path)")
-        if parsed.scheme in ("http", "https") and not parsed.netloc:
-            raise ctx.error(where, f"URL {url!r} has no host")
-        if parsed.scheme == "hf" and len([p for p in (parsed.netloc + parsed.path).split("/") if p]) < 3:
-            raise ctx.error(where, f"hf URL {url!r} must look like hf://org/repo/path/in/repo")
         return url
-    if ":" in url.split("/", 1)[0] and not re.match(r"^[A-Za-z]:[\\/]", url):
-        raise ctx.error(where, f"{url!r} is neither a supported URL ({', '.join(URL_SCHEMES)}) nor a path")
     path = Path(os.path.expanduser(url))
     return str(path if path.is_absolute() else (base / path).resolve())
 
@@ -232,6 +260,13 @@ def _parse_file(ctx: _Ctx, where: str, data: Any, base: Path) -> FileRef:
                    published_url=published, md5_prefix=md5)
 
 
+def _parse_files(ctx: _Ctx, where: str, data: Any, base: Path) -> tuple[FileRef, ...]:
+    """A list of file records (``alternatives``), empty when absent."""
+    if not isinstance(data or [], list):
+        raise ctx.error(where, "expected a list of files")
+    return tuple(_parse_file(ctx, f"{where}[{i}]", item, base) for i, item in enumerate(data or []))
+
+
 def _parse_name(ctx: _Ctx, where: str, name: Any) -> str:
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ctx.error(where, f"{name!r} is not a valid name (letters, digits, '_', '-', '.')")
@@ -242,9 +277,6 @@ def _parse_pretrain(ctx: _Ctx, name: str, data: Any, base: Path) -> PretrainEntr
     where = f"pretrains.{name}"
     _check_keys(ctx, where, data, ("method", "epochs", "imagenet_top1", "file"),
                 ("alternatives", "can_init_r50", "note"))
-    alts = data.get("alternatives") or []
-    if not isinstance(alts, list):
-        raise ctx.error(f"{where}.alternatives", "expected a list of files")
     file_data = data["file"]
     return PretrainEntry(
         name=name,
@@ -252,7 +284,7 @@ def _parse_pretrain(ctx: _Ctx, name: str, data: Any, base: Path) -> PretrainEntr
         epochs=_typed(ctx, f"{where}.epochs", data["epochs"], (int,), nullable=True),
         imagenet_top1=_num(_typed(ctx, f"{where}.imagenet_top1", data["imagenet_top1"], (int, float), nullable=True)),
         file=None if file_data is None else _parse_file(ctx, f"{where}.file", file_data, base),
-        alternatives=tuple(_parse_file(ctx, f"{where}.alternatives[{i}]", a, base) for i, a in enumerate(alts)),
+        alternatives=_parse_files(ctx, f"{where}.alternatives", data.get("alternatives"), base),
         can_init_r50=_typed(ctx, f"{where}.can_init_r50", data.get("can_init_r50", True), (bool,)),
         note=_typed(ctx, f"{where}.note", data.get("note"), (str,), nullable=True),
         source=ctx.path,
@@ -276,7 +308,7 @@ def _resolve_config(ctx: _Ctx, where: str, config: str, base: Path) -> Path:
 def _parse_entry(ctx: _Ctx, name: str, data: Any, base: Path) -> DetectorEntry:
     where = f"entries.{name}"
     _check_keys(ctx, where, data, ("detector", "schedule", "pretrain", "config", "box_ap", "mask_ap",
-                                   "published", "model", "log"), ("note",))
+                                   "published", "model", "log"), ("model_alternatives", "note"))
     detector = _typed(ctx, f"{where}.detector", data["detector"], (str,))
     if detector not in DETECTORS:
         raise ctx.error(f"{where}.detector", f"{detector!r} is not one of {', '.join(DETECTORS)}")
@@ -286,6 +318,9 @@ def _parse_entry(ctx: _Ctx, name: str, data: Any, base: Path) -> DetectorEntry:
     published = _typed(ctx, f"{where}.published", data["published"], (bool,))
     model = None if data["model"] is None else _parse_file(ctx, f"{where}.model", data["model"], base)
     log = None if data["log"] is None else _parse_file(ctx, f"{where}.log", data["log"], base)
+    model_alternatives = _parse_files(ctx, f"{where}.model_alternatives", data.get("model_alternatives"), base)
+    if model_alternatives and model is None:
+        raise ctx.error(f"{where}.model_alternatives", "alternatives of a model that is not given (model: null)")
     note = _typed(ctx, f"{where}.note", data.get("note"), (str,), nullable=True)
     if published and model is None:
         raise ctx.error(f"{where}.model", "published: true but no model file; give one or set published: false")
@@ -303,8 +338,8 @@ def _parse_entry(ctx: _Ctx, name: str, data: Any, base: Path) -> DetectorEntry:
         name=name, detector=detector, schedule=schedule,
         pretrain=_parse_name(ctx, f"{where}.pretrain", data["pretrain"]),
         config=config, config_path=_resolve_config(ctx, f"{where}.config", config, base),
-        box_ap=float(box_ap), mask_ap=float(mask_ap), published=published, model=model, log=log, note=note,
-        source=ctx.path,
+        box_ap=float(box_ap), mask_ap=float(mask_ap), published=published, model=model, log=log,
+        model_alternatives=model_alternatives, note=note, source=ctx.path,
     )
 
 
@@ -473,6 +508,18 @@ def _link(file: Optional[FileRef], label: str) -> str:
 # ------------------------------------------------------------------------------------- manifest editing
 
 
+def _locate(lines: list[str], keys: Sequence[str], path: Path) -> tuple[int, int, int]:
+    """(line of the last key, first and end line of its block) for nested ``keys`` (section, name, field...)."""
+    start, end, idx = 0, len(lines), -1
+    for depth, key in enumerate(keys):
+        found = _find_key(lines, start, end, key)
+        if found is None:
+            raise ManifestError(f"{path}: {'.'.join(keys[:depth + 1])}: not found as a block (cannot edit this "
+                                f"manifest in place)")
+        idx, start, end = found, found + 1, _block_end(lines, found, end)
+    return idx, start, end
+
+
 def update_manifest_checksums(path: Union[str, os.PathLike],
                               updates: Mapping[tuple[str, str, str], tuple[str, int]]) -> None:
     """Write sha256 and size_bytes into a manifest file in place, keeping its comments and layout.
@@ -486,38 +533,168 @@ def update_manifest_checksums(path: Union[str, os.PathLike],
     for (section, name, role), (sha, size) in updates.items():
         if not _SHA256_RE.match(sha):
             raise ManifestError(f"{path}: {section}.{name}.{role}: refusing to write malformed sha256 {sha!r}")
-        start, end = 0, len(lines)
-        for depth, key in enumerate((section, name, role)):
-            idx = _find_key(lines, start, end, key)
-            if idx is None:
-                where = ".".join((section, name, role)[:depth + 1])
-                raise ManifestError(f"{path}: {where}: not found as a block (cannot edit this manifest in place)")
-            start, end = idx + 1, _block_end(lines, idx, end)
+        _, start, end = _locate(lines, (section, name, role), path)
         for key, value in (("sha256", sha), ("size_bytes", str(int(size)))):
             idx = _find_key(lines, start, end, key)
             if idx is None:
                 raise ManifestError(f"{path}: {section}.{name}.{role}: no '{key}:' line to update")
             indent = lines[idx][:len(lines[idx]) - len(lines[idx].lstrip())]
             lines[idx] = f"{indent}{key}: {value}\n"
-    text = "".join(lines)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise ManifestError(f"{path}: cannot write next to the manifest ({exc.strerror or exc}); copy it somewhere "
-                            f"writable and pass it with --manifest") from None
-    try:
-        check = _read_layer(tmp)
+
+    def check(layer: "_Layer") -> None:
         for (section, name, role), (sha, size) in updates.items():
-            record = getattr(check, section)[name]
+            record = getattr(layer, section)[name]
             file = getattr(record, "file" if role == "file" else role)
             if file is None or file.sha256 != sha or file.size_bytes != int(size):
                 raise ManifestError(f"{path}: {section}.{name}.{role}: edit did not take effect; file unchanged")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    _write_checked(path, lines, check)
+
+
+#: The file fields of each section that :func:`update_manifest_files` can replace, with the field a missing
+#: one is inserted after.
+FILE_FIELDS = {"entries": {"model": None, "model_alternatives": "model", "log": None},
+               "pretrains": {"file": None, "alternatives": "file"}}
+
+FileValue = Union[None, FileRef, tuple[FileRef, ...]]
+
+
+def update_manifest_files(path: Union[str, os.PathLike], updates: Mapping[tuple[str, str], Mapping[str, FileValue]]
+                          ) -> None:
+    """Replace file records of a manifest in place (URLs, checksums, format, alternatives), keeping its comments
+    and the rest of its layout.
+
+    ``updates`` maps (section, name) -> {field: value}; fields per section in :data:`FILE_FIELDS`; a value is a
+    FileRef, None (``null``) or a tuple of FileRefs (an empty one removes the field). URLs are written as given:
+    give absolute URLs (a relative path would resolve against this manifest's folder). The file is re-read
+    afterwards and left unchanged unless every value landed.
+    """
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    for (section, name), fields in updates.items():
+        for field_name, value in fields.items():
+            if field_name not in FILE_FIELDS.get(section, {}):
+                raise ManifestError(f"{path}: {section}.{name}.{field_name}: not a file field of {section}")
+            _, rec_start, rec_end = _locate(lines, (section, name), path)
+            col = min(_indent(lines[i]) for i in range(rec_start, rec_end) if _is_content(lines[i]))
+            idx = _find_key(lines, rec_start, rec_end, field_name)
+            new = [] if value == () else _field_lines(field_name, value, col)
+            if idx is not None:
+                lines[idx:_content_end(lines, idx, rec_end)] = new
+                continue
+            anchor = FILE_FIELDS[section][field_name]
+            at = _find_key(lines, rec_start, rec_end, anchor) if anchor else None
+            pos = _content_end(lines, rec_start - 1 if at is None else at, rec_end)  # after the anchor, else the record
+            lines[pos:pos] = new
+
+    def check(layer: "_Layer") -> None:
+        for (section, name), fields in updates.items():
+            record = getattr(layer, section)[name]
+            for field_name, value in fields.items():
+                got = getattr(record, field_name)
+                if got != value:
+                    raise ManifestError(f"{path}: {section}.{name}.{field_name}: edit did not take effect "
+                                        f"(read back {got!r}); file unchanged")
+    _write_checked(path, lines, check)
+
+
+def _write_checked(path: Path, lines: list[str], check: Any) -> None:
+    """Write ``lines`` to ``path`` atomically once ``check`` accepted the manifest they make; else leave it."""
+    text = "".join(lines)
+    with atomic.atomic_path(path, elsewhere="copy the manifest somewhere writable and pass it with --manifest") as tmp:
+        tmp.write_text(text, encoding="utf-8")
+        check(_read_layer(tmp))
     _load_cached.cache_clear()
+
+
+def _content_end(lines: list[str], idx: int, end: int) -> int:
+    """The line after the last content line of the block of ``lines[idx]`` (trailing blank lines and comments
+    belong to what follows)."""
+    j = _block_end(lines, idx, end)
+    while j > idx + 1 and not _is_content(lines[j - 1]):
+        j -= 1
+    return j
+
+
+def _field_lines(name: str, value: FileValue, col: int) -> list[str]:
+    """``name: value`` as block YAML lines indented by ``col``."""
+    if isinstance(value, tuple):
+        data: Any = [file_record(f) for f in value]
+    else:
+        data = None if value is None else file_record(value)
+    text = _dump({name: data})
+    return [" " * col + line + "\n" for line in text.splitlines()]
+
+
+# ------------------------------------------------------------------------------------- manifest writing
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Block-style YAML with list items indented under their key, as zoo.yaml is written."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        return super().increase_indent(flow, False)
+
+
+def _dump(data: Any) -> str:
+    return yaml.dump(data, Dumper=_BlockDumper, sort_keys=False, default_flow_style=False, width=1000,
+                     allow_unicode=True)
+
+
+def file_record(file: FileRef) -> dict:
+    """A FileRef as a manifest writes it (the inverse of parsing; URLs and paths as they are)."""
+    out: dict[str, Any] = {"urls": list(file.urls)}
+    if file.published_url:
+        out["published_url"] = file.published_url
+    out["sha256"] = file.sha256
+    if file.md5_prefix:
+        out["md5_prefix"] = file.md5_prefix
+    out["size_bytes"] = file.size_bytes
+    out["format"] = file.format
+    if file.filename != url_basename(file.urls[0]):
+        out["filename"] = file.filename
+    return out
+
+
+def entry_record(entry: DetectorEntry) -> dict:
+    """A detector entry as a manifest writes it (``config`` as it was written)."""
+    out: dict[str, Any] = {"detector": entry.detector, "schedule": entry.schedule, "pretrain": entry.pretrain,
+                           "config": entry.config, "box_ap": entry.box_ap, "mask_ap": entry.mask_ap,
+                           "published": entry.published}
+    if entry.note:
+        out["note"] = entry.note
+    out["model"] = None if entry.model is None else file_record(entry.model)
+    if entry.model_alternatives:
+        out["model_alternatives"] = [file_record(f) for f in entry.model_alternatives]
+    out["log"] = None if entry.log is None else file_record(entry.log)
+    return out
+
+
+def pretrain_record(pretrain: PretrainEntry) -> dict:
+    """A pretrain as a manifest writes it."""
+    out: dict[str, Any] = {"method": pretrain.method, "epochs": pretrain.epochs,
+                           "imagenet_top1": pretrain.imagenet_top1}
+    if not pretrain.can_init_r50:
+        out["can_init_r50"] = False
+    out["file"] = None if pretrain.file is None else file_record(pretrain.file)
+    if pretrain.alternatives:
+        out["alternatives"] = [file_record(f) for f in pretrain.alternatives]
+    if pretrain.note:
+        out["note"] = pretrain.note
+    return out
+
+
+def dump_manifest(entries: Mapping[str, dict], pretrains: Mapping[str, dict], *, merge: bool = True,
+                  comment: str = "") -> str:
+    """A manifest's text from records (:func:`entry_record`, :func:`pretrain_record`), ``comment`` lines first."""
+    body: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
+    if merge:
+        body["merge"] = True
+    if pretrains:
+        body["pretrains"] = dict(pretrains)
+    if entries:
+        body["entries"] = dict(entries)
+    head = "".join(f"# {line}".rstrip() + "\n" for line in comment.splitlines())
+    return head + _dump(body)
 
 
 def _indent(line: str) -> int:

@@ -5,20 +5,31 @@ serves normally; None = always):
 
 - ``ok``: 200, or 206 for a ``Range: bytes=N-`` request;
 - ``cut``: sends ``cut_at`` bytes of the requested range, then drops the connection;
+- ``reset``: sends ``cut_at`` bytes of the requested range, then resets the connection (TCP RST);
 - ``no_range``: ignores Range, always 200 with the whole body;
 - ``truncate``: 200 announcing the full Content-Length but sending only ``cut_at`` bytes;
+- ``long_length``: announces a Content-Length ``extra`` bytes longer than what it sends, then closes;
+- ``range_from_zero``: answers a Range request with a 206 whose Content-Range is right but whose body starts
+  at byte 0; its Content-Length is the rest (``length="range"``) or the whole file (``length="full"``);
+- ``stall``: sends ``cut_at`` bytes of the requested range, then nothing for ``delay`` seconds;
 - ``status``: answers HTTP ``status`` (e.g. 404 or 500) with a small text body;
 - ``html``: a 200 ``text/html`` page; ``html_body``: an HTML page labelled application/octet-stream;
 - ``slow``: sends ``chunk`` bytes every ``delay`` seconds;
 - ``redirect``: 302 to ``location`` (as Dropbox does to its content host).
 
-``headers`` adds response headers (e.g. the ones huggingface_hub expects). Requests are recorded.
+``validators=True`` adds an ETag and a Last-Modified derived from the route's current bytes and honours
+``If-Range`` (a stale validator gets the whole file, 200), as real servers do. Replacing ``route.data`` between
+two runs is a file replaced on the server. ``headers`` adds response headers. Requests are recorded.
 """
 from __future__ import annotations
 
+import email.utils
+import hashlib
 import re
+import socket
+import struct
+import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Optional
@@ -35,9 +46,19 @@ class Route:
     status: int = 500
     chunk: int = 1024
     delay: float = 0.05
+    extra: int = 1 << 20
+    length: str = "range"
+    validators: bool = False
     headers: dict = field(default_factory=dict)
     location: str = ""
     hits: int = 0
+
+    def etag(self) -> str:
+        return '"' + hashlib.sha256(self.data).hexdigest()[:16] + '"'
+
+    def last_modified(self) -> str:
+        seconds = 1_500_000_000 + int(hashlib.sha256(self.data).hexdigest()[:6], 16)
+        return email.utils.formatdate(seconds, usegmt=True)
 
 
 @dataclass
@@ -45,6 +66,24 @@ class Seen:
     method: str
     path: str
     range: Optional[str]
+    if_range: Optional[str] = None
+
+
+def refused_url(path: str = "/model_final.pth") -> str:
+    """A URL on 127.0.0.1 where nothing listens (the connection is refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}{path}"
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """Quiet about clients that hang up (the tests cut connections on purpose)."""
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
 
 class FileServer:
@@ -54,9 +93,10 @@ class FileServer:
         self.routes: dict[str, Route] = {}
         self.requests: list[Seen] = []
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._stop = threading.Event()
+        self._httpd = _Server(("127.0.0.1", 0), _make_handler(self))
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02},
+                                        daemon=True)
 
     @property
     def base(self) -> str:
@@ -70,13 +110,14 @@ class FileServer:
 
     def ranges(self, path: str) -> list[Optional[str]]:
         """The Range headers of the GET requests seen for ``path`` (None where there was none)."""
-        return [s.range for s in self.requests if s.path == path and s.method == "GET"]
+        return [s.range for s in self.requests if s.path.split("?")[0] == path and s.method == "GET"]
 
     def __enter__(self) -> "FileServer":
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        self._stop.set()
         self._httpd.shutdown()
         self._httpd.server_close()
 
@@ -97,7 +138,8 @@ def _make_handler(server: FileServer):
         def _serve(self, body: bool) -> None:
             path = self.path.split("?", 1)[0]
             with server._lock:
-                server.requests.append(Seen(self.command, self.path, self.headers.get("Range")))
+                server.requests.append(Seen(self.command, self.path, self.headers.get("Range"),
+                                            self.headers.get("If-Range")))
                 route = server.routes.get(path)
                 if route is not None and body:
                     route.hits += 1
@@ -118,7 +160,9 @@ def _make_handler(server: FileServer):
                 return self._simple(200, HTML_PAGE, body, ctype)
             data, start = route.data, 0
             match = re.match(r"bytes=(\d+)-$", self.headers.get("Range") or "")
-            if match and mode != "no_range" and mode != "truncate":
+            if_range = self.headers.get("If-Range")
+            stale = route.validators and if_range is not None and if_range not in (route.etag(), route.last_modified())
+            if match and mode not in ("no_range", "truncate") and not stale:
                 start = int(match.group(1))
                 if start >= len(data):
                     return self._simple(416, b"range not satisfiable", body)
@@ -126,29 +170,49 @@ def _make_handler(server: FileServer):
                 self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
             else:
                 self.send_response(200)
+            length = len(data) - start
+            if mode == "long_length":
+                length += route.extra
+            elif mode == "range_from_zero" and route.length == "full":
+                length = len(data)
             self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(data) - start))
+            self.send_header("Content-Length", str(length))
             self.send_header("Accept-Ranges", "bytes")
+            if route.validators:
+                self.send_header("ETag", route.etag())
+                self.send_header("Last-Modified", route.last_modified())
             for key, value in route.headers.items():
                 self.send_header(key, value)
             self.end_headers()
             if not body:
                 return
-            payload = data[start:]
+            payload = data[:length] if mode == "range_from_zero" else data[start:]
             try:
-                if mode in ("cut", "truncate"):
-                    self.wfile.write(payload[:route.cut_at])
-                    self.wfile.flush()
-                    self.close_connection = True
-                elif mode == "slow":
-                    for i in range(0, len(payload), route.chunk):
-                        self.wfile.write(payload[i:i + route.chunk])
-                        self.wfile.flush()
-                        time.sleep(route.delay)
-                else:
-                    self.wfile.write(payload)
+                self._send(mode, route, payload)
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True
+
+        def _send(self, mode: str, route: Route, payload: bytes) -> None:
+            if mode in ("cut", "truncate", "reset", "stall"):
+                self.wfile.write(payload[:route.cut_at])
+                self.wfile.flush()
+                self.close_connection = True
+                if mode == "reset":  # linger 0: close() sends RST instead of FIN
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.connection.close()
+                elif mode == "stall":
+                    server._stop.wait(route.delay)
+            elif mode == "long_length":
+                self.wfile.write(payload)
+                self.close_connection = True
+            elif mode == "slow":
+                for i in range(0, len(payload), route.chunk):
+                    self.wfile.write(payload[i:i + route.chunk])
+                    self.wfile.flush()
+                    if server._stop.wait(route.delay):
+                        return
+            else:
+                self.wfile.write(payload)
 
         def _simple(self, code: int, payload: bytes, body: bool, ctype: str = "text/plain") -> None:
             self.send_response(code)

@@ -114,14 +114,44 @@ def test_bad_logs(tmp_path):
         parse_log(short)
 
 
-def test_plot_curves_writes_png(tmp_path):
+def _legends(fig) -> list[str]:
+    return [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+
+
+def test_plot_curves_writes_png_with_each_curve_labelled_by_source(tmp_path):
+    from pycontrast_det.engine.curves import curves_figure
+
     (tmp_path / "log.txt").write_text(LOG_TXT)
     (tmp_path / "metrics.json").write_text(METRICS_JSON)
-    out = plot_curves([parse_log(tmp_path / "log.txt"), parse_log(tmp_path / "metrics.json")],
-                      tmp_path / "plots" / "curves.png", title="test")
+    ours, published = parse_log(tmp_path / "metrics.json", label="ours"), parse_log(tmp_path / "log.txt",
+                                                                                 label="published")
+    out = plot_curves([ours, published], tmp_path / "plots" / "curves.png", title="test")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(out) as img:
-        assert img.size == (1200, 450)
+        assert img.size == (1500, 450)
+    fig = curves_figure([ours, published])
+    labels = _legends(fig)
+    assert {"ours: total_loss", "ours: loss_cls", "ours: lr", "ours: box AP", "ours: mask AP",
+            "published: total_loss", "published: lr", "published: box AP", "published: mask AP"} <= set(labels)
+    assert not any(label.startswith("published: loss_") for label in labels)  # components of the first run only
+    # 39 vs 89999 iterations: the published log gets its own iteration axis on each panel
+    assert [ax.get_xlabel() for ax in fig.axes[3:]] == ["iteration (published)"] * 3
+    alone = curves_figure([ours])
+    assert len(alone.axes) == 3 and all(label.startswith("ours: ") for label in _legends(alone))
+
+
+def test_metrics_files_are_strict_json(tmp_path):
+    from pycontrast_det.engine.events import MetricsWriter, setup_logger
+
+    logger = setup_logger(None, rank=0, name="test_logs_strict")
+    writer = MetricsWriter(logger, tmp_path, max_iter=1)
+    writer.write_eval(0, {"bbox": {"AP": 50.0, "APl": float("nan"), "APs": float("inf")}})
+    text = (tmp_path / "metrics.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    row = json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name} in metrics.json"))
+    assert row == {"iteration": 0, "bbox/AP": 50.0, "bbox/APl": None, "bbox/APs": None}
+    assert parse_log(tmp_path / "metrics.json").final("bbox") == {"AP": 50.0}  # null: not computed
+    logging.getLogger("test_logs_strict").handlers.clear()
 
 
 def _manifest_with_log(tmp_path, log_url: str) -> str:
@@ -176,6 +206,25 @@ def test_logs_command_downloads_compares_and_plots(tmp_path, capsys):
     rows = [line.split() for line in out.splitlines() if line.strip().startswith(("19 ", "39 "))]
     assert rows == [["19", "2.290", "2.136"], ["39", "1.500", "1.950"]]
     assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_logs_command_plots_our_run_alone(tmp_path, capsys, monkeypatch):
+    """A run folder needs no published log (offline, empty cache); an entry's --ours run is plotted alone when
+    the published log is not at hand."""
+    monkeypatch.setenv("PYCONTRAST_ZOO_OFFLINE", "1")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(METRICS_JSON)
+    assert main(["logs", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f"our run: {run / 'metrics.json'}" in out and f"plot: {run / 'curves.png'}" in out
+    assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["logs", "mask_rcnn_fpn_1x_infomin", "--ours", str(run), "--plot", str(tmp_path / "o.png")]) == 0
+    out = capsys.readouterr().out
+    assert "published log of mask_rcnn_fpn_1x_infomin: not at hand" in out and "our run alone" in out
+    assert (tmp_path / "o.png").is_file()
+    assert main(["logs", "mask_rcnn_fpn_1x_infomin"]) == 2  # nothing to show without the published log
+    assert "offline" in capsys.readouterr().err.lower()
 
 
 def test_logs_command_flags_a_log_that_disagrees(tmp_path, capsys):

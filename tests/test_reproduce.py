@@ -2,8 +2,10 @@
 detectron2 engine's missing-dependency error, and one real (tiny) end-to-end run on shapes."""
 from __future__ import annotations
 
+import json
 import os
 import shlex
+import statistics
 import sys
 from pathlib import Path
 
@@ -11,7 +13,10 @@ import pytest
 
 from pycontrast_det.cli import main
 from pycontrast_det.config import load_config
+import torch
+
 from pycontrast_det.engine import parse_log, plan_reproduction, reproduce
+from pycontrast_det.engine.checkpoint import load_training_checkpoint
 from pycontrast_det.errors import ConfigError, Detectron2NotInstalledError
 from pycontrast_det.zoo import load_manifest
 
@@ -19,8 +24,13 @@ ENTRIES = list(load_manifest().entries.values())
 
 
 def _command(out: str, program: str) -> list[str]:
-    line = next(line for line in out.splitlines() if line.strip().startswith(program))
-    return shlex.split(line)
+    """The printed command starting with ``program``, its backslash-continued lines joined, as argv."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith(program))
+    end = next(i for i in range(start, len(lines)) if not lines[i].endswith("\\"))
+    # wrapped to 112 columns; only a single KEY VALUE pair (a long path) may be longer
+    assert all(len(line) <= 112 or len(shlex.split(line.rstrip("\\"))) <= 2 for line in lines[start:end + 1])
+    return shlex.split(" ".join(line.rstrip("\\") for line in lines[start:end + 1]))
 
 
 def _value(words: list[str], key: str) -> str:
@@ -135,21 +145,40 @@ def test_detectron2_engine_needs_detectron2(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.slow
-def test_reproduce_end_to_end_on_shapes(tmp_path, capsys):
-    """Plan -> train (3 real steps) -> PreciseBN -> COCO evaluation on shapes val -> comparison, as the README's
-    main command does it (only shorter and smaller)."""
+def test_reproduce_end_to_end_on_shapes_with_two_seeds(tmp_path, capsys):
+    """Plan -> train (1 real step) -> PreciseBN -> COCO evaluation on shapes val -> comparison, as the README's
+    main command does it (only shorter and smaller), for seeds 1 and 2: mean ± std beside the published row."""
     out_dir = tmp_path / "run"
-    result = reproduce("mask_rcnn_fpn_1x_rand", dataset="shapes", max_iter=3, output_dir=out_dir,
+    result = reproduce("mask_rcnn_fpn_1x_rand", dataset="shapes", max_iter=1, output_dir=out_dir, seeds=2,
                        overrides=["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64",
                                   "MODEL.BACKBONE.FREEZE_AT", "2", "TEST.PRECISE_BN.NUM_ITER", "2",
                                   "TEST.DETECTIONS_PER_IMAGE", "10"])
     printed = capsys.readouterr().out
-    assert set(result.metrics) == {"bbox", "segm"}
-    box_ap = result.metrics["bbox"]["AP"]
-    assert 0.0 <= box_ap <= 100.0
-    assert "published" in result.comparison and "32.8" in result.comparison and result.comparison in printed
-    logged = parse_log(out_dir / "log.txt")
-    assert logged.final_bbox_ap == pytest.approx(box_ap, abs=1e-3)
-    assert parse_log(out_dir / "metrics.json").final_segm_ap == pytest.approx(result.metrics["segm"]["AP"])
-    assert (out_dir / "model_final.pth").is_file() and (out_dir / "config.yaml").is_file()
-    assert "PreciseBN" in (out_dir / "log.txt").read_text()
+    assert result.seeds == [1, 2] and len(result.runs) == 2
+    for seed, metrics in zip(result.seeds, result.runs):
+        run = out_dir / f"seed_{seed}"
+        assert set(metrics) == {"bbox", "segm"} and 0.0 <= metrics["bbox"]["AP"] <= 100.0
+        logged = parse_log(run / "log.txt")
+        assert logged.final_bbox_ap == pytest.approx(metrics["bbox"]["AP"], abs=1e-3)
+        assert parse_log(run / "metrics.json").final_segm_ap == pytest.approx(metrics["segm"]["AP"])
+        assert (run / "model_final.pth").is_file() and load_config(run / "config.yaml").SEED == seed
+        assert "PreciseBN" in (run / "log.txt").read_text() and (run / "curves.png").is_file()
+    weights = [load_training_checkpoint(out_dir / f"seed_{s}" / "model_final.pth")["model"] for s in (1, 2)]
+    assert not torch.equal(weights[0]["backbone.body.layer2.0.conv1.weight"],
+                           weights[1]["backbone.body.layer2.0.conv1.weight"])
+    boxes = [m["bbox"]["AP"] for m in result.runs]
+    assert result.metrics["bbox"]["AP"] == pytest.approx(statistics.fmean(boxes))
+    summary = json.loads((out_dir / "seeds.json").read_text())
+    assert summary["seeds"] == [1, 2] and summary["std"]["bbox"]["AP"] == pytest.approx(statistics.stdev(boxes))
+    table = next(line for line in printed.splitlines() if line.startswith("box AP") and "±" in line)
+    assert f"{statistics.fmean(boxes):.1f} ± {statistics.stdev(boxes):.1f}" in table
+    assert "mean of 2 seeds (1, 2):" in printed and "published" in result.comparison and "32.8" in result.comparison
+    # a readable header; the full plan with both commands in plan.txt
+    header = printed.split("--- seed 1")[0]
+    assert max(len(line.replace(str(out_dir), "OUT")) for line in header.splitlines()) <= 112  # paths aside
+    assert "tools/train_net.py" not in header and "overrides" not in header
+    plan = (out_dir / "plan.txt").read_text()
+    assert "python tools/train_net.py" in plan and "register_coco_instances" in plan and "SOLVER.MAX_ITER 1" in plan
+    # a second run into the same folder is refused before anything is touched
+    with pytest.raises(ConfigError, match="not empty .*--resume .*--overwrite"):
+        reproduce("mask_rcnn_fpn_1x_rand", dataset="shapes", max_iter=2, output_dir=out_dir)

@@ -14,47 +14,13 @@ from pathlib import Path
 import pytest
 
 from pycontrast_det import store
-from pycontrast_det.errors import ChecksumError, DownloadError, HTMLResponseError, OfflineError
+from pycontrast_det.checkpoints import sources
+from pycontrast_det.errors import ChecksumError, DownloadError, HTMLResponseError, OfflineError, ZooError
 from pycontrast_det.zoo import FileRef
 
-from http_server import FileServer
+from store_helpers import assert_nothing_trusted, fast_net, payload, ref, resume_range, server  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _fast_retries(monkeypatch):
-    monkeypatch.setenv("PYCONTRAST_ZOO_RETRIES", "2")
-    monkeypatch.setenv("PYCONTRAST_ZOO_BACKOFF", "0.01")
-    monkeypatch.setenv("PYCONTRAST_ZOO_TIMEOUT", "10")
-
-
-@pytest.fixture
-def server():
-    with FileServer() as srv:
-        yield srv
-
-
-def payload(n: int = 200_000, seed: int = 0) -> bytes:
-    """Deterministic, non-repeating test bytes."""
-    out = bytearray()
-    block = hashlib.sha256(f"seed{seed}".encode()).digest()
-    while len(out) < n:
-        block = hashlib.sha256(block).digest()
-        out += block
-    return bytes(out[:n])
-
-
-def ref(*urls: str, data: bytes | None = None, known: bool = True, filename: str = "model_final.pth") -> FileRef:
-    sha = hashlib.sha256(data).hexdigest() if (data is not None and known) else None
-    size = len(data) if (data is not None and known) else None
-    return FileRef(urls=tuple(urls), sha256=sha, size_bytes=size, format="detectron2", filename=filename)
-
-
-def assert_nothing_trusted(file: FileRef, key: str) -> None:
-    """No final file in place, and nothing in the cache listed as a trusted file."""
-    assert not store.cache_path(file, key).exists()
-    assert [c for c in store.cached_files() if c.kind == "file"] == []
 
 
 def test_plain_download_lands_under_entry_and_role_and_hits_cache(server):
@@ -81,7 +47,7 @@ def test_cut_connection_resumes_with_range_in_the_same_call(server):
     file = ref(server.add("/cut.pth", data, mode="cut", cut_at=120_000, times=1), data=data)
     path = store.fetch_file(file, "e/model", quiet=True)
     assert path.read_bytes() == data
-    assert server.ranges("/cut.pth") == [None, "bytes=120000-"]
+    assert server.ranges("/cut.pth") == [None, resume_range(120_000)]
 
 
 def test_partial_from_an_interrupted_run_is_rehashed_and_resumed(server, monkeypatch):
@@ -97,23 +63,34 @@ def test_partial_from_an_interrupted_run_is_rehashed_and_resumed(server, monkeyp
     server.routes["/p.pth"].mode = "ok"
     path = store.fetch_file(file, "e/model", quiet=True)
     assert path.read_bytes() == data  # the sha256 over re-hashed partial + new bytes matched
-    assert server.ranges("/p.pth")[-1] == "bytes=100000-"
+    assert server.ranges("/p.pth")[-1] == resume_range(100_000)
     assert [c.kind for c in store.cached_files()] == ["file"]
 
 
-def test_corrupt_partial_is_caught_by_the_final_hash(server, monkeypatch):
+def test_corrupt_partial_is_caught_by_the_overlap_or_the_final_hash(server, monkeypatch):
     data = payload(300_000)
-    url = server.add("/q.pth", data, mode="cut", cut_at=100_000)
+    url = server.add("/q.pth", data, mode="cut", cut_at=200_000)
     file = ref(url, data=data)
     monkeypatch.setenv("PYCONTRAST_ZOO_RETRIES", "0")
     with pytest.raises(DownloadError):
         store.fetch_file(file, "e/model", quiet=True)
     part = next(c.path for c in store.cached_files() if c.kind == "partial")
-    part.write_bytes(b"\0" * 100_000)  # bytes on disk rotted since
+    kept = part.read_bytes()
+    part.write_bytes(kept[:-1000] + b"\0" * 1000)  # its last bytes rotted: the overlap differs, start over
     server.routes["/q.pth"].mode = "ok"
-    with pytest.raises(ChecksumError, match=hashlib.sha256(data).hexdigest()):
+    assert store.fetch_file(file, "e/model", quiet=True).read_bytes() == data
+    assert server.ranges("/q.pth")[-2:] == [resume_range(200_000), None]
+
+    store.remove_cached()
+    server.routes["/q.pth"].mode = "cut"
+    with pytest.raises(DownloadError):
         store.fetch_file(file, "e/model", quiet=True)
-    assert_nothing_trusted(file, "e/model")
+    part = next(c.path for c in store.cached_files() if c.kind == "partial")
+    part.write_bytes(b"\0" * 1000 + part.read_bytes()[1000:])  # rotted before the overlap: the hash catches it
+    server.routes["/q.pth"].mode = "ok"
+    assert store.fetch_file(file, "e/model", quiet=True).read_bytes() == data  # fetched again from byte 0
+    assert server.ranges("/q.pth")[-2:] == [resume_range(200_000), None]
+    assert [c.kind for c in store.cached_files()] == ["file"]
 
 
 def test_server_ignoring_range_restarts_cleanly(server, monkeypatch):
@@ -125,7 +102,7 @@ def test_server_ignoring_range_restarts_cleanly(server, monkeypatch):
         store.fetch_file(file, "e/model", quiet=True)
     server.routes["/nr.pth"].mode = "no_range"
     path = store.fetch_file(file, "e/model", quiet=True)
-    assert server.ranges("/nr.pth")[-1] == "bytes=150000-"  # asked to resume, got a 200 with everything
+    assert server.ranges("/nr.pth")[-1] == resume_range(150_000)  # asked to resume, got a 200 with everything
     assert path.read_bytes() == data
 
 
@@ -140,9 +117,9 @@ def test_truncated_200_is_never_cached_as_good(server):
 
 def test_truncated_once_then_resumed(server):
     data = payload(200_000)
-    file = ref(server.add("/t1.pth", data, mode="truncate", cut_at=50_000, times=1), data=data)
+    file = ref(server.add("/t1.pth", data, mode="truncate", cut_at=150_000, times=1), data=data)
     assert store.fetch_file(file, "e/model", quiet=True).read_bytes() == data
-    assert server.ranges("/t1.pth") == [None, "bytes=50000-"]
+    assert server.ranges("/t1.pth") == [None, resume_range(150_000)]
 
 
 def test_wrong_bytes_name_expected_and_actual_hash_and_cache_nothing(server):
@@ -238,10 +215,11 @@ def test_cache_hit_with_wrong_size_is_refetched(server):
 _CHILD = """
 import os, sys, time
 from pycontrast_det import store
+from pycontrast_det.store.fetch import _fetch_unlocked
 from pycontrast_det.zoo import FileRef
 url, sha, size, locked, barrier = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5]
 file = FileRef(urls=(url,), sha256=sha, size_bytes=size, format="detectron2")
-fetch = store.fetch_file if locked else store._fetch_unlocked
+fetch = store.fetch_file if locked else _fetch_unlocked
 if barrier:  # start together: say we are ready, wait for the go
     open(os.path.join(barrier, f"ready-{os.getpid()}"), "w").close()
     while not os.path.exists(os.path.join(barrier, "go")):
@@ -299,7 +277,7 @@ def test_sigint_mid_download_leaves_nothing_trusted_and_rerun_succeeds(server):
     assert len(kept) == 1 and 100_000 <= kept[0].size_bytes < len(data)
     server.routes["/slow/model_final.pth"].mode = "ok"
     assert store.fetch_file(file, "e/model", quiet=True).read_bytes() == data
-    assert server.ranges("/slow/model_final.pth")[-1] == f"bytes={kept[0].size_bytes}-"
+    assert server.ranges("/slow/model_final.pth")[-1] == resume_range(kept[0].size_bytes)
     assert [c.kind for c in store.cached_files()] == ["file"]
 
 
@@ -327,17 +305,46 @@ def test_import_from_flat_dir_needs_a_checksum(tmp_path):
     assert store.import_from_dir(tmp_path, known, "e/model").read_bytes() == data
     (tmp_path / "InsDis.pth").write_bytes(data)  # a name no other file of the shipped zoo has
     insdis = ref("https://example.invalid/InsDis.pth", data=data, known=False, filename="InsDis.pth")
-    assert store.import_from_dir(tmp_path, insdis, "insdis/pretrain").read_bytes() == data
+    with pytest.raises(DownloadError, match="not found"):
+        store.import_from_dir(tmp_path, insdis, "insdis/pretrain")  # the store cannot know the name is unique
+    assert sources.import_entry_file(tmp_path, insdis, "insdis/pretrain").read_bytes() == data
 
 
-def test_endpoint_rewrites_scheme_and_host_keeping_path(server, monkeypatch):
+def test_endpoint_is_a_mirror_in_the_publish_layout_tried_first(server, monkeypatch, tmp_path):
     data = payload()
-    server.add("/s/abc123/model_final.pth", data)
-    file = ref("https://www.dropbox.com/s/abc123/model_final.pth?dl=0", data=data)
-    monkeypatch.setenv("PYCONTRAST_ZOO_ENDPOINT", server.base + "/")
-    assert store.candidate_urls(file) == [server.base + "/s/abc123/model_final.pth?dl=1"]
+    original = server.add("/s/abc123/model_final.pth", data)
+    file = ref(original, data=data)
+    monkeypatch.setenv("PYCONTRAST_ZOO_ENDPOINT", server.base + "/mirror/")
+    mirror = server.base + "/mirror/e/model_final.pth"  # <entry>/<filename>, as `pycontrast-zoo publish` lays it out
+    assert store.candidate_urls(file, "e/model") == [mirror, original]
+    assert store.candidate_urls(file) == [original]  # no cache key, no mirror
+    server.add("/mirror/e/model_final.pth", payload(seed=5))  # the mirror serves other bytes: refused
     assert store.fetch_file(file, "e/model", quiet=True).read_bytes() == data
-    assert server.requests[0].path == "/s/abc123/model_final.pth?dl=1"
+    gets = [s.path for s in server.requests if s.method == "GET"]
+    assert gets == ["/mirror/e/model_final.pth", "/s/abc123/model_final.pth"]
+
+    unknown = ref(original, data=data, known=False)
+    server.routes["/mirror/e/model_final.pth"].data = data
+    store.remove_cached(["e"])
+    assert store.fetch_file(unknown, "e/model", quiet=True).read_bytes() == data
+    assert store.proven_checksum(unknown, "e/model") is None  # came from the mirror: nothing proven about the URL
+    monkeypatch.delenv("PYCONTRAST_ZOO_ENDPOINT")
+    store.remove_cached(["e"])
+    store.fetch_file(unknown, "e/model", quiet=True)
+    assert store.proven_checksum(unknown, "e/model") == (hashlib.sha256(data).hexdigest(), len(data))
+
+    folder = tmp_path / "tree"
+    (folder / "f").mkdir(parents=True)
+    (folder / "f" / "model_final.pth").write_bytes(data)
+    monkeypatch.setenv("PYCONTRAST_ZOO_OFFLINE", "1")
+    for endpoint in (str(folder), folder.as_uri()):  # a shared folder or a file:// URL: used offline too
+        monkeypatch.setenv("PYCONTRAST_ZOO_ENDPOINT", endpoint)
+        store.remove_cached(["f"])
+        assert store.fetch_file(file, "f/model", quiet=True).read_bytes() == data
+    assert store.mirror_url(file, "url/0123456789abcdef") is None  # a file known by its URL only
+    monkeypatch.setenv("PYCONTRAST_ZOO_ENDPOINT", "ftp://mirror.example/zoo")
+    with pytest.raises(ZooError, match="PYCONTRAST_ZOO_ENDPOINT='ftp://mirror.example/zoo': URL scheme 'ftp'"):
+        store.candidate_urls(file, "e/model")
 
 
 def test_dropbox_links_are_made_raw():

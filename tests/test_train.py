@@ -3,6 +3,7 @@ two-process CPU training, the solver's schedule and parameter groups, the non-fi
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from pycontrast_det.engine import launch, parse_log, train
 from pycontrast_det.engine.checkpoint import Checkpointer, load_training_checkpoint
 from pycontrast_det.engine.optim import build_lr_scheduler, build_optimizer, param_groups
 from pycontrast_det.engine.scaling import scale_to_batch
-from pycontrast_det.errors import ConfigError, NonFiniteLossError
+from pycontrast_det.errors import ConfigError, NonFiniteLossError, ZooError
 
 # R50-FPN as the rand row has it (SyncBN everywhere), shrunk: 64 px shapes, few anchors and RoIs, stem and
 # res2 frozen so that a step takes about a second on two cores. Training data: two shapes images (see
@@ -31,20 +32,22 @@ TINY = [
 ]
 
 
-def make_two_image_dataset(root: Path) -> Path:
-    """A COCO-format dataset folder holding the first two images of shapes' train split."""
+def make_two_image_dataset(root: Path, val: bool = False) -> Path:
+    """A COCO-format dataset folder holding the first two images of shapes' train split (and with ``val`` the
+    first two of its val split)."""
     from pycontrast_det.data import resolve_dataset
 
-    spec = resolve_dataset("shapes", split="train")
-    data = json.loads(spec.json_file.read_text())
-    data["images"] = data["images"][:2]
-    kept = {image["id"] for image in data["images"]}
-    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in kept]
-    (root / "annotations").mkdir(parents=True)
-    (root / "train").mkdir()
-    for image in data["images"]:
-        shutil.copy(spec.image_root / image["file_name"], root / "train" / image["file_name"])
-    (root / "annotations" / "instances_train.json").write_text(json.dumps(data))
+    for split in ("train", "val") if val else ("train",):
+        spec = resolve_dataset("shapes", split=split)
+        data = json.loads(spec.json_file.read_text())
+        data["images"] = data["images"][:2]
+        kept = {image["id"] for image in data["images"]}
+        data["annotations"] = [a for a in data["annotations"] if a["image_id"] in kept]
+        (root / "annotations").mkdir(parents=True, exist_ok=True)
+        (root / split).mkdir()
+        for image in data["images"]:
+            shutil.copy(spec.image_root / image["file_name"], root / split / image["file_name"])
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
     return root
 
 
@@ -54,14 +57,26 @@ def tiny_cfg(data: Path, *overrides: str):
 
 @pytest.fixture(scope="module")
 def two_images(tmp_path_factory) -> Path:
-    return make_two_image_dataset(tmp_path_factory.mktemp("data") / "two")
+    return make_two_image_dataset(tmp_path_factory.mktemp("data") / "two", val=True)
+
+
+def _weights(path: Path) -> dict:
+    return load_training_checkpoint(path)["model"]
+
+
+def _loss_rows(path: Path) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k == "iteration" or k.endswith("loss") or k.startswith("loss_")}
+            for r in rows if "total_loss" in r]
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, two_images):
-    """One 8-iteration run (checkpoint after iteration 3), shared by the resume, loss and log tests."""
+    """One 8-iteration run (checkpoint after iteration 3, every checkpoint kept), shared by the resume, loss and log
+    tests."""
     out = tmp_path_factory.mktemp("run")
-    result = train(tiny_cfg(two_images), output_dir=out, evaluate_at_end=False, log_period=1)
+    result = train(tiny_cfg(two_images, "SOLVER.CHECKPOINTS_KEPT", "0"), output_dir=out, evaluate_at_end=False,
+                   log_period=1, export_detectron2=True)
     return out, result
 
 
@@ -97,13 +112,172 @@ def test_resume_continues_exactly(uninterrupted, two_images, tmp_path):
     (tmp_path / "last_checkpoint").write_text("model_0000003.pth")  # as an interrupted run leaves it
     resumed = train(tiny_cfg(two_images), output_dir=tmp_path, resume=True, evaluate_at_end=False, log_period=1)
     assert resumed.start_iter == 4
-    expected = load_training_checkpoint(out / "model_final.pth")["model"]
-    got = load_training_checkpoint(tmp_path / "model_final.pth")["model"]
+    expected, got = _weights(out / "model_final.pth"), _weights(tmp_path / "model_final.pth")
     assert expected.keys() == got.keys()
-    for key in expected:
-        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6, msg=key)
+    assert all(torch.equal(got[key], expected[key]) for key in expected)  # bit-identical
     assert "Resuming from" in (tmp_path / "log.txt").read_text()
     assert [p.iteration for p in parse_log(tmp_path / "metrics.json").losses] == [4, 5, 6, 7]
+
+
+def test_same_seed_gives_the_same_bits_another_seed_other_weights(uninterrupted, two_images, tmp_path):
+    """The tiny protocol on shapes images again with SEED 7, 4 iterations (the lr schedule of the first 4 of the
+    8-iteration run): bit-identical to that run's checkpoint after iteration 3, losses included; with SEED 8:
+    other weights from the first iteration on."""
+    out, _ = uninterrupted
+    four = ("SOLVER.MAX_ITER", "4")
+    again = train(tiny_cfg(two_images, *four), output_dir=tmp_path / "again", evaluate_at_end=False, log_period=1)
+    first, second = _weights(out / "model_0000003.pth"), _weights(again.final_checkpoint)
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert _loss_rows(out / "metrics.json")[:4] == _loss_rows(tmp_path / "again" / "metrics.json")
+    assert load_config(tmp_path / "again" / "config.yaml").SEED == 7 == again.seed
+    other = train(tiny_cfg(two_images, *four, "SEED", "8"), output_dir=tmp_path / "other", evaluate_at_end=False,
+                  log_period=1)
+    third = _weights(other.final_checkpoint)
+    kernels = [k for k in first if k.endswith("weight") and first[k].dim() > 1]  # every conv and fc
+    assert len(kernels) > 70 and all(not torch.equal(second[k], third[k]) for k in kernels)
+    assert _loss_rows(tmp_path / "other" / "metrics.json")[0] != _loss_rows(out / "metrics.json")[0]
+
+
+def test_global_batches_are_the_same_for_any_process_count(tmp_path):
+    """Images and augmentation of each iteration's global batch do not depend on the number of processes, with
+    aspect-ratio grouping too; resuming skips batches without changing what follows."""
+    from pycontrast_det.data import ShapesParams, build_train_loader, resolve_dataset, shapes_root
+
+    spec = resolve_dataset(shapes_root(ShapesParams(seed=3, num_train=16, num_val=1), root=tmp_path), "train")
+    cfg = load_config("R_50_FPN_1x_rand", ["INPUT.MIN_SIZE_TRAIN", "(48, 64)", "INPUT.MAX_SIZE_TRAIN", "100",
+                                           "SOLVER.IMS_PER_BATCH", "4", "DATALOADER.NUM_WORKERS", "0"])
+    assert cfg.DATALOADER.ASPECT_RATIO_GROUPING
+
+    def global_batches(world_size: int, start_iter: int = 0, count: int = 6) -> list[list[tuple]]:
+        streams = [build_train_loader(cfg, spec, rank=r, world_size=world_size, seed=11, start_iter=start_iter)
+                   for r in range(world_size)]
+        out = []
+        for _ in range(count):
+            shares = [next(stream) for stream in streams]
+            items = [item for share in zip(*shares) for item in share]  # rank r holds items r, r + W, ...
+            out.append([(i["image_id"], tuple(i["image"].shape), i["image"].sum().item(),
+                         i["instances"]["boxes"].sum().item()) for i in items])
+        return out
+
+    one = global_batches(1)
+    assert global_batches(2) == global_batches(4) == one
+    assert all(len({shape[2] > shape[1] for _, shape, *_ in batch}) == 1 for batch in one)  # one orientation
+    assert len({shape[2] > shape[1] for batch in one for _, shape, *_ in batch}) == 2  # both orientations seen
+    assert len({shape for batch in one for _, shape, *_ in batch}) > 2  # sizes sampled from (48, 64)
+    assert global_batches(2, start_iter=2, count=4) == one[2:]
+
+
+def test_output_folder_refused_unless_resume_or_overwrite(two_images, tmp_path, capsys):
+    from pycontrast_det.cli import main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "log.txt").write_text("an earlier run\n")
+    (out / "notes.md").write_text("mine")
+    one_step = tiny_cfg(two_images, "SOLVER.MAX_ITER", "1")
+    with pytest.raises(ConfigError, match=r"OUTPUT_DIR .*run is not empty \(log.txt, notes.md\): pass --resume "
+                                          r"to continue the run in it, --overwrite to replace it"):
+        train(one_step, output_dir=out, evaluate_at_end=False)
+    assert (out / "log.txt").read_text() == "an earlier run\n" and sorted(p.name for p in out.iterdir()) == [
+        "log.txt", "notes.md"]
+    code = main(["train", "--config", "R_50_FPN_1x_rand", "--output", str(out), "--device", "cpu", *TINY,
+                 "DATASETS.TRAIN", f"('{two_images}',)"])
+    assert code == 2 and "--overwrite" in capsys.readouterr().err
+    # --overwrite, on a dataset without a val split (given as --dataset): the log says what is evaluated
+    data = make_two_image_dataset(tmp_path / "trainonly")
+    result = train(one_step, output_dir=out, overwrite=True, dataset=data)
+    log = (out / "log.txt").read_text()
+    assert "an earlier run" not in log and (out / "notes.md").read_text() == "mine"
+    assert result.final_checkpoint.is_file()
+    assert result.evaluation.split == "train" and result.evaluation.num_images == 2
+    assert f"{data} has no val split" in log and "evaluating on its train split" in log
+    assert list(load_config(out / "config.yaml").DATASETS.TEST) == [str(data)]
+    # a failed start leaves no folder behind: no dataset; a model setting refused after the log was opened
+    for bad in (tiny_cfg(tmp_path / "no_such_dataset"), tiny_cfg(two_images, "MODEL.KEYPOINT_ON", "True")):
+        with pytest.raises(ZooError):
+            train(bad, output_dir=tmp_path / "fresh", evaluate_at_end=False)
+        assert not (tmp_path / "fresh").exists()
+
+
+def test_periodic_evaluation_retention_random_seed_and_curves(two_images, tmp_path):
+    """TEST.EVAL_PERIOD 3 over 6 iterations: PreciseBN and evaluation after iteration 2 and at the end
+    (detectron2's EvalHook); checkpoints every 2 with the newest 2 kept; SEED -1 picks, logs and stores a seed."""
+    cfg = tiny_cfg(two_images, "DATASETS.TEST", f"('{two_images}',)", "SOLVER.MAX_ITER", "6", "SOLVER.STEPS", "(5,)",
+                   "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.CHECKPOINTS_KEPT", "2", "TEST.EVAL_PERIOD", "3",
+                   "TEST.PRECISE_BN.ENABLED", "True", "TEST.PRECISE_BN.NUM_ITER", "1", "SEED", "-1")
+    result = train(cfg, output_dir=tmp_path, log_period=1)
+    summary = parse_log(tmp_path / "metrics.json")
+    assert [i for i, _ in summary.evals] == [2, 5] and set(summary.evals[0][1]) == {"bbox", "segm"}
+    assert result.evaluation.num_images == 2 and result.metrics == summary.evals[-1][1] | {
+        t: result.metrics[t] for t in result.metrics}
+    assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == ["model_0000003.pth", "model_final.pth"]
+    log = (tmp_path / "log.txt").read_text()
+    assert log.count("PreciseBN: BatchNorm statistics recomputed") == 2
+    assert log.count("Inference on two_val: 2/2 done") == 2
+    seed = result.seed
+    assert f"SEED -1: this run uses seed {seed}; SEED {seed} repeats it" in log and seed >= 0
+    assert load_config(tmp_path / "config.yaml").SEED == seed
+    final = load_training_checkpoint(tmp_path / "model_final.pth")
+    assert {"optimizer", "scheduler", "config"} <= set(final) and final["seed"] == seed  # what --resume needs
+    assert load_config(__import__("yaml").safe_load(final["config"])).SEED == seed
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_command_finds_the_run_config(uninterrupted, two_images, tmp_path, capsys):
+    """``evaluate OUTPUT/model_final.pth``: the config stored in the checkpoint, else config.yaml beside it."""
+    from pycontrast_det.cli import main
+
+    out, _ = uninterrupted
+    assert main(["evaluate", str(out / "model_final.pth"), "--dataset", str(two_images), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert f"config: the one stored in {out / 'model_final.pth'}" in printed
+    assert f"{out / 'model_final.pth'} on two_val (2 images" in printed
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    state = load_training_checkpoint(out / "model_final.pth")
+    torch.save({"model": state["model"], "iteration": state["iteration"]}, bare / "model_final.pth")
+    assert main(["evaluate", str(bare / "model_final.pth"), "--dataset", str(two_images), "--device", "cpu",
+                 "--max-images", "1"]) == 2
+    assert "no config in it or beside it" in capsys.readouterr().err
+    shutil.copy(out / "config.yaml", bare / "config.yaml")
+    assert main(["evaluate", str(bare / "model_final.pth"), "--dataset", str(two_images), "--device", "cpu",
+                 "--max-images", "1"]) == 0
+    assert f"config: {bare / 'config.yaml'}" in capsys.readouterr().out
+
+
+REFUSED = [
+    ("DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler"), ("INPUT.CROP.ENABLED", "True"),
+    ("TEST.AUG.ENABLED", "True"), ("INPUT.MASK_FORMAT", "bitmask"), ("TEST.EXPECTED_RESULTS", "[['bbox', 'AP', 38, 1]]"),
+    ("VIS_PERIOD", "20"), ("DATASETS.PROPOSAL_FILES_TRAIN", "('p.pkl',)"), ("DATASETS.PROPOSAL_FILES_TEST", "('p.pkl',)"),
+    ("FLOAT32_PRECISION", "high"), ("GLOBAL.HACK", "2.0"), ("SOLVER.REFERENCE_WORLD_SIZE", "8"),
+    ("DATASETS.TEST", "('shapes_val', 'shapes_train')"), ("DATASETS.TRAIN", "('shapes_train', 'shapes_val')"),
+    ("SOLVER.MAX_ITER", "0"), ("SOLVER.CHECKPOINTS_KEPT", "-1"), ("TEST.EVAL_PERIOD", "-5"),
+    ("SOLVER.CHECKPOINT_PERIOD", "-1"),
+]
+
+
+@pytest.mark.parametrize("key,value", REFUSED, ids=[k for k, _ in REFUSED])
+def test_the_trainer_refuses_a_key_it_does_not_implement(key, value):
+    from pycontrast_det.engine.config_check import check_engine_config
+
+    cfg = load_config("R_50_FPN_1x_rand", ["DATASETS.TRAIN", "('shapes_train',)", key, value])
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        check_engine_config(cfg, world_size=1)
+
+
+def test_every_shipped_config_passes_the_trainer_checks_and_refusals_come_first(two_images, tmp_path):
+    from pycontrast_det.config import resolve_config_path
+    from pycontrast_det.engine.config_check import check_engine_config
+
+    configs = sorted(resolve_config_path("R_50_FPN_1x").parent.glob("*.yaml"))
+    assert len(configs) >= 10
+    for path in configs:
+        check_engine_config(load_config(path, ["DATASETS.TRAIN", "('shapes_train',)"]), world_size=8)
+    with pytest.raises(ConfigError, match="SOLVER.REFERENCE_WORLD_SIZE = 8 with 2 process"):
+        check_engine_config(load_config("R_50_FPN_1x", ["SOLVER.REFERENCE_WORLD_SIZE", "8"]), world_size=2)
+    with pytest.raises(ConfigError, match="TEST.AUG.ENABLED"):  # before the folder is touched
+        train(tiny_cfg(two_images, "TEST.AUG.ENABLED", "True"), output_dir=tmp_path / "never")
+    assert not (tmp_path / "never").exists()
 
 
 def test_logs_parse_with_the_log_parser(uninterrupted):
@@ -128,15 +302,37 @@ def test_non_finite_loss_stops_with_the_iteration(two_images, tmp_path):
 
 
 def _two_process_worker(data: str, out: str) -> None:
+    """Train 2 steps in each of two processes, evaluate on the 2 val images; record what this rank inferred and
+    whether it scored (the evaluation module's functions, wrapped in this process)."""
     from pycontrast_det.engine import comm
+    from pycontrast_det.engine import evaluation as ev
 
-    cfg = tiny_cfg(Path(data), "SOLVER.MAX_ITER", "2", "TEST.PRECISE_BN.ENABLED", "True", "TEST.PRECISE_BN.NUM_ITER", "2")
-    result = train(cfg, output_dir=out, evaluate_at_end=False)
-    torch.save(result.model.state_dict(), Path(out) / f"rank{comm.get_rank()}.pth")
+    seen: dict = {"inferred": [], "scored": 0}
+    infer, score = ev.instances_to_coco, ev.score_results
+
+    def recording_infer(image_id, *args, **kwargs):
+        seen["inferred"].append(image_id)
+        return infer(image_id, *args, **kwargs)
+
+    def recording_score(*args, **kwargs):
+        seen["scored"] += 1
+        return score(*args, **kwargs)
+
+    ev.instances_to_coco, ev.score_results = recording_infer, recording_score
+    cfg = tiny_cfg(Path(data), "SOLVER.MAX_ITER", "2", "TEST.PRECISE_BN.ENABLED", "True", "TEST.PRECISE_BN.NUM_ITER", "2",
+                   "DATASETS.TEST", f"('{data}',)")
+    result = train(cfg, output_dir=out)
+    rank = comm.get_rank()
+    torch.save(result.model.state_dict(), Path(out) / f"rank{rank}.pth")
+    seen.update(shards=result.evaluation.shards, num_images=result.evaluation.num_images,
+                box_ap=result.metrics["bbox"]["AP"])
+    (Path(out) / f"rank{rank}.json").write_text(json.dumps(seen))
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_end_with_identical_weights(two_images, tmp_path):
+def test_two_cpu_processes_end_with_identical_weights_and_evaluate_once(two_images, tmp_path):
+    """Two gloo processes: identical weights and statistics on both; each infers on its own share of the val
+    images, rank 0 gathers and scores once, both get the same result."""
     launch(_two_process_worker, 2, device="cpu", args=(str(two_images), str(tmp_path)))
     rank0 = torch.load(tmp_path / "rank0.pth", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pth", weights_only=True)
@@ -148,6 +344,14 @@ def test_two_cpu_processes_end_with_identical_weights(two_images, tmp_path):
     assert torch.equal(saved["backbone.fpn.layer_blocks.0.1.running_var"],
                        rank1["backbone.fpn.layer_blocks.0.1.running_var"])
     assert not (tmp_path / "log.txt.rank1").exists()  # one log, by rank 0
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    val_ids = sorted(i["id"] for i in json.loads((two_images / "annotations" / "instances_val.json").read_text())[
+        "images"])
+    assert [s["inferred"] for s in seen] == [[val_ids[0]], [val_ids[1]]]  # contiguous shares, one image each
+    assert [s["scored"] for s in seen] == [1, 0]
+    assert seen[0]["shards"] == seen[1]["shards"] == [1, 1] and seen[0]["num_images"] == 2
+    assert seen[0]["box_ap"] == seen[1]["box_ap"]
+    assert parse_log(tmp_path / "metrics.json").final_bbox_ap == pytest.approx(seen[0]["box_ap"], abs=1e-9)
 
 
 def _solver_cfg(**solver):
@@ -227,6 +431,20 @@ def test_checkpointer_round_trip(tmp_path):
     assert torch.equal(momentum, next(iter(optimizer.state.values()))["momentum_buffer"])
 
 
+def test_checkpoint_retention_keeps_the_newest(tmp_path):
+    model = _toy()
+    for keep, expected in ((1, ["model_final.pth"]), (2, ["model_0000005.pth", "model_final.pth"]),
+                           (0, ["model_0000001.pth", "model_0000003.pth", "model_0000005.pth", "model_final.pth"])):
+        folder = tmp_path / str(keep)
+        checkpointer = Checkpointer(model, folder, keep=keep)
+        for iteration in (1, 3, 5):
+            checkpointer.save(f"model_{iteration:07d}", iteration)
+            assert (folder / "last_checkpoint").read_text() == f"model_{iteration:07d}.pth"
+        checkpointer.save("model_final", 6)
+        assert sorted(p.name for p in folder.iterdir() if p.suffix == ".pth") == expected, keep
+        assert checkpointer.last_checkpoint() == folder / "model_final.pth"
+
+
 def test_scale_to_batch_applies_the_linear_rule():
     cfg = load_config("R_50_FPN_1x")
     scaled, message = scale_to_batch(cfg, 4)
@@ -267,11 +485,12 @@ def test_model_weights_from_a_user_resnet(config, two_images, tmp_path):
     assert torch.equal(model[body + "layer3.5.bn3.weight"], resnet.layer3[5].bn3.weight)
     res5 = "roi_heads.res5.0.conv2.weight" if config.startswith("R_50_C4") else body + "layer4.0.conv2.weight"
     assert torch.equal(model[res5], resnet.layer4[0].conv2.weight)
-    assert "Initial weights from" in (tmp_path / "out" / "log.txt").read_text()
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert f"Initial weights: weights {source}: backbone pretrain, format torchvision" in log
 
 
 def test_detectron2_weight_names_go_through_the_zoo(monkeypatch):
-    from pycontrast_det.engine.train import resolve_weights
+    from pycontrast_det.checkpoints import resolve_weights
     from pycontrast_det.errors import OfflineError
 
     monkeypatch.setenv("PYCONTRAST_ZOO_OFFLINE", "1")

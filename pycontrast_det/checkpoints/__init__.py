@@ -1,4 +1,5 @@
-"""Read pre-trained and detectron2 checkpoints safely and rename their keys between formats.
+"""Read pre-trained and detectron2 checkpoints safely, rename their keys between formats, and load any weights
+spec onto a model (:mod:`.weights`, the one loading path).
 
 No torch import at package import time; each function imports what it needs.
 """
@@ -6,13 +7,20 @@ from __future__ import annotations
 
 from .cache import CONVERTER_VERSION, converted_pretrain, converted_pretrain_path
 from .detectron2 import MappingReport, backbone_to_detector, d2_to_model, model_to_d2
+from .formats import TABLE, CheckpointFormat, weights_kind
 from .pretrain import convert_to_detectron2
 from .readers import FORMATS, Checkpoint, read_checkpoint
 from .report import ConversionReport
+from .weights import (
+    LoadReport, ModelTarget, OpenedWeights, WeightsFile, classes_entry, map_weights, open_weights, resolve_weights,
+    stage_backbone,
+)
 from .writers import write_d2_pkl, write_safetensors
 
 __all__ = [
-    "CONVERTER_VERSION", "Checkpoint", "ConversionReport", "FORMATS", "MappingReport", "backbone_to_detector",
-    "convert_to_detectron2", "converted_pretrain", "converted_pretrain_path", "d2_to_model", "model_to_d2",
-    "read_checkpoint", "write_d2_pkl", "write_safetensors",
+    "CONVERTER_VERSION", "Checkpoint", "CheckpointFormat", "ConversionReport", "FORMATS", "LoadReport",
+    "MappingReport", "ModelTarget", "OpenedWeights", "TABLE", "WeightsFile", "backbone_to_detector", "classes_entry",
+    "convert_to_detectron2", "converted_pretrain", "converted_pretrain_path", "d2_to_model", "map_weights",
+    "model_to_d2", "open_weights", "read_checkpoint", "resolve_weights", "stage_backbone", "weights_kind",
+    "write_d2_pkl", "write_safetensors",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Union
 
+from .. import atomic
 from ..errors import CheckpointFormatError
 from ..store import cache_dir, hash_file
 from .pretrain import convert_to_detectron2
@@ -47,7 +48,7 @@ def converted_pretrain_path(source: Union[str, Path], format: Optional[str] = No
             raise CheckpointFormatError(
                 f"{source}: {len(report.missing)} ResNet-50 backbone weights are missing "
                 f"(e.g. {report.missing[:4]}); run `pycontrast-zoo convert {source} OUT` to see the full report")
-        (folder / f"{name}.json").write_text(report.to_json())
+        atomic.write_text(folder / f"{name}.json", report.to_json())
         write_d2_pkl(state, target)
     return target
 

@@ -15,6 +15,10 @@ ARCHS = ("fpn", "c4")
 # detectron2 buffers that are not weights: recomputed by the model, dropped on load.
 IGNORED_PREFIXES = ("proposal_generator.anchor_generator.cell_anchors.", "pixel_mean", "pixel_std")
 
+# our layers whose shapes depend on the number of classes (box classifier and regressor, mask predictor)
+CLASS_DEPENDENT = ("roi_heads.box_predictor.cls_score.", "roi_heads.box_predictor.bbox_pred.",
+                   "roi_heads.mask_predictor.mask_fcn_logits.")
+
 _HEADS = [
     Rule("proposal_generator.rpn_head.conv.{p}", "rpn.head.conv.0.0.{p}"),
     Rule("proposal_generator.rpn_head.objectness_logits.{p}", "rpn.head.cls_logits.{p}"),

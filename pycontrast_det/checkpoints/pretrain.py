@@ -10,90 +10,28 @@ buffer, so all 318 keys match. A source without it (MSRA blobs) gets 0, which no
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from ..errors import ArchitectureMismatchError, CheckpointFormatError
 from .arrays import as_numpy
-from .keymap import rename, resnet_rules
+from .formats import BACKBONE, CheckpointFormat, weights_kind
 from .r50 import r50_d2_shapes
 from .readers import Checkpoint, read_checkpoint
 from .report import ConversionReport
-
-_TORCHVISION_NAMES = resnet_rules("", "")  # detectron2 backbone names <-> torchvision ResNet names
-
-# source keys outside the encoder: why they are dropped
-_HEAD_REASONS = (
-    ("module.head_jig.", "jigsaw projection head"),
-    ("module.head.", "projection head"),
-    ("head.", "projection head"),
-    ("module.encoder_k.", "MoCo momentum (key) encoder"),
-    ("module.queue", "MoCo negative queue"),
-    ("encoder_k.", "momentum (key) encoder"),
-)
 
 _ENTRY_REASONS = {
     "model_ema": "EMA (momentum) encoder: pass ema=True / --ema to convert it instead",
     "model": "online encoder (the EMA encoder was converted)",
 }
 
-# MSRA caffe2 blob names: layer part -> detectron2 module, parameter suffix -> parameter name
-_C2_NORM = re.compile(r"(?P<layer>.+)_bn_(?P<p>s|b|rm|riv)\Z")
-_C2_CONV = re.compile(r"(?P<layer>.+)_(?P<p>w|b)\Z")
-_C2_PARAMS = {"w": "weight", "s": "weight", "b": "bias", "rm": "running_mean", "riv": "running_var"}
-_C2_BLOCK = re.compile(r"res(?P<s>\d+)_(?P<b>\d+)_branch(?P<branch>1|2a|2b|2c)\Z")
-_C2_BRANCH = {"1": "shortcut", "2a": "conv1", "2b": "conv2", "2c": "conv3"}
-
-_RGB_NOTE = ("torchvision-style ResNet (stride 2 in the 3x3 conv, RGB input normalised by ImageNet mean/std): "
-             "use MODEL.RESNETS.STRIDE_IN_1X1 False and INPUT.FORMAT RGB (the *_infomin configs)")
-_MSRA_NOTE = ("MSRA caffe2 ResNet (stride 2 in the 1x1 conv, BGR input minus mean, std 1): use "
-              "MODEL.RESNETS.STRIDE_IN_1X1 True and INPUT.FORMAT BGR (the supervised configs); its norms are "
-              "affine-only, so running_mean 0 / running_var 1 are filled in, which is what detectron2 itself "
-              "uses for them")
-
-
-def _c2_to_d2(name: str) -> Optional[str]:
-    """detectron2's name for an MSRA caffe2 blob, or None when it is no backbone blob."""
-    m = _C2_NORM.match(name)
-    norm = m is not None
-    m = m or _C2_CONV.match(name)
-    if m is None:
-        return None
-    layer, param = m.group("layer"), _C2_PARAMS[m.group("p")]
-    if layer in ("conv1", "res_conv1"):
-        module = "stem.conv1"
-    else:
-        block = _C2_BLOCK.match(layer)
-        if block is None:
-            return None
-        module = f"res{block['s']}.{block['b']}.{_C2_BRANCH[block['branch']]}"
-    return f"{module}.norm.{param}" if norm else f"{module}.{param}"
-
 
 def _source_name(ckpt: Checkpoint, key: str) -> tuple[Optional[str], str]:
-    """(detectron2 backbone name or None, why it was dropped when None)."""
-    if ckpt.format == "msra_c2":
-        if key.endswith("_momentum"):
-            return None, "SGD momentum blob"
-        if key.startswith(("fc1000_", "pred_")):
-            return None, "ImageNet classifier"
-        return _c2_to_d2(key), "not a ResNet-50 backbone blob"
-    if ckpt.format == "detectron2":
-        if key.startswith("stem.fc."):
-            return None, "classifier / projection fc (MoCo's converter keeps it as stem.fc)"
-        if key.removeprefix("module.").startswith(("backbone.", "roi_heads.", "proposal_generator.")):
-            raise CheckpointFormatError(
-                f"{ckpt.path}: a detectron2 detector checkpoint ({key}, ...), not a backbone pretrain; "
-                "use it as detector weights (d2_to_model / load(..., weights=...))")
-        return key, ""
+    """(detectron2 backbone name or None, why it was dropped when None), by the format's row."""
+    layout = ckpt.layout
     if not key.startswith(ckpt.prefix):
-        why = next((reason for p, reason in _HEAD_REASONS if key.startswith(p)), "outside the encoder")
-        return None, why
-    name = key[len(ckpt.prefix):]
-    if name.startswith("fc.") or name == "fc":
-        return None, "classifier / projection fc"
-    return rename(name, _TORCHVISION_NAMES, to_ours=False), "not a ResNet-50 backbone key"
+        return None, next((why for p, why in layout.outside if key.startswith(p)), "outside the encoder")
+    return layout.rename(key[len(ckpt.prefix):])
 
 
 def _check_shapes(ckpt: Checkpoint, out: dict[str, Any], source_of: dict[str, str]) -> None:
@@ -111,8 +49,8 @@ def _check_shapes(ckpt: Checkpoint, out: dict[str, Any], source_of: dict[str, st
             "is it another width or depth (e.g. ResNet-18/34, a wide ResNet)?")
 
 
-def _fill(out: dict[str, Any], report: ConversionReport, fmt: str) -> None:
-    """Add the buffers a format does not store: num_batches_tracked (any), running stats (MSRA only)."""
+def _fill(out: dict[str, Any], report: ConversionReport, fmt: CheckpointFormat) -> None:
+    """Add the buffers a format does not store: num_batches_tracked (any), running stats (affine-only norms)."""
     import numpy as np
 
     for key, shape in r50_d2_shapes().items():
@@ -121,7 +59,7 @@ def _fill(out: dict[str, Any], report: ConversionReport, fmt: str) -> None:
         param = key.rsplit(".", 1)[1]
         if param == "num_batches_tracked":
             out[key] = np.zeros((), dtype=np.int64)
-        elif fmt == "msra_c2" and param in ("running_mean", "running_var"):
+        elif fmt.affine_only_norms and param in ("running_mean", "running_var"):
             out[key] = (np.zeros if param == "running_mean" else np.ones)(shape, dtype=np.float32)
         else:
             continue
@@ -137,6 +75,11 @@ def convert_to_detectron2(source: Union[str, Path, Checkpoint], format: Optional
     listed in ``report.missing``.
     """
     ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source, format=format, ema=ema)
+    kind = weights_kind(ckpt.state)
+    if kind != BACKBONE:
+        raise CheckpointFormatError(
+            f"{ckpt.path}: a detector checkpoint ({kind}: {next(iter(ckpt.state))}, ...), not a backbone "
+            "pretrain; use it as detector weights (load(..., weights=...) / MODEL.WEIGHTS)")
     report = ConversionReport(source=str(ckpt.path), format=ckpt.format, ema=ckpt.ema)
     report.dropped.update({entry: _ENTRY_REASONS.get(entry, "not backbone weights (top-level entry)")
                            for entry in ckpt.other_entries})
@@ -167,14 +110,11 @@ def convert_to_detectron2(source: Union[str, Path, Checkpoint], format: Optional
             f"{ckpt.path}: {len(foreign)} encoder weights have no place in a ResNet-50 (e.g. {foreign[:4]}); "
             "is it a deeper ResNet or another network?")
     _check_shapes(ckpt, out, source_of)
-    _fill(out, report, ckpt.format)
+    _fill(out, report, ckpt.layout)
     report.kept = [k for k in shapes if k in out]
     report.missing = [k for k in shapes if k not in out]
     ordered = {k: out[k] for k in report.kept}
-    if ckpt.format == "msra_c2":
-        report.stride_in_1x1, report.input_format = True, "BGR"
-        report.notes.append(_MSRA_NOTE)
-    elif ckpt.format != "detectron2":
-        report.stride_in_1x1, report.input_format = False, "RGB"
-        report.notes.append(_RGB_NOTE)
+    report.stride_in_1x1, report.input_format = ckpt.layout.stride_in_1x1, ckpt.layout.input_format
+    if ckpt.layout.note:
+        report.notes.append(ckpt.layout.note)
     return ordered, report

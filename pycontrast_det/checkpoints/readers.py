@@ -6,35 +6,15 @@ archive so that optimizer state and memory banks are never read), ``.pkl`` (rest
 """
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 from ..errors import CheckpointFormatError, UnsafeCheckpointError
+from .formats import CONVERTIBLE, CheckpointFormat, canonical_name, detect_format, format_named
 from .safe_pickle import load_pickle
 
-FORMATS: dict[str, str] = {
-    "pycontrast": "PyContrast: {'model': {'module.encoder.*'}, ...}; with ema, {'model_ema': {'encoder.*'}}",
-    "moco": "MoCo: {'state_dict': {'module.encoder_q.*', 'module.encoder_k.*', 'module.queue'}, ...}",
-    "torchvision": "plain torchvision ResNet state dict: conv1, bn1, layer1..4, fc",
-    "msra_c2": "MSRA caffe2 blobs as detectron2 ships them: conv1_w, res_conv1_bn_s, res2_0_branch2a_w, ...",
-    "detectron2": "detectron2: {'model': {name: array}} (.pkl model zoo, .pth training checkpoints)",
-}
-
-# encoder prefixes (inside the chosen weights dict) each format may use, most specific first
-_PREFIXES: dict[str, tuple[str, ...]] = {
-    "pycontrast": ("module.encoder.", "encoder."),
-    "moco": ("module.encoder_q.",),
-    "torchvision": ("module.", ""),
-    "msra_c2": ("",),
-    "detectron2": ("",),
-}
-# the zoo manifest's names for the same layouts (None: the file type only, detect the layout)
-_ALIASES: dict[str, Optional[str]] = {"detectron2_pkl": "detectron2", "safetensors": None, "pycontrast_cmc": "cmc"}
-_CMC_PREFIXES = ("module.encoder1.", "module.encoder2.", "encoder1.", "encoder2.")
-_C2_NAME = re.compile(r"(conv1_w|res_conv1_bn_[sb]|res\d+_\d+_branch\w+)\Z")
-_D2_NAME = re.compile(r"(module\.)?(stem\.|res\d\.|backbone\.|roi_heads\.|proposal_generator\.)")
+FORMATS = CONVERTIBLE  # name -> description of every format that can initialise a ResNet-50
 _CONTAINERS = ("model", "state_dict", "blobs")
 
 
@@ -48,6 +28,12 @@ class Checkpoint:
     prefix: str
     ema: bool
     other_entries: tuple[str, ...]  # what was not read as weights: optimizer, epoch, contrast, ...
+    metadata: dict[str, Any] = field(default_factory=dict)  # top-level entries of plain data (no arrays)
+
+    @property
+    def layout(self) -> CheckpointFormat:
+        """The format's row (:mod:`.formats`)."""
+        return format_named(self.format)
 
 
 def _is_array(value: Any) -> bool:
@@ -93,47 +79,55 @@ def _load_object(path: Path) -> Any:
         raise CheckpointFormatError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
 
 
-def detect_format(keys: list[str]) -> Optional[str]:
-    """The format a flat weights dict's key names belong to, or None."""
-    if any(k.startswith(_CMC_PREFIXES) for k in keys):
-        return "cmc"
-    for fmt in ("moco", "pycontrast"):
-        if any(k.startswith(p) for k in keys for p in _PREFIXES[fmt]):
-            return fmt
-    if any(_C2_NAME.match(k) for k in keys):
-        return "msra_c2"
-    if "conv1.weight" in keys or "module.conv1.weight" in keys:
-        return "torchvision"
-    if any(_D2_NAME.match(k) for k in keys):
-        return "detectron2"
-    return None
+def _is_plain(value: Any) -> bool:
+    """Plain data (str, numbers, None, and lists / dicts of them): metadata such as a stored config or class names."""
+    if isinstance(value, (str, int, float, bool, type(None))):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return False
 
 
-def _container(obj: Mapping[str, Any], ema: bool, path: Path) -> tuple[Optional[str], Mapping[str, Any]]:
+def _container(obj: Mapping[str, Any], ema: Optional[CheckpointFormat],
+               path: Path) -> tuple[Optional[str], Mapping[str, Any]]:
     """Which top-level entry holds the weights (None: the object itself is the flat weights dict)."""
-    if ema:
-        if not isinstance(obj.get("model_ema"), Mapping):
+    if ema is not None:
+        if not isinstance(obj.get(ema.ema_entry), Mapping):
             raise CheckpointFormatError(
-                f"{path}: --ema asked for, but the file has no 'model_ema' entry (top-level keys: "
+                f"{path}: --ema asked for, but the file has no {ema.ema_entry!r} entry (top-level keys: "
                 f"{sorted(map(str, obj))[:10]}); only PyContrast's MoCo/MoCov2/InfoMin checkpoints have one")
-        return "model_ema", obj["model_ema"]
+        return ema.ema_entry, obj[ema.ema_entry]
     for name in _CONTAINERS:
         if isinstance(obj.get(name), Mapping):
             return name, obj[name]
     return None, obj
 
 
-def _prefix(fmt: str, keys: list[str]) -> str:
-    for prefix in _PREFIXES[fmt]:
+def _prefix(fmt: CheckpointFormat, keys: list[str]) -> str:
+    for prefix in fmt.prefixes:
         if prefix and any(k.startswith(prefix) for k in keys):
             return prefix
     return ""
 
 
-def _cmc_message(path: Path) -> str:
-    return (f"{path}: this is a CMC checkpoint (module.encoder1.* / module.encoder2.*): two half-width ResNets "
-            "on the L and ab channels of Lab images, which cannot initialise an RGB ResNet-50; use another "
-            "pretrain (InstDis, PIRL, MoCo, MoCov2, InfoMin)")
+def _chosen_format(format: Optional[str], ema: bool, path: Path) -> tuple[Optional[CheckpointFormat],
+                                                                          Optional[CheckpointFormat]]:
+    """(the row ``format`` names, or None to detect it; the row whose EMA entry to read, or None)."""
+    try:
+        name = canonical_name(format) if format is not None else None
+    except KeyError:
+        raise CheckpointFormatError(f"unknown checkpoint format {format!r}; choose one of {sorted(FORMATS)}") from None
+    fmt = format_named(name) if name is not None else None
+    if fmt is not None and fmt.refusal:
+        raise CheckpointFormatError(f"{path}: this is {fmt.refusal}")
+    if not ema:
+        return fmt, None
+    with_ema = fmt or format_named("pycontrast")
+    if with_ema.ema_entry is None:
+        raise CheckpointFormatError(f"--ema applies only to PyContrast checkpoints, not to format {format!r}")
+    return fmt, with_ema
 
 
 def read_checkpoint(path: Union[str, Path], format: Optional[str] = None, ema: bool = False) -> Checkpoint:
@@ -142,31 +136,25 @@ def read_checkpoint(path: Union[str, Path], format: Optional[str] = None, ema: b
     path = Path(path)
     if not path.is_file():
         raise CheckpointFormatError(f"{path}: no such checkpoint file")
-    format = _ALIASES.get(format, format) if format is not None else None
-    if format == "cmc":
-        raise CheckpointFormatError(_cmc_message(path))
-    if format is not None and format not in FORMATS:
-        raise CheckpointFormatError(f"unknown checkpoint format {format!r}; choose one of {sorted(FORMATS)}")
-    if ema and format not in (None, "pycontrast"):
-        raise CheckpointFormatError(f"--ema applies only to PyContrast checkpoints, not to format {format!r}")
+    fmt, ema_fmt = _chosen_format(format, ema, path)
     obj = _load_object(path)
     if not isinstance(obj, Mapping):
         raise CheckpointFormatError(f"{path}: expected a dict of weights, found a {type(obj).__name__}")
-    name, weights = _container(obj, ema, path)
+    name, weights = _container(obj, ema_fmt, path)
     state = {str(k): v for k, v in weights.items() if _is_array(v)}
     skipped = [f"{name}.{k}" if name else str(k) for k, v in weights.items() if not _is_array(v)]
     keys = list(state)
     detected = detect_format(keys)
-    if detected == "cmc":
-        raise CheckpointFormatError(_cmc_message(path))
-    fmt = format or detected
+    if detected is not None and detected.refusal:
+        raise CheckpointFormatError(f"{path}: this is {detected.refusal}")
+    fmt = fmt or detected
     if fmt is None:
         raise CheckpointFormatError(
             f"{path}: unknown checkpoint layout (weights under {name or 'the top level'}, first keys "
             f"{keys[:5]}); pass the format explicitly, one of {sorted(FORMATS)}")
-    prefix = _prefix(fmt, keys)
-    if ema and fmt != "pycontrast":
-        raise CheckpointFormatError(f"{path}: 'model_ema' holds no PyContrast encoder (first keys {keys[:5]})")
+    if ema_fmt is not None and fmt is not ema_fmt:
+        raise CheckpointFormatError(f"{path}: {ema_fmt.ema_entry!r} holds no PyContrast encoder (first keys {keys[:5]})")
     others = [str(k) for k in obj if k != name] if name else []
-    return Checkpoint(path=path, format=fmt, state=state, prefix=prefix, ema=ema,
-                      other_entries=tuple(others + skipped))
+    metadata = {str(k): v for k, v in obj.items() if k != name and _is_plain(v)} if name else {}
+    return Checkpoint(path=path, format=fmt.name, state=state, prefix=_prefix(fmt, keys), ema=ema,
+                      other_entries=tuple(others + skipped), metadata=metadata)

@@ -1,29 +1,14 @@
 """Write converted weights: detectron2's ``.pkl`` layout (as PyContrast's converter writes it) or safetensors."""
 from __future__ import annotations
 
-import os
 import pickle
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
+from .. import atomic
 from .arrays import as_numpy
 
 DEFAULT_AUTHOR = "pycontrast-det"
-
-
-@contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; move it into place only when the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # plain open: umask applies
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_d2_pkl(state: Mapping[str, Any], path: Union[str, Path], author: str = DEFAULT_AUTHOR) -> Path:
@@ -33,7 +18,7 @@ def write_d2_pkl(state: Mapping[str, Any], path: Union[str, Path], author: str =
     """
     path = Path(path)
     obj = {"model": {k: as_numpy(v) for k, v in state.items()}, "__author__": author, "matching_heuristics": True}
-    with _atomic(path) as tmp, open(tmp, "wb") as f:
+    with atomic.atomic_path(path) as tmp, open(tmp, "wb") as f:
         pickler = pickle.Pickler(f, protocol=4)  # 4: readable by every Python 3 detectron2 runs on
         pickler.fast = True  # no memo: each array's byte copy is freed once written (the dict has no cycles)
         pickler.dump(obj)
@@ -49,6 +34,6 @@ def write_safetensors(state: Mapping[str, Any], path: Union[str, Path],
     path = Path(path)
     # np.require, not ascontiguousarray, which would turn 0-d buffers (num_batches_tracked) into 1-d
     arrays = {k: np.require(as_numpy(v), requirements="C") for k, v in state.items()}
-    with _atomic(path) as tmp:
+    with atomic.atomic_path(path) as tmp:
         save_file(arrays, str(tmp), metadata=dict(metadata) if metadata else None)
     return path

@@ -13,14 +13,14 @@ from typing import Optional, Sequence
 
 from ..errors import ZooError
 
-_TOPICS = ("zoo_cmds", "convert_cmd", "predict_cmd", "eval_cmds", "train_cmds")
+_TOPICS = ("zoo_cmds", "convert_cmd", "predict_cmd", "eval_cmds", "train_cmds", "finetune_cmd", "publish_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="pycontrast-zoo",
-        description="PyContrast detection-transfer model zoo: list, fetch, convert, predict, evaluate, reproduce.",
+        description="PyContrast detection-transfer model zoo: list, fetch, convert, predict, evaluate, reproduce, publish.",
     )
     parser.add_argument("--manifest", metavar="PATH", action="append", default=None,
                         help="use this manifest instead of (first one) or merged over the shipped zoo.yaml; "
@@ -42,6 +42,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point: parse, run the chosen subcommand, turn a ZooError into a one-line message and exit 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line as given (a SLURM job reruns it)
     try:
         code = args.func(args)
     except ZooError as exc:

@@ -18,7 +18,8 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                     "as PyContrast's convert_pretrained.py does, refusing anything that cannot initialise an "
                     "RGB ResNet-50. Formats: " + "; ".join(f"{k}: {v}" for k, v in FORMATS.items()),
     )
-    parser.add_argument("input", metavar="IN", help="checkpoint to convert (.pth, .pth.tar, .pkl, .safetensors)")
+    parser.add_argument("input", metavar="IN", help="checkpoint to convert (.pth, .pth.tar, .pkl, .safetensors), "
+                                                    "a URL, or a zoo pretrain name (fetched through the cache)")
     parser.add_argument("output", metavar="OUT", help="file to write")
     parser.add_argument("--from", dest="source_format", choices=sorted(FORMATS), default=None,
                         help="input format (default: detected from the file)")
@@ -34,9 +35,13 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Convert; write OUT only when every backbone key is present (exit 1 otherwise)."""
-    from ..checkpoints import convert_to_detectron2, write_d2_pkl, write_safetensors
+    from ..checkpoints import convert_to_detectron2, resolve_weights, write_d2_pkl, write_safetensors
+    from ..errors import ZooError
 
-    state, report = convert_to_detectron2(args.input, format=args.source_format, ema=args.ema)
+    source = resolve_weights(args.input)  # a file, a URL or a zoo pretrain, fetched through the cache
+    if source is None:
+        raise ZooError(f"{args.input} is random initialisation: there are no weights to convert")
+    state, report = convert_to_detectron2(source.path, format=args.source_format or source.format, ema=args.ema)
     target = args.target or ("safetensors" if args.output.endswith(".safetensors") else "d2-pkl")
     written = report.ok
     if written:

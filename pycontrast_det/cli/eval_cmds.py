@@ -4,6 +4,7 @@ training logs: final AP and loss curve, side by side with ours). torch is import
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -15,8 +16,8 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     ev = subparsers.add_parser(
         "evaluate", help="COCO box/mask AP of a zoo entry or a checkpoint, next to the published numbers",
         description="Run a detector over a dataset and score it with COCOeval (detectron2's numbers). TARGET is "
-                    "a zoo entry name (its published weights) or a checkpoint file (then give --config or "
-                    "--entry for its architecture). Datasets: shapes (built in), coco_2017_val "
+                    "a zoo entry name (its published weights) or a checkpoint file (its architecture from --config "
+                    "or --entry, else the config a training run stored in it or beside it as config.yaml). Datasets: shapes (built in), coco_2017_val "
                     "($DETECTRON2_DATASETS/coco), path/to/annotations.json[:image_root] or a dataset folder.")
     ev.add_argument("target", metavar="ENTRY|CHECKPOINT")
     ev.add_argument("--config", metavar="CFG", default=None,
@@ -40,15 +41,17 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     ev.set_defaults(func=run_evaluate)
 
     lg = subparsers.add_parser(
-        "logs", help="a published training log: final AP and loss curve vs the manifest (and vs ours)",
-        description="Download an entry's published detectron2 log.txt through the cache (or read --file), "
-                    "report its final box/mask AP against the manifest and its loss curve; --ours adds our "
-                    "run's metrics.json or log.txt alongside; --plot draws both.")
-    lg.add_argument("entry", metavar="ENTRY")
+        "logs", help="training curves: a published log vs the manifest (and vs ours), or our own run alone",
+        description="TARGET is a zoo entry (its published detectron2 log.txt, through the cache, or --file) or our "
+                    "run's output folder / metrics.json / log.txt. For an entry: its final box/mask AP against the "
+                    "manifest and its loss curve; --ours adds our run alongside (plotted alone when the published "
+                    "log is not at hand). For a run folder: its curves, written to FOLDER/curves.png unless --plot "
+                    "says where. Every curve is labelled by its source.")
+    lg.add_argument("entry", metavar="ENTRY|RUN")
     lg.add_argument("--file", metavar="PATH", default=None, help="read this log instead of downloading it")
     lg.add_argument("--ours", metavar="PATH", default=None,
                     help="our run's metrics.json, log.txt or output folder, to compare")
-    lg.add_argument("--plot", metavar="OUT.png", default=None, help="write loss and AP curves to this PNG")
+    lg.add_argument("--plot", metavar="OUT.png", default=None, help="write loss, lr and AP curves to this PNG")
     lg.set_defaults(func=run_logs)
 
 
@@ -56,6 +59,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """Handler: load the model, evaluate, print metrics and the published comparison."""
     import pycontrast_det as pcd
     from ..engine.evaluation import METRICS, compare_with_published, evaluate
+    from ..engine.events import setup_logger
 
     if len(args.opts) % 2:
         raise ZooError(f"evaluate: --opts takes KEY VALUE pairs, got an odd number of items: {args.opts}")
@@ -63,23 +67,24 @@ def run_evaluate(args: argparse.Namespace) -> int:
     zoo = pcd.load_manifest(args.manifest)
     checkpoint = Path(args.target)
     if checkpoint.is_file():
-        source = args.config or args.entry
+        source = args.config or args.entry or _run_config(checkpoint)
         if source is None:
-            raise ZooError(f"evaluate: {checkpoint} is a checkpoint; say which architecture it is with --config "
-                           f"CFG or --entry NAME")
+            raise ZooError(f"evaluate: {checkpoint} is a checkpoint with no config in it or beside it "
+                           "(config.yaml); say which architecture it is with --config CFG or --entry NAME")
         entry_name = zoo.entry(args.entry).name if args.entry is not None else None
         weights = checkpoint
     else:
         entry_name = zoo.entry(args.target).name
         source, weights = args.config or entry_name, None
         if args.config is not None:
-            from ..store import fetch_entry_file
+            from ..checkpoints.sources import fetch_entry_file
 
             weights = fetch_entry_file(entry_name, "model", zoo=zoo)
     model = pcd.load(source, weights=weights, device=device, overrides=list(args.opts))
     dataset = args.dataset or (model.cfg.DATASETS.TEST[0] if len(model.cfg.DATASETS.TEST) else "shapes")
+    progress = setup_logger(None, 0, name="pycontrast_det.evaluate", stream=sys.stderr)  # progress lines
     result = evaluate(model, dataset, split=args.split, device=device, output_dir=args.output,
-                      backend=args.backend, max_images=args.max_images, num_workers=args.num_workers)
+                      backend=args.backend, max_images=args.max_images, num_workers=args.num_workers, log=progress)
     print(f"{args.target} on {result.dataset} ({result.num_images} images, {result.backend}, "
           f"{result.seconds:.1f} s)")
     print(f"{'task':6}" + "".join(f"{m:>8}" for m in METRICS))
@@ -94,39 +99,80 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_logs(args: argparse.Namespace) -> int:
-    """Handler: fetch and parse the published log, compare with the manifest (and ours), plot."""
+    """Handler: a published log against the manifest (and ours beside it), or our run alone; plot."""
     import pycontrast_det as pcd
-    from ..engine.logs import parse_log, plot_curves
+    from ..engine.curves import plot_curves
+    from ..engine.logs import parse_log
 
+    target = Path(args.entry)
+    if target.exists():  # our own run: no published log needed
+        ours = parse_log(target, label="ours")
+        print(f"our run: {ours.source}")
+        _describe(ours)
+        out = plot_curves([ours], args.plot or (target if target.is_dir() else target.parent) / "curves.png",
+                          title=str(target))
+        print(f"\nplot: {out}")
+        return 0
     zoo = pcd.load_manifest(args.manifest)
     entry = zoo.entry(args.entry)
-    if args.file is not None:
-        path = Path(args.file)
+    summaries = []
+    try:
+        path = Path(args.file) if args.file is not None else _published_log(entry.name, zoo)
+        published = parse_log(path, label="published")
+    except ZooError as exc:
+        if args.ours is None:
+            raise
+        print(f"published log of {entry.name}: not at hand ({str(exc).splitlines()[0]}); our run alone")
     else:
-        from ..store import fetch_entry_file
-
-        path = fetch_entry_file(entry.name, "log", zoo=zoo)
-    published = parse_log(path, label=f"{entry.name} (published)")
-    print(f"published log of {entry.name}: {path}")
-    _describe(published)
-    for task, label, expected in (("bbox", "box AP", entry.box_ap), ("segm", "mask AP", entry.mask_ap)):
-        found = published.final(task).get("AP")
-        if found is None:
-            print(f"  {label}: not in the log (manifest {expected:.1f})")
-        else:
-            agrees = "agrees with" if round(found, 1) == round(expected, 1) else "DIFFERS from"
-            print(f"  {label}: {found:.2f} in the log, {agrees} the manifest's {expected:.1f}")
-    summaries = [published]
+        print(f"published log of {entry.name}: {path}")
+        _describe(published)
+        for task, label, expected in (("bbox", "box AP", entry.box_ap), ("segm", "mask AP", entry.mask_ap)):
+            found = published.final(task).get("AP")
+            if found is None:
+                print(f"  {label}: not in the log (manifest {expected:.1f})")
+            else:
+                agrees = "agrees with" if round(found, 1) == round(expected, 1) else "DIFFERS from"
+                print(f"  {label}: {found:.2f} in the log, {agrees} the manifest's {expected:.1f}")
+        summaries.append(published)
     if args.ours is not None:
         ours = parse_log(args.ours, label="ours")
-        summaries.append(ours)
         print(f"\nour run: {args.ours}")
         _describe(ours)
-        _side_by_side(published, ours)
+        if summaries:
+            _side_by_side(summaries[0], ours)
+        summaries.insert(0, ours)
     if args.plot is not None:
         out = plot_curves(summaries, args.plot, title=entry.name)
         print(f"\nplot: {out}")
     return 0
+
+
+def _published_log(entry: str, zoo: Any) -> Path:
+    from ..checkpoints.sources import fetch_entry_file
+
+    return fetch_entry_file(entry, "log", zoo=zoo)
+
+
+def _run_config(checkpoint: Path) -> Optional[Any]:
+    """The config of the training run that wrote ``checkpoint``: the one stored in it, else config.yaml beside it."""
+    import yaml
+
+    from ..config import load_config
+    from ..engine.checkpoint import load_training_checkpoint
+    from ..errors import CheckpointFormatError
+
+    try:
+        stored = load_training_checkpoint(checkpoint).get("config")
+    except CheckpointFormatError:  # not one of our training checkpoints (a detectron2 file, a state dict)
+        stored = None
+    if isinstance(stored, str):
+        print(f"config: the one stored in {checkpoint}")
+        return load_config(yaml.safe_load(stored))
+    beside = checkpoint.parent / "config.yaml"
+    if beside.is_file():
+        print(f"config: {beside}")
+        return load_config(beside)
+    return None
 
 
 def _device(device: str) -> str:

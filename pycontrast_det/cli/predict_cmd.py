@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from .. import atomic
 from ..errors import ZooError
 
 RESULTS_FILE = "results.json"
@@ -21,15 +22,17 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
         "predict",
         help="detect objects in images; write annotated PNGs and a COCO results JSON",
         description="Run a zoo detector on images. ENTRY is a zoo entry name (its published weights are "
-                    "downloaded unless --weights is given) or, with --weights, a config name/path. "
+                    "downloaded unless --weights is given), a training run's checkpoint, or, with --weights, a "
+                    "config name/path. "
                     f"Writes <out>/<image stem>.png per image and <out>/{RESULTS_FILE} (COCO results: "
                     "image_id, file_name, category_id, bbox XYWH, score, segmentation RLE). image_id is the file "
                     "stem when every stem is a distinct integer (COCO's file names), else 1..N in order; "
-                    "category_id is COCO's id for an 80-class COCO model, else the 0-based class index.",
+                    "category_id is the dataset's id of each class as stored with the model (COCO's for the zoo "
+                    "detectors), else the 0-based class index.",
     )
     parser.add_argument("entry", metavar="ENTRY",
-                        help="zoo entry name (see `pycontrast-zoo list`); with --weights, a config name or path "
-                             "also works")
+                        help="zoo entry name (see `pycontrast-zoo list`) or a training run's checkpoint (its config "
+                             "and class names come with it); with --weights, a config name or path also works")
     parser.add_argument("images", metavar="IMAGE", nargs="+", help="image files (any format PIL reads)")
     parser.add_argument("--weights", metavar="PATH", default=None,
                         help="detector checkpoint to use instead of the entry's published weights "
@@ -65,7 +68,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise ZooError(f"predict: image file(s) not found: {', '.join(missing)}")
 
     model = _load_model(args)
-    category_ids = _category_ids(model.class_names)
+    category_ids = list(model.classes.ids)
     image_ids = assign_image_ids(paths)
     png_names = _png_names(paths)
     out_dir = Path(args.out)
@@ -89,7 +92,7 @@ def run_predict(args: argparse.Namespace) -> int:
             drawn.save(png_path)
             print(f"{path}: {len(pred['scores'])} detections ({int(keep.sum())} drawn) -> {png_path}")
     json_path = out_dir / RESULTS_FILE
-    json_path.write_text(json.dumps(results))
+    atomic.write_text(json_path, json.dumps(results))
     print(f"wrote {len(results)} detections for {len(paths)} image(s) to {json_path}")
     return 0
 
@@ -107,11 +110,7 @@ def _load_model(args: argparse.Namespace) -> Any:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    weights = args.weights
-    if args.config is not None and weights is None:
-        from ..store import fetch_entry_file
-
-        weights = fetch_entry_file(args.entry, "model")
+    weights = args.weights if args.weights is not None or args.config is None else args.entry
     source = args.config if args.config is not None else args.entry
     return pcd.load(source, weights=weights, device=device, overrides=list(args.opts))
 
@@ -126,15 +125,6 @@ def _read_rgb(path: Path) -> Any:
             return np.array(image.convert("RGB"))
     except (UnidentifiedImageError, OSError) as exc:
         raise ZooError(f"predict: cannot read image {path}: {exc}") from exc
-
-
-def _category_ids(class_names: Sequence[str]) -> list[int]:
-    """Contiguous index -> category id: COCO's ids when the model's classes are COCO's 80, else the index."""
-    from ..coco_classes import COCO_CATEGORIES
-
-    if list(class_names) == [name for _, name in COCO_CATEGORIES]:
-        return [coco_id for coco_id, _ in COCO_CATEGORIES]
-    return list(range(len(class_names)))
 
 
 def assign_image_ids(paths: Sequence[Path]) -> list[int]:

@@ -1,10 +1,12 @@
-"""``pycontrast-zoo list | info | download | verify | pin | cache | table``: the zoo and its file cache.
+"""``pycontrast-zoo list | info | download | verify | pin | cache | table``: the zoo and its file cache (``pin
+--write-manifest --merge`` takes in what ``pycontrast-zoo publish`` wrote).
 
 No torch here (``list``, ``info`` and ``table`` must stay light).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import queue
 import sys
@@ -13,9 +15,10 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .. import store
-from ..errors import ZooError
+from ..checkpoints import sources
+from ..errors import FilesystemError, ZooError
 from ..zoo import DETECTORS, DetectorEntry, FileRef, Zoo, load_manifest, list_entries, render_table, \
-    update_manifest_checksums
+    update_manifest_checksums, update_manifest_files
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,16 +53,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--what", default="model,log,pretrain", help="comma-separated roles (default: %(default)s)")
     p.add_argument("--write-manifest", action="store_true",
                    help="write the values into the manifest that defines each entry instead of pins.json")
+    p.add_argument("--merge", metavar="FRAGMENT",
+                   help="with --write-manifest: fetch and verify each file published in FRAGMENT (a manifest written "
+                        "by `pycontrast-zoo publish`), then write its file records (network URLs, checksums, formats, "
+                        "alternatives) into the manifests that define those entries and pretrains")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_pin)
 
     p = subparsers.add_parser("cache", help="inspect or clean the file cache")
     sub = p.add_subparsers(dest="cache_command", metavar="ACTION")
     sub.required = True
-    sub.add_parser("ls", help="list cached files (trusted, partial, temp)").set_defaults(func=_cmd_cache_ls)
+    sub.add_parser("ls", help="list cached files (trusted, partial downloads with their size, temp)") \
+        .set_defaults(func=_cmd_cache_ls)
     rm = sub.add_parser("rm", help="remove cached files of entries / pretrains / entry/role keys")
     rm.add_argument("names", nargs="*", metavar="NAME")
     rm.add_argument("--all", action="store_true", help="remove everything")
+    rm.add_argument("--partial", action="store_true",
+                    help="remove only partial downloads and temp files (of NAME..., or all of them)")
     rm.set_defaults(func=_cmd_cache_rm)
     sub.add_parser("path", help="print the cache root").set_defaults(func=_cmd_cache_path)
 
@@ -71,7 +81,8 @@ def _zoo(args: argparse.Namespace) -> Zoo:
     return load_manifest(getattr(args, "manifest", None))
 
 
-def _roles(text: str) -> tuple[str, ...]:
+def parse_roles(text: str) -> tuple[str, ...]:
+    """``--what model,log,pretrain`` -> the roles; ZooError naming an unknown one."""
     roles = tuple(r.strip() for r in text.split(",") if r.strip())
     bad = [r for r in roles if r not in store.ROLES]
     if bad or not roles:
@@ -82,7 +93,7 @@ def _roles(text: str) -> tuple[str, ...]:
 def _cached_roles(entry: DetectorEntry, zoo: Zoo) -> list[str]:
     cached = []
     for role in store.ROLES:
-        if any(store.cache_path(f, k).is_file() for k, f in store.entry_files(entry.name, (role,), zoo)):
+        if any(store.cache_path(f, k).is_file() for k, f in sources.entry_files(entry.name, (role,), zoo)):
             cached.append(role)
     return cached
 
@@ -119,7 +130,7 @@ def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
 def _describe_file(key: str, file: FileRef) -> list[str]:
     path = store.cache_path(file, key)
     lines = [f"  {key}  ({file.format})"]
-    lines += [f"    url: {u}" for u in store.candidate_urls(file)]
+    lines += [f"    url: {u}" for u in store.candidate_urls(file, key)]
     if file.published_url:
         lines.append(f"    published: {file.published_url}")
     if file.md5_prefix:
@@ -140,8 +151,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         if pre.note:
             out.append(f"  note: {pre.note}")
         out.append(f"  used by: {', '.join(e.name for e in zoo.entries_for_pretrain(name)) or '-'}")
-        out.append("files:" if store.pretrain_files(pre) else "files: none")
-        for key, file in store.pretrain_files(pre):
+        out.append("files:" if sources.pretrain_files(pre) else "files: none")
+        for key, file in sources.pretrain_files(pre):
             out += _describe_file(key, file)
         print("\n".join(out))
         return 0
@@ -152,15 +163,22 @@ def _cmd_info(args: argparse.Namespace) -> int:
            f"{f', ImageNet top-1 {pre.imagenet_top1}' if pre.imagenet_top1 is not None else ''})",
            f"  reported COCO val2017: box AP {entry.box_ap:.1f}, mask AP {entry.mask_ap:.1f}",
            f"  config: {entry.config} ({entry.config_path})",
-           f"  published: {'model and log' if entry.published else 'config only'}"]
+           f"  published: {_published(entry)}"]
     if entry.note:
         out.append(f"  note: {entry.note}")
     out.append(f"  manifest: {entry.source}")
     out.append("files:")
-    for key, file in store.entry_files(name, store.ROLES, zoo):
+    for key, file in sources.entry_files(name, store.ROLES, zoo):
         out += _describe_file(key, file)
     print("\n".join(out))
     return 0
+
+
+def _published(entry: DetectorEntry) -> str:
+    """What was released for a detector entry, in a few words."""
+    if not entry.published:
+        return "config only"
+    return "model and log" if entry.log is not None else "model (no training log)"
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
@@ -171,7 +189,8 @@ def _cmd_table(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ download
 
 
-def _targets(zoo: Zoo, names: list[str], use_all: bool) -> list[str]:
+def target_names(zoo: Zoo, names: list[str], use_all: bool) -> list[str]:
+    """The ENTRY arguments (detector entries or pretrains, checked) or, with ``--all``, every detector entry."""
     if use_all and names:
         raise ZooError("give entry names or --all, not both")
     if use_all:
@@ -185,7 +204,8 @@ def _targets(zoo: Zoo, names: list[str], use_all: bool) -> list[str]:
 
 
 def _download_jobs(zoo: Zoo, names: list[str], roles: tuple[str, ...], args) -> dict[str, Callable[[], Path]]:
-    """One job per distinct file (pretrains are shared between entries), keyed by cache key."""
+    """One job per distinct file (pretrains are shared between entries), keyed by cache key; a model or a
+    pretrain is its main file, else the first of its alternatives that can be had."""
     jobs: dict[str, Callable[[], Path]] = {}
     for name in names:
         pretrain_only = name in zoo.pretrains and name not in zoo.entries
@@ -196,31 +216,30 @@ def _download_jobs(zoo: Zoo, names: list[str], roles: tuple[str, ...], args) -> 
                     continue
                 file = getattr(entry, role)
                 if file is None:
-                    print(f"{name}: no {role} published ({entry.note})", file=sys.stderr)
+                    print(f"{name}: no {role} published" + (f" ({entry.note})" if entry.note else ""),
+                          file=sys.stderr)
                     continue
-                jobs.setdefault(f"{name}/{role}", _file_job(file, f"{name}/{role}", zoo, args))
+                files = sources.model_files(entry) if role == "model" else [(f"{name}/{role}", file)]
+                jobs.setdefault(f"{name}/{role}", _first_job(files, zoo, args))
         if "pretrain" in roles:
             pre = zoo.pretrain(name if pretrain_only else zoo.entry(name).pretrain)
             if pre.file is not None:
-                jobs.setdefault(f"{pre.name}/pretrain", _pretrain_job(pre.name, zoo, args))
+                jobs.setdefault(f"{pre.name}/pretrain", _first_job(sources.pretrain_files(pre), zoo, args))
     return jobs
 
 
-def _file_job(file: FileRef, key: str, zoo: Zoo, args) -> Callable[[], Path]:
-    if args.from_dir:
-        return lambda: store.import_from_dir(args.from_dir, file, key, zoo)
-    return lambda: store.fetch_file(file, key, quiet=args.quiet)
-
-
-def _pretrain_job(name: str, zoo: Zoo, args) -> Callable[[], Path]:
+def _first_job(files: list[tuple[str, FileRef]], zoo: Zoo, args) -> Callable[[], Path]:
+    """A job fetching (or importing, with --from-dir) the first of ``files`` that can be had."""
     if not args.from_dir:
-        return lambda: store.fetch_pretrain(name, zoo=zoo, quiet=args.quiet)[0]
+        return lambda: sources.fetch_first(files, quiet=args.quiet)[0]
 
     def job() -> Path:
         errors = []
-        for key, file in store.pretrain_files(zoo.pretrain(name)):  # the main file, else an alternative
+        for key, file in files:
             try:
-                return store.import_from_dir(args.from_dir, file, key, zoo)
+                return sources.import_entry_file(args.from_dir, file, key, zoo)
+            except FilesystemError:
+                raise
             except ZooError as exc:
                 errors.append(str(exc))
         raise ZooError("; ".join(errors))
@@ -228,36 +247,59 @@ def _pretrain_job(name: str, zoo: Zoo, args) -> Callable[[], Path]:
 
 
 def _run_jobs(jobs: dict[str, Callable[[], Path]], workers: int) -> int:
-    """Run the jobs on ``workers`` daemon threads (so Ctrl-C ends the command at once; an interrupted file
-    stays an untrusted temp), report each, return 2 if any failed."""
+    """Run the jobs on ``workers`` threads, report each, return 2 if any failed.
+
+    Ctrl-C stops every download at its next chunk with its partial kept (the next run resumes it), then
+    ends the command; a cache that cannot be written stops the command with that one error.
+    """
     pending: queue.Queue = queue.Queue()
     for key in jobs:
         pending.put(key)
     results: dict[str, object] = {}
+    stop = threading.Event()
+    count = max(1, min(workers, len(jobs)))
+    running = [count]
+    all_done = threading.Event()  # waited on instead of Thread.join: an interrupted join marks a live thread done
+    guard = threading.Lock()
 
     def worker() -> None:
-        while True:
-            try:
-                key = pending.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                results[key] = jobs[key]()
-            except Exception as exc:  # reported below; a non-ZooError is re-raised there
-                results[key] = exc
+        try:
+            while not stop.is_set():
+                try:
+                    key = pending.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    results[key] = jobs[key]()
+                except BaseException as exc:  # reported below; a non-ZooError is re-raised there
+                    results[key] = exc
+                    if isinstance(exc, (FilesystemError, KeyboardInterrupt)):
+                        stop.set()
+        finally:
+            with guard:
+                running[0] -= 1
+                if not running[0]:
+                    all_done.set()
 
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, min(workers, len(jobs))))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    for _ in range(count):
+        threading.Thread(target=worker, daemon=True).start()
+    try:
+        all_done.wait()
+    except KeyboardInterrupt:
+        stop.set()
+        store.interrupt_downloads()
+        all_done.wait(store.net_policy().read_timeout_s + 5)  # a download blocked in a read stops within its timeout
+        raise
+    first_fs_error = next((r for r in results.values() if isinstance(r, FilesystemError)), None)
+    if first_fs_error is not None:
+        raise first_fs_error
     failed = 0
     for key in jobs:
-        outcome = results[key]
+        outcome = results.get(key)
         if isinstance(outcome, ZooError):
             failed += 1
             print(f"{key}: FAILED: {outcome}", file=sys.stderr)
-        elif isinstance(outcome, Exception):
+        elif isinstance(outcome, BaseException):
             raise outcome
         else:
             print(f"{key}: {outcome}")
@@ -268,8 +310,8 @@ def _run_jobs(jobs: dict[str, Callable[[], Path]], workers: int) -> int:
 
 def _cmd_download(args: argparse.Namespace) -> int:
     zoo = _zoo(args)
-    names = _targets(zoo, args.entries, args.all)
-    jobs = _download_jobs(zoo, names, _roles(args.what), args)
+    names = target_names(zoo, args.entries, args.all)
+    jobs = _download_jobs(zoo, names, parse_roles(args.what), args)
     if not jobs:
         print("nothing to download", file=sys.stderr)
         return 0
@@ -287,7 +329,7 @@ def _files(zoo: Zoo, names: list[str], roles: tuple[str, ...] = store.ROLES,
     for name in pool:
         if name not in zoo.pretrains:
             zoo.entry(name)
-        for key, file in store.entry_files(name, roles, zoo):
+        for key, file in sources.entry_files(name, roles, zoo):
             seen.setdefault(key, file)
     items = list(seen.items())
     return [(k, f) for k, f in items if store.cache_path(f, k).is_file()] if cached_only else items
@@ -302,7 +344,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     bad = 0
     for key, file in files:
         result = store.verify_file(file, key)
-        bad += result.status == "mismatch"
+        bad += result.status in ("mismatch", "missing")
         print(f"{key}: {result.status.upper()}: {result.message}")
     return 1 if bad else 0
 
@@ -318,8 +360,12 @@ def _pin_location(zoo: Zoo, key: str) -> Optional[tuple[Path, tuple[str, str, st
 
 
 def _cmd_pin(args: argparse.Namespace) -> int:
+    if args.merge:
+        if not args.write_manifest:
+            raise ZooError("--merge FRAGMENT writes into manifests: give --write-manifest too")
+        return _merge_published(args)
     zoo = _zoo(args)
-    files = _files(zoo, args.entries, _roles(args.what), cached_only=not args.entries)
+    files = _files(zoo, args.entries, parse_roles(args.what), cached_only=not args.entries)
     if not files:
         print("nothing to pin: name entries to download and pin, or download some first")
         return 0
@@ -334,11 +380,63 @@ def _cmd_pin(args: argparse.Namespace) -> int:
             print(f"{key}: alternatives cannot be written in place; pinned in pins.json instead")
             store.pin_file(file, key, quiet=args.quiet)
             continue
-        sha, size = store.hash_file(store.fetch_file(file, key, quiet=args.quiet))
+        _, sha, size = store.fetch_whole(file, key, quiet=args.quiet)
         updates.setdefault(location[0], {})[location[1]] = (sha, size)
         print(f"{key}: sha256 {sha} ({size} bytes) -> {location[0]}")
     for manifest, values in updates.items():
         update_manifest_checksums(manifest, values)
+    return 0
+
+
+_NETWORK = ("http://", "https://", "hf://")
+
+
+def _reachable(file: Optional[FileRef], where: str) -> Optional[FileRef]:
+    """``file`` with only the URLs other machines can reach (the tree's own paths left out)."""
+    if file is None:
+        return None
+    urls = tuple(u for u in file.urls if u.startswith(_NETWORK))
+    if not urls:
+        raise ZooError(f"{where}: lists only paths on this machine (a tree published without --repo?); publish to "
+                       f"hf://ORG/REPO, or give --repo, for URLs to merge")
+    return dataclasses.replace(file, urls=urls)
+
+
+def _merge_published(args: argparse.Namespace) -> int:
+    """``pin --write-manifest --merge FRAGMENT``: verify, then write the published file records in place."""
+    zoo = _zoo(args)
+    fragment = Path(args.merge).expanduser().resolve()
+    if fragment in zoo.sources:
+        raise ZooError(f"--merge {fragment}: already loaded (--manifest / PYCONTRAST_ZOO_MANIFEST); load only the "
+                       f"manifests to write into")
+    published = load_manifest([*zoo.sources, fragment])
+    updates: dict[Path, dict] = {}
+    checks: list[tuple[str, FileRef, Path]] = []
+    for entry in (e for e in published.entries.values() if e.source == fragment):
+        where = f"{fragment}: entries.{entry.name}"
+        fields = {"model": _reachable(entry.model, f"{where}.model"), "log": _reachable(entry.log, f"{where}.log"),
+                  "model_alternatives": tuple(_reachable(a, f"{where}.model_alternatives")
+                                              for a in entry.model_alternatives)}
+        updates.setdefault(zoo.entry(entry.name).source, {})[("entries", entry.name)] = fields
+        checks += [(f"{entry.name}/{role}", fields[role], zoo.entry(entry.name).source) for role in ("model", "log")
+                   if fields[role] is not None]
+    for pretrain in (p for p in published.pretrains.values() if p.source == fragment):
+        where = f"{fragment}: pretrains.{pretrain.name}"
+        fields = {"file": _reachable(pretrain.file, f"{where}.file"),
+                  "alternatives": tuple(_reachable(a, f"{where}.alternatives") for a in pretrain.alternatives)}
+        updates.setdefault(zoo.pretrain(pretrain.name).source, {})[("pretrains", pretrain.name)] = fields
+        if fields["file"] is not None:
+            checks.append((f"{pretrain.name}/pretrain", fields["file"], zoo.pretrain(pretrain.name).source))
+    if not updates:
+        raise ZooError(f"--merge {fragment}: defines no entry or pretrain")
+    for key, file, manifest in checks:
+        if file.sha256 is None:
+            raise ZooError(f"--merge {fragment}: {key} has no sha256; only files published with a checksum are merged")
+        path = store.fetch_file(file, key, quiet=args.quiet)  # checked against the published sha256 and size
+        print(f"{key}: {path.name} verified (sha256 {file.sha256}, {file.size_bytes} bytes) -> {manifest}")
+    for manifest, values in updates.items():
+        update_manifest_files(manifest, values)
+        print(f"{manifest}: {len(values)} record(s) updated")
     return 0
 
 
@@ -350,17 +448,23 @@ def _cmd_cache_ls(args: argparse.Namespace) -> int:
     if not items:
         print(f"cache is empty ({store.files_dir()})")
         return 0
-    _print_table(("key", "kind", "bytes", "path"),
-                 [(c.key, c.kind, str(c.size_bytes), str(c.path)) for c in items])
+    _print_table(("key", "kind", "bytes", "path"), [(c.key, c.kind, _size(c), str(c.path)) for c in items])
     total = sum(c.size_bytes for c in items)
     print(f"{len(items)} file(s), {total / 2**20:.1f} MiB")
     return 0
 
 
+def _size(item: store.CachedFile) -> str:
+    """Bytes of a cached file; for a partial, of how many (when the server announced the total)."""
+    if item.kind == "partial" and item.total_bytes:
+        return f"{item.size_bytes}/{item.total_bytes} ({100 * item.size_bytes / item.total_bytes:.0f}%)"
+    return str(item.size_bytes)
+
+
 def _cmd_cache_rm(args: argparse.Namespace) -> int:
-    if args.all == bool(args.names):
-        raise ZooError("cache rm: give NAME... (entry, pretrain or entry/role) or --all")
-    removed = store.remove_cached(() if args.all else args.names)
+    if (args.all and args.names) or not (args.all or args.names or args.partial):
+        raise ZooError("cache rm: give NAME... (entry, pretrain or entry/role) or --all (or --partial alone)")
+    removed = store.remove_cached(() if args.all else args.names, partial_only=args.partial)
     for path in removed:
         print(f"removed {path}")
     if not removed:

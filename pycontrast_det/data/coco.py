@@ -12,44 +12,14 @@ import contextlib
 import io
 import math
 import warnings
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
+from ..coco_classes import CategoryMap
 from ..errors import DatasetError
 
 if TYPE_CHECKING:
     from .catalog import DatasetSpec
-
-
-@dataclass(frozen=True)
-class CategoryMap:
-    """A dataset's categories sorted by id; contiguous id ``i`` is ``ids[i]`` (detectron2's mapping)."""
-
-    ids: tuple[int, ...]
-    names: tuple[str, ...]
-
-    @classmethod
-    def from_pairs(cls, pairs: Iterable[tuple[int, str]]) -> "CategoryMap":
-        ordered = sorted((int(cid), str(name)) for cid, name in pairs)
-        return cls(ids=tuple(c for c, _ in ordered), names=tuple(n for _, n in ordered))
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def to_contiguous(self, dataset_id: int) -> int:
-        """Dataset category id -> 0..K-1."""
-        return self.contiguous_ids[dataset_id]
-
-    def to_dataset(self, contiguous_id: int) -> int:
-        """0..K-1 -> dataset category id (for COCO results files)."""
-        return self.ids[contiguous_id]
-
-    @cached_property
-    def contiguous_ids(self) -> dict[int, int]:
-        """dataset id -> contiguous id."""
-        return {cid: i for i, cid in enumerate(self.ids)}
 
 
 def read_categories(coco_json: dict, json_file: Path) -> CategoryMap:

@@ -1,10 +1,14 @@
 """Training and test data loaders over dataset records, sharded by rank like detectron2's samplers.
 
-Training: an endless stream of image indices, reshuffled every pass by ``(seed, pass)``; process ``rank``
-takes positions ``rank, rank + world_size, ...`` of that stream (disjoint, deterministic shards, as
-detectron2's ``TrainingSampler``). The augmentation of stream position ``k`` draws from its own generator
-seeded with ``(seed, k)``, so a batch is the same whatever NUM_WORKERS is. Test: each rank takes one
-contiguous slice of the images in id order (detectron2's ``InferenceSampler``), batch size 1.
+Training: an endless stream of image indices, reshuffled every pass by ``(seed, pass)``, cut into *global*
+batches of SOLVER.IMS_PER_BATCH positions (consecutive ones; with DATALOADER.ASPECT_RATIO_GROUPING, the first
+positions of one orientation, as they fill up). Process ``rank`` takes items ``rank, rank + world_size, ...``
+of each global batch (disjoint, deterministic shards, as detectron2's ``TrainingSampler``). The augmentation
+of stream position ``k`` draws from its own generator seeded with ``(seed, k)``. So the global batch of
+iteration ``i``, images and augmentation, is the same whatever the number of processes or NUM_WORKERS, and
+resuming at iteration ``i`` skips ``i`` global batches on indices alone, without reading an image. (detectron2
+groups orientations within each process instead, so its batches depend on the process count.) Test: each rank
+takes one contiguous slice of the images in id order (detectron2's ``InferenceSampler``), batch size 1.
 """
 from __future__ import annotations
 
@@ -24,9 +28,8 @@ def build_train_loader(cfg: Any, dataset_spec: DatasetSpec, *, rank: int = 0, wo
                        num_workers: Optional[int] = None, start_iter: int = 0) -> Iterator[list[dict]]:
     """An endless iterator of batches (lists of mapped dicts), SOLVER.IMS_PER_BATCH // world_size per batch.
 
-    ``start_iter`` (resuming) skips the first ``start_iter`` batches' worth of this rank's stream, so the run
-    goes on with unseen positions; with aspect-ratio grouping the skipped count is the same but batches
-    that were half full at the interruption start empty.
+    ``start_iter`` (resuming) skips the first ``start_iter`` global batches, so the run goes on exactly where an
+    uninterrupted one would be.
     """
     total = int(cfg.SOLVER.IMS_PER_BATCH)
     if world_size < 1 or not 0 <= rank < world_size:
@@ -34,13 +37,12 @@ def build_train_loader(cfg: Any, dataset_spec: DatasetSpec, *, rank: int = 0, wo
     if total % world_size:
         raise ConfigError(f"SOLVER.IMS_PER_BATCH {total} is not divisible by the {world_size} processes")
     records = load_records(dataset_spec, filter_empty=bool(cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS))
-    batch_size = total // world_size
-    stream = _TrainStream(records, DatasetMapper(cfg, is_train=True), seed, rank, world_size,
-                          skip=start_iter * batch_size)
+    landscape = [r["width"] > r["height"] for r in records] if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None
+    stream = _TrainStream(records, DatasetMapper(cfg, is_train=True), seed, rank, world_size, total, landscape,
+                          skip=start_iter)
     loader = DataLoader(stream, batch_size=None, collate_fn=_identity,
                         num_workers=_workers(cfg, num_workers), persistent_workers=False)
-    landscape = [r["width"] > r["height"] for r in records] if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None
-    return _batches(iter(loader), batch_size, landscape)
+    return _batches(iter(loader), total // world_size)
 
 
 def build_test_loader(cfg: Any, dataset_spec: DatasetSpec, *, rank: int = 0, world_size: int = 1,
@@ -90,18 +92,30 @@ class _TrainStream(IterableDataset):
     """This rank's share of the endless shuffled stream, mapped; each worker takes every Nth item of it."""
 
     def __init__(self, records: list[dict], mapper: DatasetMapper, seed: int, rank: int, world_size: int,
-                 skip: int = 0) -> None:
+                 global_batch: int, landscape: Optional[list[bool]], skip: int = 0) -> None:
         self.records, self.mapper = records, mapper
         self.seed, self.rank, self.world_size, self.skip = int(seed), rank, world_size, skip
+        self.global_batch, self.landscape = global_batch, landscape
+
+    def global_batches(self) -> Iterator[list[tuple[int, int]]]:
+        """(stream position, record index) of each global batch, endlessly; one orientation per batch when
+        grouping by aspect ratio."""
+        def order() -> Iterator[int]:
+            for epoch in itertools.count():
+                yield from np.random.default_rng([self.seed, _ORDER, epoch]).permutation(len(self.records)).tolist()
+
+        buckets: dict[bool, list[tuple[int, int]]] = {True: [], False: []}
+        for position, index in enumerate(order()):
+            key = self.landscape[index] if self.landscape is not None else True
+            buckets[key].append((position, index))
+            if len(buckets[key]) == self.global_batch:
+                yield buckets[key]
+                buckets[key] = []
 
     def positions(self) -> Iterator[tuple[int, int]]:
-        """(stream position, record index) pairs of this rank, endlessly, after the first ``skip``."""
-        def stream() -> Iterator[int]:
-            for epoch in itertools.count():
-                yield from np.random.default_rng([self.seed, epoch]).permutation(len(self.records)).tolist()
-
-        start = self.rank + self.skip * self.world_size
-        return itertools.islice(enumerate(stream()), start, None, self.world_size)
+        """(stream position, record index) pairs of this rank, endlessly, after the first ``skip`` global batches."""
+        for batch in itertools.islice(self.global_batches(), self.skip, None):
+            yield from batch[self.rank::self.world_size]
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -109,19 +123,16 @@ class _TrainStream(IterableDataset):
         if info is not None:  # DataLoader collects from its workers round-robin, so order is kept
             mine = itertools.islice(mine, info.id, None, info.num_workers)
         for position, index in mine:
-            rng = np.random.default_rng([self.seed, position])
-            yield {"record_index": index, **self.mapper(self.records[index], rng)}
+            yield self.mapper(self.records[index], np.random.default_rng([self.seed, _AUGMENT, position]))
 
 
-def _batches(items: Iterator[dict], batch_size: int, landscape: Optional[list[bool]]) -> Iterator[list[dict]]:
-    """Group mapped dicts into batches; with ``landscape`` (per record), only same-orientation images together."""
-    buckets: dict[bool, list[dict]] = {True: [], False: []}
-    for item in items:
-        index = item.pop("record_index")
-        key = landscape[index] if landscape is not None else True
-        bucket = buckets[key]
-        bucket.append(item)
-        if len(bucket) == batch_size:
-            buckets[key] = []
-            yield bucket
+_ORDER, _AUGMENT = 0, 1  # what a generator is for: the order of one pass, or the augmentation of one position
 
+
+def _batches(items: Iterator[dict], batch_size: int) -> Iterator[list[dict]]:
+    """Consecutive ``batch_size`` items: this rank's share of one global batch each."""
+    while True:
+        batch = list(itertools.islice(items, batch_size))
+        if len(batch) < batch_size:
+            return
+        yield batch

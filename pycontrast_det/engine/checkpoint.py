@@ -1,8 +1,10 @@
 """Training checkpoints in detectron2's layout: ``model_{iter:07d}.pth``, ``model_final.pth``, ``last_checkpoint``.
 
-Each file is ``{"model": state (our keys), "optimizer", "scheduler", "iteration", ...extra}`` where
+Each file is ``{"model": state (our keys), "optimizer", "scheduler", "iteration", "classes", ...extra}`` where
 ``iteration`` is the last completed (0-based) iteration, as detectron2 stores it, so a resumed run starts at
-``iteration + 1``. Files are written by rank 0 only, atomically (temp file + rename), and read back with
+``iteration + 1``; ``model_final.pth`` holds the same, so ``--resume`` with a longer SOLVER.MAX_ITER goes on
+from it. Only the newest ``keep`` checkpoints (model_final.pth included) stay on disk: SOLVER.CHECKPOINTS_KEPT.
+Files are written by rank 0 only, atomically (temp file + rename), and read back with
 ``torch.load(weights_only=True)``: a checkpoint never runs code on load.
 """
 from __future__ import annotations
@@ -11,11 +13,13 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from .. import atomic
 from ..errors import CheckpointFormatError
 from . import comm
 
 LAST_CHECKPOINT = "last_checkpoint"
 FINAL_NAME = "model_final"
+_CHECKPOINT_GLOBS = ("model_[0-9]*.pth", f"{FINAL_NAME}.pth")
 
 
 def unwrap(model: Any) -> Any:
@@ -31,23 +35,17 @@ def periodic_name(iteration: int) -> str:
 def _atomic_save(obj: Any, path: Path) -> None:
     import torch
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic.atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 class Checkpointer:
     """Saves and restores model, optimizer, scheduler (and AMP scaler) under ``output_dir``."""
 
     def __init__(self, model: Any, output_dir: os.PathLike | str, *, optimizer: Any = None, scheduler: Any = None,
-                 scaler: Any = None, arch: Optional[str] = None) -> None:
+                 scaler: Any = None, arch: Optional[str] = None, keep: int = 0) -> None:
         self.model = model
+        self.keep = int(keep)  # newest checkpoints left on disk after each save; 0: every one
         self.output_dir = Path(output_dir)
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -58,7 +56,12 @@ class Checkpointer:
         """Write ``<output_dir>/<name>.pth`` and point ``last_checkpoint`` at it (rank 0; others return None)."""
         if not comm.is_main_process():
             return None
-        data: dict[str, Any] = {"model": unwrap(self.model).state_dict(), "iteration": int(iteration), **extra}
+        model = unwrap(self.model)
+        data: dict[str, Any] = {"model": model.state_dict(), "iteration": int(iteration), **extra}
+        if getattr(model, "classes", None) is not None:  # the class names travel with the weights
+            from ..checkpoints import classes_entry
+
+            data.update(classes_entry(model.classes))
         if self.optimizer is not None:
             data["optimizer"] = self.optimizer.state_dict()
         if self.scheduler is not None:
@@ -68,8 +71,18 @@ class Checkpointer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         path = self.output_dir / f"{name}.pth"
         _atomic_save(data, path)
-        _atomic_write_text(path.name, self.output_dir / LAST_CHECKPOINT)
+        atomic.write_text(self.output_dir / LAST_CHECKPOINT, path.name)
+        self._prune(path)
         return path
+
+    def _prune(self, newest: Path) -> None:
+        """Delete all but the ``keep`` newest checkpoints (by write time; ``newest``, just saved, always stays)."""
+        if self.keep <= 0:
+            return
+        found = {p for pattern in _CHECKPOINT_GLOBS for p in self.output_dir.glob(pattern)} - {newest}
+        older = sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
+        for path in older[self.keep - 1:]:
+            path.unlink(missing_ok=True)
 
     def export_detectron2(self, name: str = FINAL_NAME) -> Optional[Path]:
         """Write ``<name>_detectron2.pth``: the weights under detectron2's key names, loadable by stock

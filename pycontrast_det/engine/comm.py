@@ -5,7 +5,9 @@ unconditionally.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Optional, Sequence, TypeVar
+
+T = TypeVar("T")
 
 
 def _dist() -> Any:
@@ -63,3 +65,40 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     _dist().broadcast_object_list(box, src=src)
     return box[0]
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process when ``flag`` is True on at least one (one all-reduce; ``flag`` alone in one process)."""
+    if not is_distributed():
+        return bool(flag)
+    import torch
+
+    value = torch.tensor([1.0 if flag else 0.0])
+    _dist().all_reduce(value, op=_dist().ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
+def main_process_first(fn: Callable[[], T]) -> Optional[T]:
+    """Run ``fn`` on rank 0 while the others wait, and raise its error on every process (so that no process
+    is left waiting at a barrier when rank 0 fails). Returns ``fn``'s value on rank 0, None elsewhere."""
+    import pickle
+
+    value, error = None, None
+    if is_main_process():
+        try:
+            value = fn()
+        except Exception as exc:  # re-raised below, on every process
+            error = exc
+    if is_distributed():
+        portable = error
+        if error is not None:
+            try:
+                pickle.dumps(error)
+            except Exception:  # an exception type that cannot travel: its text can
+                portable = RuntimeError(f"{type(error).__name__}: {error}")
+        portable = broadcast_object(portable)
+        if error is None and portable is not None:
+            raise portable
+    if error is not None:
+        raise error
+    return value

@@ -99,13 +99,15 @@ def _d2_main(plan: Any) -> Optional[dict]:
     from detectron2.utils import comm as d2comm
     from detectron2.utils.env import seed_all_rng
 
-    from .reproduce import prepare_weights
+    from ..checkpoints import stage_backbone
 
-    if d2comm.is_main_process():
-        prepare_weights(plan)
+    ours = plan.config()
+    if d2comm.is_main_process() and plan.weights:  # the converted pretrain, as the native engine trains from it
+        stage_backbone(plan.weights_source, plan.weights, input_format=ours.INPUT.FORMAT,
+                       stride_in_1x1=ours.MODEL.RESNETS.STRIDE_IN_1X1)
     d2comm.synchronize()
     register_res5_extra_norm()
-    cfg = _to_detectron2_cfg(plan.config(), plan.device)
+    cfg = _to_detectron2_cfg(ours, plan.device)
     cfg.OUTPUT_DIR = str(Path(plan.output_dir) / "detectron2")
     cfg.freeze()
     # as tools/train_net.py's default_setup: SEED + rank seeds torch, numpy and random (and so the sampler)

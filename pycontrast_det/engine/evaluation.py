@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
+from .. import atomic
 from ..errors import ConfigError
 from . import comm
+from .events import progress, strict_json
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +32,8 @@ NOISE_AP = 0.3  # run-to-run spread of R50-FPN 1x on COCO (MoCo maintainers)
 
 @dataclass
 class EvalResult:
-    """COCO metrics (percent) per task (``bbox``, ``segm``), where the files went, and what was evaluated."""
+    """COCO metrics (percent) per task (``bbox``, ``segm``): METRICS and, as detectron2 reports them, ``AP-<class
+    name>`` per category (also in ``per_category``); where the files went, and what was evaluated."""
 
     dataset: str
     split: str
@@ -43,6 +46,7 @@ class EvalResult:
     metrics_json: Optional[Path] = None
     seconds: float = 0.0
     is_coco_val2017: bool = False
+    shards: list[int] = field(default_factory=list)  # images inferred by each process, in rank order
 
     @property
     def bbox(self) -> dict[str, float]:
@@ -56,7 +60,7 @@ class EvalResult:
 def evaluate(model_or_entry: Union[str, Callable[[list[dict]], list[dict]]], dataset: Any = "shapes", *,
              split: str = "val", device: str = "cpu", output_dir: Optional[Union[str, os.PathLike]] = None,
              backend: str = "auto", max_images: Optional[int] = None, rank: int = 0, world_size: int = 1,
-             cfg: Any = None, num_workers: int = 0) -> EvalResult:
+             cfg: Any = None, num_workers: int = 0, log: Optional[logging.Logger] = None) -> EvalResult:
     """Run ``model_or_entry`` over ``dataset`` (name, path or DatasetSpec) and score it with COCOeval.
 
     ``model_or_entry``: a zoo entry name (loaded on ``device``), or a model / callable taking
@@ -66,6 +70,7 @@ def evaluate(model_or_entry: Union[str, Callable[[list[dict]], list[dict]]], dat
     Distributed inference is opt-in: every rank of an initialised process group calls this with its
     ``rank`` and the ``world_size``; each infers on its slice, rank 0 scores, all return the same result.
     The default (0, 1) evaluates everything in this process, so calling it from rank 0 alone is safe.
+    ``log`` (default: this module's logger) receives progress lines during inference and the COCOeval tables.
     """
     import torch
 
@@ -82,8 +87,11 @@ def evaluate(model_or_entry: Union[str, Callable[[list[dict]], list[dict]]], dat
         raise ConfigError("evaluate() needs the model's config for input size and format: pass cfg=, or a model "
                           "with a .cfg attribute")
     check_num_classes(spec, cfg.MODEL.ROI_HEADS.NUM_CLASSES, model=type(model).__name__)
+    _check_class_names(getattr(model, "classes", None), spec)
     loader = build_test_loader(cfg, spec, rank=rank, world_size=world_size, max_images=max_images,
                                num_workers=num_workers)
+    log = log or logger
+    share = f" (process {rank} of {world_size})" if world_size > 1 else ""
 
     started = time.perf_counter()
     was_training = getattr(model, "training", False)
@@ -93,21 +101,35 @@ def evaluate(model_or_entry: Union[str, Callable[[list[dict]], list[dict]]], dat
     results: list[dict] = []
     try:
         with torch.no_grad():
-            for batch in loader:
+            for batch in progress(loader, len(loader), f"Inference on {spec.name}{share}", log):
                 for inputs, outputs in zip(batch, model(batch)):
                     image_ids.append(inputs["image_id"])
                     results.extend(instances_to_coco(inputs["image_id"], outputs, spec.category_ids))
     finally:
         if was_training:
             model.train()
-    image_ids, results = _gather(image_ids, results, world_size)
+    image_ids, results, shards = _gather(image_ids, results, world_size)
 
     outcome = None
     if rank == 0:
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
-        outcome = score_results(spec, image_ids, results, tasks, backend, output_dir)
+        log.info(f"Scoring {len(results)} detections on {len(image_ids)} images with COCOeval ({backend}, "
+                 f"{', '.join(tasks)})")
+        outcome = score_results(spec, image_ids, results, tasks, backend, output_dir, log=log)
         outcome.seconds = time.perf_counter() - started
+        outcome.shards = shards
     return comm.broadcast_object(outcome) if world_size > 1 else outcome
+
+
+def _check_class_names(classes: Any, spec: Any) -> None:
+    """Warn when a model whose classes have names is scored on a dataset that names them otherwise: classes are
+    matched by position, so the AP would measure the wrong pairs."""
+    from ..coco_classes import CategoryMap
+
+    if classes is None or classes == CategoryMap.placeholder(len(classes)) or classes.names == spec.category_names:
+        return
+    logger.warning(f"the model's classes ({', '.join(classes.names[:5])}, ...) are not those of {spec.name} "
+                   f"({', '.join(spec.category_names[:5])}, ...); they are scored by position")
 
 
 def instances_to_coco(image_id: int, outputs: Mapping[str, Any], category_ids: Sequence[int]) -> list[dict]:
@@ -182,21 +204,24 @@ def _load_model(entry: str, device: str) -> Any:
     return load(entry, device=device)
 
 
-def _gather(image_ids: list[int], results: list[dict], world_size: int) -> tuple[list[int], list[dict]]:
-    """Every rank's image ids and results, concatenated in rank order (identity in one process)."""
+def _gather(image_ids: list[int], results: list[dict], world_size: int) -> tuple[list[int], list[dict], list[int]]:
+    """Every rank's image ids and results, concatenated in rank order, and each rank's image count (identity in
+    one process)."""
     if world_size == 1:
-        return image_ids, results
+        return image_ids, results, [len(image_ids)]
     import torch.distributed as dist
 
     parts: list[Any] = [None] * world_size
     dist.all_gather_object(parts, (image_ids, results))
-    return [i for ids, _ in parts for i in ids], [r for _, res in parts for r in res]
+    return ([i for ids, _ in parts for i in ids], [r for _, res in parts for r in res],
+            [len(ids) for ids, _ in parts])
 
 
 def score_results(spec: Any, image_ids: list[int], results: list[dict], tasks: Sequence[str], backend: str,
-           output_dir: Optional[Union[str, os.PathLike]]) -> EvalResult:
+                  output_dir: Optional[Union[str, os.PathLike]], log: Optional[logging.Logger] = None) -> EvalResult:
     """COCOeval per task (``bbox``, ``segm``) of COCO ``results`` on ``image_ids`` of ``spec``; writes the results
-    and metrics files to ``output_dir`` when given. The scoring half of :func:`evaluate`."""
+    and metrics files (strict JSON: NaN as null) to ``output_dir`` when given. The scoring half of :func:`evaluate`."""
+    log = log or logger
     backend = _pick_backend(backend)
     gt = _load_gt(spec.json_file, backend)
     if not all("segmentation" in r for r in results) or not any(
@@ -208,20 +233,20 @@ def score_results(spec: Any, image_ids: list[int], results: list[dict], tasks: S
     for task in tasks:
         drop = "segmentation" if task == "bbox" else "bbox"  # segm: score sizes by mask area, as detectron2
         task_results = [{k: v for k, v in r.items() if k != drop} for r in results]
-        stats, precision, text = _coco_eval(gt, task_results, task, sorted(set(image_ids)), backend)
+        stats, precision, text = _coco_eval(gt, task_results, task, sorted(set(image_ids)), backend, log)
         result.metrics[task] = {m: (float(s) * 100 if s >= 0 else float("nan")) for m, s in zip(METRICS, stats)}
         result.per_category[task] = _per_category_ap(precision, spec.category_ids, names)
+        result.metrics[task].update({f"AP-{n}": v for n, v in result.per_category[task].items()})  # as detectron2
         result.summary[task] = text
-        logger.info(f"Evaluation results for {task} on {spec.name}:\n{text}")
+        log.info(f"Evaluation results for {task} on {spec.name}:\n{text}")
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         result.results_json = out / "coco_instances_results.json"
-        result.results_json.write_text(json.dumps(results))
+        atomic.write_text(result.results_json, json.dumps(results))
         row = {f"{task}/{m}": v for task, values in result.metrics.items() for m, v in values.items()}
-        row.update({f"{task}/AP-{n}": v for task, values in result.per_category.items() for n, v in values.items()})
         result.metrics_json = out / "metrics.json"
-        result.metrics_json.write_text(json.dumps(row, sort_keys=True) + "\n")
+        atomic.write_text(result.metrics_json, strict_json(row) + "\n")
     return result
 
 
@@ -234,8 +259,24 @@ def _load_gt(json_file: Path, backend: str) -> Any:
         return COCO(str(json_file))
 
 
-def _coco_eval(gt: Any, results: list[dict], iou_type: str, image_ids: list[int], backend: str) -> tuple:
-    """(stats[:6], precision array [T,R,K,A,M], printed summary) of COCOeval on ``image_ids``."""
+class _LogLines(io.TextIOBase):
+    """A text stream that logs each complete line (COCOeval's progress prints: evaluating, accumulating, DONE)."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        super().__init__()
+        self.log, self.pending = log, ""
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in filter(None, (line.strip() for line in lines)):
+            self.log.info(f"COCOeval: {line}")
+        return len(text)
+
+
+def _coco_eval(gt: Any, results: list[dict], iou_type: str, image_ids: list[int], backend: str,
+               log: logging.Logger) -> tuple:
+    """(stats[:6], precision array [T,R,K,A,M], printed summary) of COCOeval on ``image_ids``; its progress
+    prints go to ``log``."""
     if backend == "faster-coco-eval":
         from faster_coco_eval import COCOeval_faster
 
@@ -246,7 +287,7 @@ def _coco_eval(gt: Any, results: list[dict], iou_type: str, image_ids: list[int]
 
         def make(dt: Any) -> Any:
             return COCOeval(gt, dt, iou_type)
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(_LogLines(log)):
         coco_eval = make(gt.loadRes(results) if results else _empty_results(gt))
         coco_eval.params.imgIds = image_ids
         coco_eval.evaluate()

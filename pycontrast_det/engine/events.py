@@ -4,8 +4,10 @@
   `` eta: 0:01:02  iter: 19  total_loss: 2.1  loss_cls: ...  time: 0.41  data_time: 0.01  lr: 0.0004``
   (losses are medians over the last 20 iterations, time the average since start, as detectron2 prints);
   evaluation ends with detectron2's ``copypaste:`` lines.
-- ``metrics.json``: one JSON object per line (``iteration``, ``total_loss``, ``loss_*``, ``lr``,
-  ``data_time``, ``time``, ``eta_seconds``) and, at the end, the evaluation as ``bbox/AP``, ``segm/AP50`` ...
+- ``metrics.json``: one strict-JSON object per line (``iteration``, ``total_loss``, ``loss_*``, ``lr``,
+  ``data_time``, ``time``, ``eta_seconds``) and, after each evaluation, ``bbox/AP``, ``segm/AP50`` ...
+  (a metric COCO cannot compute, e.g. APl without large objects, is ``null``, never a bare ``NaN``).
+- progress lines (:func:`progress`) during inference and PreciseBN, so nothing long is silent.
 Only rank 0 writes files; the other ranks log warnings to stderr.
 """
 from __future__ import annotations
@@ -13,26 +15,32 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import statistics
 import sys
+import time
 from collections import deque
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import IO, Iterable, Iterator, Mapping, Optional, Sequence, TypeVar
+
+T = TypeVar("T")
 
 LOGGER_NAME = "pycontrast_det.train"
 _FORMAT = "[%(asctime)s %(name)s]: %(message)s"
 _DATEFMT = "%m/%d %H:%M:%S"
 
 
-def setup_logger(output_dir: Optional[Path], rank: int, name: str = LOGGER_NAME) -> logging.Logger:
-    """A logger writing to stdout and ``<output_dir>/log.txt`` on rank 0 (appending, for resumed runs)."""
+def setup_logger(output_dir: Optional[Path], rank: int, name: str = LOGGER_NAME,
+                 stream: Optional[IO[str]] = None) -> logging.Logger:
+    """A logger writing to ``stream`` (default: stdout on rank 0, stderr elsewhere) and, on rank 0,
+    ``<output_dir>/log.txt`` (appending, for resumed runs)."""
     logger = logging.getLogger(name)
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
     logger.propagate = False
     formatter = logging.Formatter(_FORMAT, datefmt=_DATEFMT)
-    console = logging.StreamHandler(sys.stdout if rank == 0 else sys.stderr)
+    console = logging.StreamHandler(stream or (sys.stdout if rank == 0 else sys.stderr))
     console.setFormatter(formatter)
     console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     logger.addHandler(console)
@@ -47,6 +55,38 @@ def setup_logger(output_dir: Optional[Path], rank: int, name: str = LOGGER_NAME)
 
 def _format_eta(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(seconds)))
+
+
+def _finite(value: object) -> object:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def strict_json(row: Mapping[str, object]) -> str:
+    """``row`` as one line of strict JSON: NaN and infinities (at any depth) become ``null`` (``json.dumps`` alone
+    writes a bare ``NaN``, which strict parsers such as ``jq`` or JavaScript's ``JSON.parse`` refuse)."""
+    return json.dumps(_finite(row), sort_keys=True, allow_nan=False)
+
+
+def progress(items: Iterable[T], total: int, what: str, logger: logging.Logger, period: float = 5.0) -> Iterator[T]:
+    """Yield ``items``, logging ``what: done/total`` with the time per item and an ETA at most every ``period``
+    seconds, and a last line when done (the time between items includes the caller's work on each)."""
+    started = last = time.perf_counter()
+    done = 0
+    for item in items:
+        yield item
+        done += 1
+        now = time.perf_counter()
+        if now - last >= period and done < total:
+            last = now
+            each = (now - started) / done
+            logger.info(f"{what}: {done}/{total} done, {each:.3f} s each, ETA {_format_eta(each * (total - done))}")
+    logger.info(f"{what}: {done}/{total} done in {time.perf_counter() - started:.1f} s")
 
 
 class MetricsWriter:
@@ -111,7 +151,7 @@ class MetricsWriter:
         if self.json_path is None:
             return
         with open(self.json_path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row, sort_keys=True) + "\n")
+            fh.write(strict_json(row) + "\n")
 
 
 def loss_order(keys: Sequence[str]) -> list[str]:

@@ -1,4 +1,5 @@
-"""Read detectron2 training logs (``log.txt`` or ``metrics.json``) into loss curves and final AP, and plot them.
+"""Read detectron2 training logs (``log.txt`` or ``metrics.json``) into loss curves and final AP (pictures of
+them: :mod:`pycontrast_det.engine.curves`).
 
 ``log.txt``: the ``d2.utils.events`` lines (``iter: 19  total_loss: 2.1  loss_cls: ...  lr: 0.0004``) and the
 ``copypaste: Task: bbox`` / ``copypaste: AP,AP50,...`` / ``copypaste: 40.6,61.2,...`` blocks.
@@ -139,8 +140,8 @@ def _parse_metrics_json(text: str, path: Path) -> tuple[list[LossPoint], list]:
         iteration = int(row.get("iteration", -1))
         if "total_loss" in row:
             losses.append(LossPoint(iteration, float(row["total_loss"]),
-                                    {k: float(v) for k, v in row.items() if k.startswith("loss_")},
-                                    float(row["lr"]) if "lr" in row else None))
+                                    {k: float(v) for k, v in row.items() if k.startswith("loss_") and v is not None},
+                                    float(row["lr"]) if row.get("lr") is not None else None))
         results: dict[str, dict[str, float]] = {}
         for key, value in row.items():
             task, _, metric = key.partition("/")
@@ -156,38 +157,3 @@ def _number(text: str) -> float:
         return float(text)
     except ValueError:
         return float("nan")
-
-
-def plot_curves(summaries: Sequence[LogSummary], out_png: Union[str, os.PathLike], *,
-                title: Optional[str] = None) -> Path:
-    """Total loss against iteration (left) and box/mask AP against iteration (right), one colour per log."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = Path(out_png)
-    fig, (ax_loss, ax_ap) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for index, summary in enumerate(summaries):
-        colour = f"C{index}"
-        if summary.losses:
-            ax_loss.plot([p.iteration for p in summary.losses], [p.total_loss for p in summary.losses],
-                         color=colour, label=summary.label, linewidth=1)
-        for task, style in (("bbox", "o-"), ("segm", "s--")):
-            points = [(i, r[task]["AP"]) for i, r in summary.evals if task in r and "AP" in r[task]]
-            if points:
-                ax_ap.plot(*zip(*points), style, color=colour, label=f"{summary.label} {task} AP")
-    ax_loss.set(xlabel="iteration", ylabel="total_loss", title="training loss")
-    ax_ap.set(xlabel="iteration", ylabel="AP (%)", title="COCO AP")
-    ax_ap.set_ylim(bottom=0)
-    for ax in (ax_loss, ax_ap):
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out

@@ -2,23 +2,31 @@
 evaluate -> measured AP beside the published one.
 
 ``--dry-run`` prints the plan and the exact commands (ours and detectron2's ``tools/train_net.py``) and
-touches neither the network nor the disk. On COCO the entry's config is followed exactly. On the built-in
-``shapes`` dataset the *shapes protocol* (:data:`SHAPES_PROTOCOL`) shrinks inputs, RoI samples and the
-schedule so that the whole pipeline runs on two CPU cores in about ten minutes; its AP is a check that the
-pipeline learns, not a number comparable to COCO's.
+touches neither the network nor the disk; a real run prints a short header and writes the full plan (every
+override, both commands) to ``OUTPUT/plan.txt``. On COCO the entry's config is followed exactly. On the
+built-in ``shapes`` dataset the *shapes protocol* (:data:`SHAPES_PROTOCOL`) shrinks inputs, RoI samples and
+the schedule so that the whole pipeline runs on two CPU cores in about five minutes (quiet machine); its AP is a check that
+the pipeline learns, not a number comparable to COCO's. ``seeds=N`` runs the protocol N times (SEED, SEED+1,
+...) and prints each AP's mean and standard deviation, to tell noise from a real difference.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import shlex
-import shutil
+import statistics
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
-from ..errors import ConfigError
+from .. import atomic
+from ..errors import ConfigError, ZooError
 from . import comm
+from .events import strict_json
+from .output import claim_output_dir, removed_if_nothing_recorded
 
 if TYPE_CHECKING:
     from ..checkpoints import ConversionReport
@@ -48,9 +56,11 @@ SHAPES_PROTOCOL: tuple[tuple[str, str, str], ...] = (
     ("MODEL.RPN.POST_NMS_TOPK_TEST", "100", "as in training"),
     ("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "the 4conv box head and mask head dominate CPU time"),
     ("DATALOADER.NUM_WORKERS", "0", "decoding 96 px PNGs is cheaper than worker processes"),
-    ("SEED", "1", "a fixed seed: the same data order and samples (multi-threaded CPU kernels still differ "
-                  "in the last bits, so AP moves by a few points between runs)"),
+    ("SEED", "1", "a fixed seed: initial weights, data order, augmentation and RoI sampling all derive from it, "
+                  "so the same command on the same machine gives bit-identical weights and the same AP; "
+                  "--seeds N measures the spread between seeds"),
 )
+_WIDTH = 110  # printed lines are wrapped to this width
 
 
 @dataclass(frozen=True)
@@ -90,8 +100,15 @@ class ReproducePlan:
     published: Optional[TableRow] = None
     table_rows: tuple[TableRow, ...] = ()
     notes: tuple[str, ...] = ()
+    command_notes: tuple[str, ...] = ()  # about running the detectron2 command (plan.txt and --dry-run only)
     user_pretrain: Optional[Path] = None
     scale_to_batch: Optional[int] = None
+    export_detectron2: bool = False
+
+    @property
+    def weights_source(self) -> str:
+        """What ``weights`` is converted from: the user's pretrain file, else the zoo pretrain's name."""
+        return str(self.user_pretrain) if self.user_pretrain is not None else self.pretrain
 
     def config(self) -> Any:
         """The effective config: ``config_path`` with ``overrides`` (then ``scale_to_batch``) applied, frozen."""
@@ -113,8 +130,8 @@ class ReproducePlan:
         return [*self.protocol_overrides, "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(self.output_dir),
                 *self.user_overrides]
 
-    def native_command(self) -> str:
-        """The equivalent ``pycontrast-zoo train`` command."""
+    def _native_words(self) -> tuple[list[str], list[str]]:
+        """(program and options, KEY VALUE overrides) of the ``pycontrast-zoo train`` command."""
         words = ["pycontrast-zoo", "train", "--config", str(self.config_path), "--device", self.device,
                  "--num-gpus", str(self.num_gpus)]
         if self.num_machines > 1:
@@ -126,10 +143,10 @@ class ReproducePlan:
             words.append("--amp")
         if self.scale_to_batch:
             words += ["--scale-to-batch", str(self.scale_to_batch)]
-        return _join(words + self.overrides(self.weights))
+        return words, self.overrides(self.weights)
 
-    def detectron2_command(self) -> str:
-        """The equivalent stock detectron2 command (8 GPUs for the COCO recipe)."""
+    def _detectron2_words(self) -> tuple[list[str], list[str]]:
+        """(program and options, KEY VALUE overrides) of the stock detectron2 command."""
         gpus = self.num_gpus if self.dataset != "coco" or self.num_gpus > 1 else COCO_RECIPE_GPUS
         overrides = self.overrides(self.detectron2_weights)
         overrides[overrides.index("OUTPUT_DIR") + 1] = str(self.output_dir / "detectron2")
@@ -142,10 +159,18 @@ class ReproducePlan:
                           "SOLVER.MAX_ITER", str(solver.MAX_ITER), "SOLVER.STEPS", str(tuple(solver.STEPS)),
                           "SOLVER.WARMUP_ITERS", str(solver.WARMUP_ITERS),
                           "SOLVER.CHECKPOINT_PERIOD", str(solver.CHECKPOINT_PERIOD)]
-        return _join(words + overrides)
+        return words, overrides
 
-    def render(self) -> str:
-        """The plan as printed by ``reproduce`` (and all of ``--dry-run``'s output)."""
+    def native_command(self) -> str:
+        """The equivalent ``pycontrast-zoo train`` command, on one line."""
+        return _join(sum(self._native_words(), []))
+
+    def detectron2_command(self) -> str:
+        """The equivalent stock detectron2 command (8 GPUs for the COCO recipe), on one line."""
+        return _join(sum(self._detectron2_words(), []))
+
+    def header(self) -> str:
+        """The short plan a run prints before it starts (no line longer than about 110 characters)."""
         lines = [f"reproduce {self.entry} ({self.detector.upper()} {self.schedule}, engine {self.engine})",
                  f"  config:   {self.config_path}",
                  f"  pretrain: {self.pretrain}" + (f" <- {self.pretrain_source}" if self.pretrain_source else ""),
@@ -154,14 +179,25 @@ class ReproducePlan:
                  f"  output:   {self.output_dir}",
                  f"  device:   {self.device} x {self.num_gpus} process(es)"
                  + (f" x {self.num_machines} machines" if self.num_machines > 1 else ""),
-                 "  overrides: " + (_join([*self.protocol_overrides, *self.user_overrides]) or "(none)")]
+                 f"  seed:     {self.config().SEED}" + (" (a random one, printed when the run starts)"
+                                                        if int(self.config().SEED) < 0 else "")]
         if self.published is not None:
             lines.append(f"  published: box AP {self.published.box_ap:.1f}, mask AP {self.published.mask_ap:.1f} "
                          "(COCO val2017)")
-        lines += [f"  note: {note}" for note in self.notes]
-        if self.scale_to_batch:
-            lines.append(f"  note: {self.scaling_note()}")
-        lines += ["commands:", f"  {self.native_command()}", f"  {self.detectron2_command()}"]
+        notes = list(self.notes) + ([self.scaling_note() or ""] if self.scale_to_batch else [])
+        lines += [textwrap.fill(note, _WIDTH, initial_indent="  note: ", subsequent_indent="        ")
+                  for note in notes]
+        return "\n".join(lines)
+
+    def render(self) -> str:
+        """The full plan: the header, every override, the notes on the detectron2 command and both commands,
+        wrapped with shell line continuations (``--dry-run``'s output and ``plan.txt``)."""
+        pairs = [*self.protocol_overrides, *self.user_overrides]
+        lines = [self.header(), "  overrides:" + ("" if pairs else " (none)")]
+        lines += [f"    {_quote(k)} {_quote(v)}" for k, v in zip(pairs[::2], pairs[1::2])]
+        lines += [textwrap.fill(note, _WIDTH, initial_indent="  note: ", subsequent_indent="        ")
+                  for note in self.command_notes]
+        lines += ["commands:", _wrap_command(*self._native_words()), _wrap_command(*self._detectron2_words())]
         return "\n".join(lines)
 
 
@@ -170,10 +206,12 @@ class ReproduceResult:
     """A finished (or dry) reproduction: its plan, the measured metrics and the comparison text."""
 
     plan: ReproducePlan
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # with several seeds: the mean
     comparison: str = ""
     train_result: Any = None
     dry_run: bool = False
+    seeds: list[int] = field(default_factory=list)            # the seeds run (one, or --seeds N of them)
+    runs: list[dict[str, dict[str, float]]] = field(default_factory=list)  # each seed's metrics, same order
 
 
 def _quote(word: str) -> str:
@@ -186,6 +224,20 @@ def _quote(word: str) -> str:
 
 def _join(words: Sequence[str]) -> str:
     return " ".join(_quote(str(w)) for w in words)
+
+
+def _wrap_command(words: Sequence[str], pairs: Sequence[str]) -> str:
+    """A shell command over several lines (``\\`` continuations; each KEY VALUE pair on one line), copy-pasteable."""
+    chunks = [_quote(str(w)) for w in words] + [f"{_quote(str(k))} {_quote(str(v))}"
+                                                for k, v in zip(pairs[::2], pairs[1::2])]
+    lines, current = [], "  " + chunks[0]
+    for chunk in chunks[1:]:
+        if len(current) + 1 + len(chunk) > _WIDTH - 2:
+            lines.append(current + " \\")
+            current = "      " + chunk
+        else:
+            current += " " + chunk
+    return "\n".join(lines + [current])
 
 
 def _entry_for_schedule(zoo: Any, entry: Any, schedule: Optional[str]) -> Any:
@@ -231,12 +283,16 @@ def _dataset_overrides(dataset: Optional[str], max_iter: Optional[int]) -> tuple
                  "its AP is measured on synthetic shapes, not on COCO"]
         return overrides, "shapes", notes
     name = str(Path(dataset).resolve()) if Path(dataset).exists() else str(dataset)  # absolute for the commands
-    train, val = resolve_dataset(name, split="train"), resolve_dataset(name, split="val")
+    from .train import evaluation_dataset
+
+    train = resolve_dataset(name, split="train")
+    val, warning = evaluation_dataset(name, name, train)
     overrides = ["DATASETS.TRAIN", f"({name!r},)", "DATASETS.TEST", f"({name!r},)",
                  "MODEL.ROI_HEADS.NUM_CLASSES", str(train.num_classes)]
     if max_iter is not None:
         overrides += ["SOLVER.MAX_ITER", str(max_iter)]
-    notes = [f"custom dataset {train.name} / {val.name}: {train.num_classes} classes, the entry's recipe otherwise"]
+    notes = [f"custom dataset: trains on {train.name} ({train.num_classes} classes), evaluates on {val.name} "
+             f"({val.json_file}); the entry's recipe otherwise"] + ([warning] if warning else [])
     return overrides, str(dataset), notes
 
 
@@ -266,7 +322,7 @@ def plan_reproduction(entry: str, *, engine: str = "native", dataset: Optional[s
                       output_dir: Optional[Union[str, os.PathLike]] = None, device: str = "cpu",
                       num_gpus: int = 1, num_machines: int = 1, machine_rank: int = 0, dist_url: str = "auto",
                       resume: bool = False, amp: Optional[bool] = None,
-                      scale_to_batch: Optional[int] = None) -> ReproducePlan:
+                      scale_to_batch: Optional[int] = None, export_detectron2: bool = False) -> ReproducePlan:
     """Decide everything :func:`reproduce` will do; reads the manifest and configs only."""
     from ..config import resolve_config_path
     from ..zoo import load_manifest
@@ -296,12 +352,13 @@ def plan_reproduction(entry: str, *, engine: str = "native", dataset: Optional[s
     label, source, weights, d2_weights, user_path = _pretrain_plan(zoo, target, pretrain, out)
     data_overrides, data_label, data_notes = _dataset_overrides(dataset, max_iter)
     notes += data_notes
+    command_notes: list[str] = []
     if data_label != "coco":
-        notes.append("stock tools/train_net.py does not know this dataset's names: register them with "
-                     "register_coco_instances first, as --engine detectron2 does")
+        command_notes.append("stock tools/train_net.py does not know this dataset's names: register them with "
+                             "register_coco_instances first, as --engine detectron2 does")
     if target.detector == "c4":
-        notes.append("stock detectron2 has no ROI head 'Res5ROIHeadsExtraNorm' (PyContrast issue 40): the "
-                     "tools/train_net.py command needs it registered, as --engine detectron2 does")
+        command_notes.append("stock detectron2 has no ROI head 'Res5ROIHeadsExtraNorm' (PyContrast issue 40): the "
+                             "tools/train_net.py command needs it registered, as --engine detectron2 does")
     published = TableRow(target.name, target.pretrain, target.box_ap, target.mask_ap)
     rows = tuple(TableRow(e.name, zoo.pretrain(e.pretrain).method, e.box_ap, e.mask_ap)
                  for e in zoo.entries.values() if (e.detector, e.schedule) == (target.detector, target.schedule))
@@ -312,7 +369,8 @@ def plan_reproduction(entry: str, *, engine: str = "native", dataset: Optional[s
         user_overrides=tuple(str(o) for o in overrides), output_dir=out, device=device,
         num_gpus=int(num_gpus), num_machines=int(num_machines), machine_rank=int(machine_rank), dist_url=dist_url,
         resume=resume, amp=amp, published=published, table_rows=rows if pretrain is not None else (),
-        notes=tuple(notes), user_pretrain=user_path, scale_to_batch=scale_to_batch)
+        notes=tuple(notes), command_notes=tuple(command_notes), user_pretrain=user_path,
+        scale_to_batch=scale_to_batch, export_detectron2=export_detectron2)
     plan.config()  # a bad override or config fails now, before anything is fetched
     return plan
 
@@ -323,36 +381,23 @@ def prepare_weights(plan: ReproducePlan, *, quiet: bool = False) -> Optional["Co
     process only."""
     if not plan.weights:
         return None
-    from ..checkpoints import converted_pretrain
-    from ..modeling.api import check_pretrain_fits
-    from ..store import fetch_pretrain
+    from ..checkpoints import stage_backbone
 
-    if plan.user_pretrain is not None:
-        source, fmt = plan.user_pretrain, None
-    else:
-        source, file = fetch_pretrain(plan.pretrain, quiet=quiet)
-        fmt = file.format
-    converted, report = converted_pretrain(source, format=fmt)
-    check_pretrain_fits(report, plan.config(), f"{source} (config {plan.config_path.name}; pass a matching --config)")
-    target = Path(plan.weights)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.copyfile(converted, tmp)
-    os.replace(tmp, target)
-    return report
+    cfg = plan.config()
+    return stage_backbone(plan.weights_source, plan.weights, input_format=cfg.INPUT.FORMAT,
+                          stride_in_1x1=cfg.MODEL.RESNETS.STRIDE_IN_1X1, quiet=quiet,
+                          hint=f" (config {plan.config_path.name}; pass a matching --config)")
 
 
-def _native_worker(plan: ReproducePlan) -> Any:
-    """One training process: rank 0 prepares the weights while the others wait, then all train."""
+def _native_worker(plan: ReproducePlan, reference_log: Optional[Path]) -> Any:
+    """One training process: rank 0 prepares the weights and data while the others wait, then all train."""
     from .train import train
 
-    if comm.is_main_process():
-        prepare_weights(plan)
-        _generate_datasets(plan)
-    comm.barrier()
+    comm.main_process_first(lambda: (prepare_weights(plan), _generate_datasets(plan)))
     note = plan.scaling_note()
     result = train(plan.config(), output_dir=plan.output_dir, resume=plan.resume, device=plan.device, amp=plan.amp,
-                   notes=(note,) if note else ())
+                   notes=(note,) if note else (), output_checked=True, reference_log=reference_log,
+                   export_detectron2=plan.export_detectron2)
     result.model = None  # returned across processes: results only
     return result
 
@@ -394,21 +439,55 @@ def reproduce(entry: str, *, engine: str = "native", dataset: Optional[str] = No
               pretrain: Optional[Union[str, os.PathLike]] = None, config: Optional[Union[str, os.PathLike]] = None,
               schedule: Optional[str] = None, output_dir: Optional[Union[str, os.PathLike]] = None,
               device: str = "cpu", num_gpus: int = 1, num_machines: int = 1, machine_rank: int = 0,
-              dist_url: str = "auto", resume: bool = False, amp: Optional[bool] = None,
-              scale_to_batch: Optional[int] = None, stream: Any = None) -> ReproduceResult:
+              dist_url: str = "auto", resume: bool = False, overwrite: bool = False, amp: Optional[bool] = None,
+              scale_to_batch: Optional[int] = None, seeds: int = 1, export_detectron2: bool = False,
+              stream: Any = None) -> ReproduceResult:
     """Plan, fetch and convert, train, evaluate and compare one table row (see the module docstring).
 
-    ``stream`` receives the printed plan and comparison (default stdout).
+    ``seeds`` > 1 runs the protocol with seeds SEED, SEED+1, ... into ``OUTPUT/seed_<s>/`` and compares their
+    mean (± std) with the published row. ``overwrite`` replaces a previous run in the output folder (a
+    non-empty folder is refused otherwise, unless ``resume``). ``stream`` receives the printed plan and
+    comparison (default stdout).
     """
     out = stream or sys.stdout
+    if int(seeds) < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     plan = plan_reproduction(entry, engine=engine, dataset=dataset, max_iter=max_iter, overrides=overrides,
                              pretrain=pretrain, config=config, schedule=schedule, output_dir=output_dir,
                              device=device, num_gpus=num_gpus, num_machines=num_machines, machine_rank=machine_rank,
-                             dist_url=dist_url, resume=resume, amp=amp, scale_to_batch=scale_to_batch)
-    print(plan.render(), file=out, flush=True)
+                             dist_url=dist_url, resume=resume, amp=amp, scale_to_batch=scale_to_batch,
+                             export_detectron2=export_detectron2)
     if dry_run:
+        print(plan.render(), file=out, flush=True)
         return ReproduceResult(plan=plan, dry_run=True)
-    if engine == "detectron2":
+    main_machine = plan.machine_rank == 0
+    claim = claim_output_dir(plan.output_dir, resume=resume, overwrite=overwrite) if main_machine else None
+    print(plan.header(), file=out, flush=True)
+    with removed_if_nothing_recorded(claim) if claim is not None else contextlib.nullcontext():
+        if main_machine:
+            plan.output_dir.mkdir(parents=True, exist_ok=True)
+            atomic.write_text(plan.output_dir / "plan.txt", plan.render() + "\n")
+            print(f"  the full plan (every override, both commands): {plan.output_dir / 'plan.txt'}", file=out,
+                  flush=True)
+        reference = _cached_published_log(plan.entry) if engine == "native" and main_machine else None
+        if int(seeds) == 1:
+            return _reproduce_once(plan, reference, out)
+        return _reproduce_seeds(plan, int(seeds), reference, out)
+
+
+def _cached_published_log(entry: str) -> Optional[Path]:
+    """The entry's published training log when it is in the cache already (never downloaded for this)."""
+    from ..checkpoints.sources import fetch_entry_file
+
+    try:
+        return fetch_entry_file(entry, "log", offline=True, quiet=True)
+    except ZooError:
+        return None
+
+
+def _reproduce_once(plan: ReproducePlan, reference: Optional[Path], out: Any) -> ReproduceResult:
+    """Train and evaluate ``plan`` once (either engine) and print the comparison (machine of rank 0)."""
+    if plan.engine == "detectron2":
         from .d2_backend import train_with_detectron2
 
         result = train_with_detectron2(plan)
@@ -416,16 +495,75 @@ def reproduce(entry: str, *, engine: str = "native", dataset: Optional[str] = No
     else:
         from .launch import launch
 
-        result = launch(_native_worker, plan.num_gpus, num_machines=plan.num_machines,
-                        machine_rank=plan.machine_rank, dist_url=plan.dist_url, args=(plan,), device=plan.device)
+        result = launch(_native_worker, plan.num_gpus, num_machines=plan.num_machines, machine_rank=plan.machine_rank,
+                        dist_url=plan.dist_url, args=(plan, reference), device=plan.device)
         measured = (result.evaluation or dict(result.metrics)) if result is not None else {}
     if result is None:  # not the machine of global rank 0
         return ReproduceResult(plan=plan)
+    if getattr(result, "interrupted", False):
+        print(f"stopped by a signal with a checkpoint in {plan.output_dir}; --resume goes on from it", file=out)
+        return ReproduceResult(plan=plan, train_result=result)
     text = compare(plan, measured)
     print(text, file=out, flush=True)
-    metrics = dict(result.metrics) if engine == "native" else dict(result)
-    return ReproduceResult(plan=plan, metrics=metrics, comparison=text,
-                           train_result=result if engine == "native" else None)
+    native = plan.engine == "native"
+    metrics = dict(result.metrics) if native else dict(result)
+    seed = result.seed if native else int(plan.config().SEED)
+    return ReproduceResult(plan=plan, metrics=metrics, comparison=text, train_result=result if native else None,
+                           seeds=[seed], runs=[metrics])
+
+
+def _reproduce_seeds(plan: ReproducePlan, count: int, reference: Optional[Path], out: Any) -> ReproduceResult:
+    """``count`` runs of ``plan`` with seeds SEED, SEED+1, ... (a random base for SEED < 0), then their mean ± std
+    beside the published row; also written to ``OUTPUT/seeds.json``."""
+    base = int(plan.config().SEED)
+    if base < 0:
+        base = int.from_bytes(os.urandom(4), "little") & 0x3FFFFFFF
+        print(f"SEED {plan.config().SEED}: seeds start at {base} (SEED {base} --seeds {count} repeats them)",
+              file=out, flush=True)
+    seeds = [base + k for k in range(count)]
+    runs: list[ReproduceResult] = []
+    for k, seed in enumerate(seeds):
+        print(f"--- seed {seed} ({k + 1} of {count}): {plan.output_dir / f'seed_{seed}'}", file=out, flush=True)
+        sub = dataclasses.replace(plan, output_dir=plan.output_dir / f"seed_{seed}",
+                                  user_overrides=(*plan.user_overrides, "SEED", str(seed)))
+        runs.append(_reproduce_once(sub, reference, out))
+    if not runs[0].runs:  # not the machine of global rank 0
+        return ReproduceResult(plan=plan, seeds=seeds)
+    metrics = [r.metrics for r in runs]
+    mean, std = _mean_std(metrics)
+    first = runs[0].train_result.evaluation if runs[0].train_result is not None else None
+    measured = dataclasses.replace(first, metrics=mean) if first is not None else mean
+    text = "\n".join([f"mean of {count} seeds ({', '.join(map(str, seeds))}):", compare(plan, measured),
+                      _seed_table(seeds, metrics, mean, std)])
+    print(text, file=out, flush=True)
+    atomic.write_text(plan.output_dir / "seeds.json",
+                      strict_json({"seeds": seeds, "runs": metrics, "mean": mean, "std": std}) + "\n")
+    return ReproduceResult(plan=plan, metrics=mean, comparison=text, seeds=seeds, runs=metrics)
+
+
+def _mean_std(runs: Sequence[dict[str, dict[str, float]]]) -> tuple[dict, dict]:
+    """Per task and metric: the mean and the sample standard deviation over ``runs`` (metrics all runs have)."""
+    mean: dict[str, dict[str, float]] = {}
+    std: dict[str, dict[str, float]] = {}
+    for task in runs[0]:
+        for metric in runs[0][task]:
+            values = [r.get(task, {}).get(metric) for r in runs]
+            if any(v is None or v != v for v in values):  # missing, or NaN (no such objects)
+                continue
+            mean.setdefault(task, {})[metric] = statistics.fmean(values)
+            std.setdefault(task, {})[metric] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def _seed_table(seeds: Sequence[int], runs: Sequence[dict], mean: dict, std: dict) -> str:
+    """AP per seed and mean ± std (sample), box and mask."""
+    lines = [f"{'':8}{'mean ± std':>14}  " + "".join(f"{'seed ' + str(s):>11}" for s in seeds)]
+    for task, label in (("bbox", "box AP"), ("segm", "mask AP")):
+        if "AP" not in mean.get(task, {}):
+            continue
+        cells = "".join(f"{r[task]['AP']:>11.1f}" for r in runs)
+        lines.append(f"{label:8}{mean[task]['AP']:>8.1f} ± {std[task]['AP']:<4.1f}  {cells}")
+    return "\n".join(lines)
 
 
 __all__ = ["ReproducePlan", "ReproduceResult", "SHAPES_PROTOCOL", "TableRow", "compare", "plan_reproduction",

@@ -1,12 +1,17 @@
-"""The native trainer: detectron2's training protocol (SGD, warmup + steps, PreciseBN, checkpoints, final
-evaluation) around our model, in one process or under :func:`~pycontrast_det.engine.launch.launch`.
+"""The native trainer: detectron2's training protocol (SGD, warmup + steps, PreciseBN, periodic checkpoints and
+evaluation, final evaluation) around our model, in one process or under :func:`~pycontrast_det.engine.launch.launch`.
 
-Reproducible by construction: before iteration ``i`` every process reseeds torch/numpy/random from
-``(seed, rank, i)``, and the data stream of each rank is a function of ``(seed, rank, position)``, so a run
-resumed from a checkpoint ends with the same weights as an uninterrupted one.
+Reproducible by construction, every random choice derived from SEED (a random one, logged, when SEED < 0):
+the initial weights from ``(seed, init)``; the data order and each image's augmentation from the global
+stream position (``data.loader``), so the global batch of iteration ``i`` is the same for any number of
+processes; RPN/RoI sampling from torch's generator, reseeded before iteration ``i`` from ``(seed, rank, i)``;
+each PreciseBN pass from ``(seed, iteration)``. A run resumed from a checkpoint ends with the same weights as an
+uninterrupted one, and the same command twice gives bit-identical weights on one machine (README: what holds
+across process counts and devices).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -15,11 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
-from ..errors import ConfigError, NonFiniteLossError
-from . import comm
-from .checkpoint import FINAL_NAME, Checkpointer, periodic_name
-from .events import MetricsWriter, loss_order, setup_logger
+from .. import atomic
+from ..checkpoints.weights import resolve_weights
+from ..errors import ConfigError, DatasetError, NonFiniteLossError
+from . import comm, preempt
+from .checkpoint import FINAL_NAME, LAST_CHECKPOINT, Checkpointer, periodic_name
+from .config_check import check_engine_config
+from .events import MetricsWriter, loss_order, progress, setup_logger
 from .optim import build_lr_scheduler, build_optimizer, gradient_clipper
+from .output import claim_output_dir, removed_if_nothing_recorded
 from .precise_bn import update_bn_stats
 
 
@@ -31,15 +40,25 @@ class TrainResult:
     start_iter: int                      # first iteration this call ran (0, or where a resume continued)
     max_iter: int
     final_checkpoint: Optional[Path]     # model_final.pth (our keys)
-    detectron2_checkpoint: Optional[Path]  # model_final_detectron2.pth (detectron2 keys), rank 0
+    detectron2_checkpoint: Optional[Path]  # model_final_detectron2.pth (detectron2 keys) when asked for, rank 0
     last_losses: dict[str, float] = field(default_factory=dict)  # process-averaged, last iteration
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> metric -> value (percent)
     evaluation: Any = None               # the final EvalResult (engine.evaluation), None if not evaluated
     seconds: float = 0.0                 # wall time of the training loop
     model: Any = field(default=None, repr=False)  # the trained model (this process's copy; not sent between processes)
+    seed: int = 0                        # the seed the run used (SEED, or the one picked for SEED < 0)
+    interrupted: bool = False            # stopped on a preemption signal after saving a checkpoint (engine.preempt)
 
 
-_INIT, _ITERATION = 0, 1  # what a seed is for: the initial weights, or one iteration of one rank
+# what a seed is for: the initial weights, one iteration of one rank, one PreciseBN pass
+_INIT, _ITERATION, _PRECISE_BN = 0, 1, 2
+
+
+def derived_seed(seed: int, *key: int) -> int:
+    """A 31-bit seed for one purpose (``key``) of a run seeded with ``seed``; independent across keys."""
+    import numpy as np
+
+    return int(np.random.SeedSequence(seed, spawn_key=key).generate_state(1)[0]) & 0x7FFFFFFF
 
 
 def _seed_rngs(seed: int, *key: int) -> None:
@@ -55,6 +74,7 @@ def _seed_rngs(seed: int, *key: int) -> None:
 
 
 def _pick_seed(cfg: Any) -> int:
+    """SEED, or for SEED < 0 a random one (the same on every process)."""
     seed = int(cfg.SEED)
     if seed < 0:
         seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
@@ -81,25 +101,51 @@ def _use_amp(cfg: Any, amp: Optional[bool], device: Any) -> bool:
     return enabled
 
 
-def _datasets(cfg: Any, dataset: Optional[Union[str, os.PathLike]]) -> tuple[Any, Optional[Any]]:
-    """(train spec, test spec or None): ``dataset`` (train and val splits of it) or DATASETS.TRAIN/TEST."""
+def evaluation_dataset(name: str, train_name: str, train_spec: Any) -> tuple[Any, Optional[str]]:
+    """The split a run evaluates on for DATASETS.TEST ``name`` and, when that is the training data, a sentence
+    saying so. A dataset that is also DATASETS.TRAIN (``--dataset PATH``) without a val split is evaluated on its
+    train split."""
     from ..data import resolve_dataset
 
+    try:
+        spec = resolve_dataset(name)
+    except DatasetError as exc:
+        if name != train_name:
+            raise
+        return train_spec, (f"{name} has no val split ({str(exc).split(';')[0]}): evaluating on its train split "
+                      f"{train_spec.json_file}, the images the model trains on (AP on them overstates the model)")
+    if spec.json_file.resolve() == train_spec.json_file.resolve():
+        return spec, (f"evaluating on {spec.json_file}, the annotations the model trains on (a single COCO json "
+                      "has no separate val split; AP on training images overstates the model)")
+    return spec, None
+
+
+def _datasets(cfg: Any) -> tuple[Any, Optional[Any], Optional[str]]:
+    """(train spec, test spec or None, a warning when the test images are the training images)."""
+    from ..data import resolve_dataset
+
+    train_spec = resolve_dataset(cfg.DATASETS.TRAIN[0], split="train")
+    if not len(cfg.DATASETS.TEST):
+        return train_spec, None, None
+    return (train_spec, *evaluation_dataset(cfg.DATASETS.TEST[0], cfg.DATASETS.TRAIN[0], train_spec))
+
+
+def _effective_config(cfg: Any, dataset: Optional[Union[str, os.PathLike]], device: Any) -> Any:
+    """``cfg`` as this run uses it: DATASETS.TRAIN/TEST set to ``dataset`` when given, MODEL.DEVICE the device."""
+    out = cfg.clone()
+    out.defrost()
     if dataset is not None:
-        return resolve_dataset(dataset, split="train"), resolve_dataset(dataset, split="val")
-    if len(cfg.DATASETS.TRAIN) != 1:
-        raise ConfigError(f"DATASETS.TRAIN must name exactly one dataset, got {list(cfg.DATASETS.TRAIN)}")
-    test = resolve_dataset(cfg.DATASETS.TEST[0]) if len(cfg.DATASETS.TEST) else None
-    return resolve_dataset(cfg.DATASETS.TRAIN[0], split="train"), test
+        name = str(Path(dataset).resolve()) if Path(dataset).exists() else str(dataset)
+        out.DATASETS.TRAIN, out.DATASETS.TEST = (name,), (name,)
+    out.MODEL.DEVICE = str(device)
+    return out.freeze()
 
 
-def _check_cfg(cfg: Any, world_size: int) -> None:
-    batch = int(cfg.SOLVER.IMS_PER_BATCH)
-    if batch < world_size or batch % world_size:
-        raise ConfigError(f"SOLVER.IMS_PER_BATCH {batch} is not a positive multiple of the {world_size} "
-                          "processes; change it (or --scale-to-batch) or the number of processes")
-    if int(cfg.SOLVER.MAX_ITER) < 1:
-        raise ConfigError(f"SOLVER.MAX_ITER must be >= 1, got {cfg.SOLVER.MAX_ITER}")
+def _with_seed(cfg: Any, seed: int) -> Any:
+    out = cfg.clone()
+    out.defrost()
+    out.SEED = int(seed)
+    return out.freeze()
 
 
 def _reduce_losses(loss_dict: Mapping[str, Any]) -> dict[str, float]:
@@ -148,7 +194,24 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp)
         self.clip = gradient_clipper(cfg)
         self.checkpointer = Checkpointer(self.model, output_dir, optimizer=self.optimizer, scheduler=self.scheduler,
-                                         scaler=self.scaler, arch=self.model.arch)
+                                         scaler=self.scaler, arch=self.model.arch, keep=int(cfg.SOLVER.CHECKPOINTS_KEPT))
+
+    def save(self, name: str, iteration: int) -> Optional[Path]:
+        """A checkpoint after ``iteration`` with what a resume needs (seed) and the config that trained it."""
+        return self.checkpointer.save(name, iteration, seed=self.seed, config=self.cfg.dump())
+
+    def precise_bn(self, spec: Any, iteration: int) -> None:
+        """PreciseBN after ``iteration`` on a stream of its own (seeded from the iteration): training data unaffected."""
+        from ..data import build_train_loader
+
+        count = int(self.cfg.TEST.PRECISE_BN.NUM_ITER)
+        started = time.perf_counter()
+        _seed_rngs(self.seed, _PRECISE_BN, self.rank, iteration)  # the RoI sampling in the forward passes
+        batches = build_train_loader(self.cfg, spec, rank=self.rank, world_size=self.world_size,
+                                     seed=derived_seed(self.seed, _PRECISE_BN, iteration))
+        used = update_bn_stats(self.model, progress(batches, count, "PreciseBN", self.logger), count)
+        self.logger.info(f"PreciseBN: BatchNorm statistics recomputed over {used} batches per process, averaged "
+                         f"across processes ({time.perf_counter() - started:.1f} s)")
 
     def restore(self, resume: bool) -> tuple[int, int]:
         """(start iteration, seed): from the last checkpoint when resuming, else 0 and a fresh seed with the
@@ -157,23 +220,23 @@ class _Trainer:
         if state is not None:
             start = int(state["iteration"]) + 1
             self.logger.info(f"Resuming from {self.checkpointer.last_checkpoint()} at iteration {start}")
-            return start, int(state.get("seed", self.seed))
+            self.seed = int(state.get("seed", self.seed))
+            return start, self.seed
         if resume:
             self.logger.info(f"--resume: no checkpoint in {self.output_dir}; starting from iteration 0")
         self._load_initial_weights()
         return 0, self.seed
 
     def _load_initial_weights(self) -> None:
-        weights = str(self.cfg.MODEL.WEIGHTS)
-        if not weights:
-            self.logger.info("MODEL.WEIGHTS is empty: every weight starts from random initialisation")
-            return
-        from ..modeling.api import load_weights
+        from ..modeling import load_weights
 
-        path = resolve_weights(weights)  # rank 0 fetched it already (see train); a cache hit here
-        missing = load_weights(self.model, _initial_state(path, self.model), str(path), strict=False)
-        self.logger.info(f"Initial weights from {weights} ({path}); {len(missing)} model weights not in it "
-                         "keep their random initialisation")
+        weights = str(self.cfg.MODEL.WEIGHTS)
+        report = load_weights(self.model, weights) if weights else None  # rank 0 fetched it already: a cache hit
+        if report is None:
+            self.logger.info(f"MODEL.WEIGHTS {weights!r}: every weight starts from random initialisation")
+            return
+        for line in report.summary():
+            (self.logger.warning if line in report.warnings() else self.logger.info)(f"Initial weights: {line}")
 
     def wrap(self) -> Any:
         """The model as the training step calls it: DDP across processes, the bare model otherwise."""
@@ -212,49 +275,6 @@ class _Trainer:
         return losses
 
 
-def resolve_weights(weights: str) -> Path:
-    """MODEL.WEIGHTS -> a local detectron2-format file: a ``detectron2://`` name of a zoo pretrain is fetched
-    through the store, and any pre-trained ResNet-50 (PyContrast, MoCo, torchvision, MSRA) is converted (cached)."""
-    from ..checkpoints import converted_pretrain_path, read_checkpoint
-
-    if weights.startswith("detectron2://"):
-        from ..store import fetch_pretrain
-        from ..zoo import load_manifest
-
-        for pretrain in load_manifest().pretrains.values():
-            if pretrain.file is not None and weights in (pretrain.file.published_url, *pretrain.file.urls):
-                path, ref = fetch_pretrain(pretrain.name)
-                return converted_pretrain_path(path, format=ref.format)
-        raise ConfigError(f"MODEL.WEIGHTS {weights}: not a pretrain of the zoo manifest; download it and give the "
-                          "local file")
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"MODEL.WEIGHTS {weights}: no such file")
-    if read_checkpoint(path).format != "detectron2":
-        return converted_pretrain_path(path)
-    return path
-
-
-def _initial_state(path: Path, model: Any) -> dict[str, Any]:
-    """A detectron2-format file under our model's keys: a whole detector, our own checkpoint, or a backbone
-    alone as PyContrast's converter writes it (``stem.*``, ``res2..5.*``; C4's res5 lives in the ROI head)."""
-    from ..checkpoints import backbone_to_detector, d2_to_model, read_checkpoint
-
-    state = read_checkpoint(path).state
-    own = model.state_dict()
-    if sum(k in own for k in state) > len(state) // 2:
-        return state
-    if all(k.startswith(("stem.", "res")) for k in state):
-        state = backbone_to_detector(state, model.arch)
-    mapped, report = d2_to_model(state, model.arch, own.keys())
-    # a BN counter has no place in a frozen (FrozenBN) stage; anything else that fits nowhere is an error
-    unexpected = [k for k in report.unexpected if not k.endswith("num_batches_tracked")]
-    if unexpected:
-        raise ConfigError(f"MODEL.WEIGHTS {path}: {len(unexpected)} weights fit nowhere in the "
-                          f"{model.arch.upper()} model (e.g. {unexpected[:4]})")
-    return mapped
-
-
 def _naive_sync_bn_on_cpu(model: Any) -> None:
     """Swap torch SyncBatchNorm layers for the modeling package's NaiveSyncBatchNorm (same parameters, buffers
     and, on CPU, the same all-reduce arithmetic): DistributedDataParallel refuses SyncBatchNorm on CPU."""
@@ -272,58 +292,107 @@ def _naive_sync_bn_on_cpu(model: Any) -> None:
 
 
 def _train_stream(cfg: Any, spec: Any, seed: int, start_iter: int) -> Iterator[Any]:
-    """This rank's batches, positioned at ``start_iter`` (the stream is a function of seed and position, so
-    replaying the first ``start_iter`` batches puts a resumed run exactly where the interrupted one was)."""
+    """This rank's batches from iteration ``start_iter`` on (the stream is a function of seed and position, so a
+    resumed run sees exactly the batches the interrupted one would have)."""
     from ..data import build_train_loader
 
-    batches = build_train_loader(cfg, spec, rank=comm.get_rank(), world_size=comm.get_world_size(), seed=seed)
-    for _ in range(start_iter):
-        next(batches)
-    return batches
+    return build_train_loader(cfg, spec, rank=comm.get_rank(), world_size=comm.get_world_size(), seed=seed,
+                              start_iter=start_iter)
 
 
-def train(cfg: Any, *, output_dir: Union[str, os.PathLike], resume: bool = False,
+def train(cfg: Any, *, output_dir: Union[str, os.PathLike], resume: bool = False, overwrite: bool = False,
           dataset: Optional[Union[str, os.PathLike]] = None, device: Union[str, Any] = "cpu",
           amp: Optional[bool] = None, evaluate_at_end: bool = True, log_period: int = 20,
-          notes: Sequence[str] = ()) -> TrainResult:
+          notes: Sequence[str] = (), export_detectron2: bool = False,
+          reference_log: Optional[Union[str, os.PathLike]] = None, output_checked: bool = False) -> TrainResult:
     """Train ``cfg``'s model as detectron2 would and evaluate it on DATASETS.TEST (or ``dataset``'s val split).
 
-    Call it in each process of a group (see :func:`launch`) or alone. ``resume`` continues from
-    ``output_dir/last_checkpoint``. Files (rank 0): log.txt, metrics.json, config.yaml,
-    ``model_{iter:07d}.pth`` every SOLVER.CHECKPOINT_PERIOD, model_final.pth, model_final_detectron2.pth.
-    ``notes`` are logged first (e.g. the linear-scaling rule applied to ``cfg``).
+    Args:
+        cfg: the config (a key the trainer does not implement is refused before anything runs).
+        output_dir: the run's folder; refused when it holds anything, unless ``resume`` (continue from its
+            ``last_checkpoint``) or ``overwrite`` (delete the previous run's files first).
+        dataset: train on this dataset's train split and evaluate on its val split (instead of DATASETS).
+        device, amp: where to train; mixed precision (CUDA only; default SOLVER.AMP.ENABLED).
+        evaluate_at_end: run the final evaluation (TEST.EVAL_PERIOD evaluations run regardless).
+        log_period: iterations between log lines.
+        notes: logged first (e.g. the linear-scaling rule applied to ``cfg``).
+        export_detectron2: also write model_final_detectron2.pth (the weights under detectron2's names).
+        reference_log: a published log drawn beside this run in curves.png.
+        output_checked: the caller claimed ``output_dir`` already (``reproduce``, which writes its plan and the
+            converted pretrain there first): the folder is not checked again.
+
+    Call it in each process of a group (see :func:`launch`) or alone. Files (rank 0): log.txt, metrics.json,
+    config.yaml (with the seed used), ``model_{iter:07d}.pth`` every SOLVER.CHECKPOINT_PERIOD (the newest
+    SOLVER.CHECKPOINTS_KEPT kept), model_final.pth, inference/, curves.png. A start that fails before anything
+    was recorded leaves no folder behind.
     """
     output_dir = Path(output_dir)
     rank, world_size = comm.get_rank(), comm.get_world_size()
-    logger = setup_logger(output_dir, rank)
-    _check_cfg(cfg, world_size)
+    logger = setup_logger(None, rank)
     device = _resolve_device(device)
+    cfg = _effective_config(cfg, dataset, device)
+    check_engine_config(cfg, world_size)
     use_amp = _use_amp(cfg, amp, device)
-    for note in notes:
-        logger.info(note)
-    if rank == 0:  # the first process writes, generates and downloads while the others wait
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(cfg.dump())
-        train_spec, test_spec = _datasets(cfg, dataset)
-        if cfg.MODEL.WEIGHTS and not (resume and (output_dir / "last_checkpoint").is_file()):
-            resolve_weights(str(cfg.MODEL.WEIGHTS))
-    comm.barrier()
-    if rank != 0:
-        train_spec, test_spec = _datasets(cfg, dataset)
-    logger.info(f"Training on {train_spec.name} ({world_size} process(es), {device}, "
-                f"{cfg.SOLVER.IMS_PER_BATCH} images/iteration, AMP {'on' if use_amp else 'off'})")
+    if device.type == "cuda":
+        import torch
 
-    trainer = _Trainer(cfg, output_dir, device, use_amp, logger, _pick_seed(cfg))
-    start_iter, seed = trainer.restore(resume)
+        torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
+
+    def start() -> Any:  # rank 0, while the others wait: nothing is written before this has passed
+        claim = None if output_checked else claim_output_dir(output_dir, resume=resume, overwrite=overwrite)
+        _datasets(cfg)  # generated (shapes) or checked now
+        if cfg.MODEL.WEIGHTS and not (resume and (output_dir / LAST_CHECKPOINT).is_file()):
+            resolve_weights(str(cfg.MODEL.WEIGHTS))
+        return claim
+
+    claim = comm.main_process_first(start)
+    train_spec, test_spec, test_note = _datasets(cfg)
+    guard = removed_if_nothing_recorded(claim) if claim is not None else contextlib.nullcontext()
+    with guard:
+        if rank == 0:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        logger = setup_logger(output_dir, rank)
+        for note in notes:
+            logger.info(note)
+        if test_note and (evaluate_at_end or int(cfg.TEST.EVAL_PERIOD) > 0):
+            logger.warning(test_note)
+        from ..data import check_num_classes
+
+        check_num_classes(train_spec, cfg.MODEL.ROI_HEADS.NUM_CLASSES, model="the config")
+        logger.info(f"{train_spec.num_classes} classes, from {train_spec.name}: "
+                    f"{', '.join(train_spec.category_names)}")
+        logger.info(f"Training on {train_spec.name} ({world_size} process(es), {device}, "
+                    f"{cfg.SOLVER.IMS_PER_BATCH} images/iteration, AMP {'on' if use_amp else 'off'})")
+        trainer = _Trainer(cfg, output_dir, device, use_amp, logger, _pick_seed(cfg))
+        trainer.model.classes = train_spec.categories  # stored in every checkpoint: the names travel with the weights
+        start_iter, seed = trainer.restore(resume)
+        if start_iter == 0 and int(cfg.SEED) < 0:
+            logger.info(f"SEED {cfg.SEED}: this run uses seed {seed}; SEED {seed} repeats it")
+        trainer.cfg = cfg = _with_seed(cfg, seed)
+        if rank == 0:
+            atomic.write_text(output_dir / "config.yaml", cfg.dump())
+        return _run(trainer, cfg, train_spec, test_spec, start_iter, log_period=log_period,
+                    evaluate_at_end=evaluate_at_end, export_detectron2=export_detectron2,
+                    reference_log=reference_log)
+
+
+def _run(trainer: _Trainer, cfg: Any, train_spec: Any, test_spec: Any, start_iter: int, *, log_period: int,
+         evaluate_at_end: bool, export_detectron2: bool, reference_log: Optional[Union[str, os.PathLike]]
+         ) -> TrainResult:
+    """The training loop from ``start_iter``, then PreciseBN, the final checkpoint and evaluation, curves.png."""
+    rank, output_dir, logger, max_iter = trainer.rank, trainer.output_dir, trainer.logger, trainer.max_iter
     model = trainer.wrap()
     model.train()
-    writer = MetricsWriter(logger, output_dir, trainer.max_iter, enabled=rank == 0)
-    batches = _train_stream(cfg, train_spec, seed, start_iter)
-    period = int(cfg.SOLVER.CHECKPOINT_PERIOD)
+    writer = MetricsWriter(logger, output_dir, max_iter, enabled=rank == 0)
+    batches = _train_stream(cfg, train_spec, trainer.seed, start_iter)
+    checkpoint_period, eval_period = int(cfg.SOLVER.CHECKPOINT_PERIOD), int(cfg.TEST.EVAL_PERIOD)
+    watch_signals = preempt.installed()
+    precise_bn = bool(cfg.TEST.PRECISE_BN.ENABLED)
     losses: dict[str, float] = {}
+    interrupted = False
     started = time.perf_counter()
-    for iteration in range(start_iter, trainer.max_iter):
-        _seed_rngs(seed, _ITERATION, rank, iteration)
+    for iteration in range(start_iter, max_iter):
+        _seed_rngs(trainer.seed, _ITERATION, rank, iteration)
         tick = time.perf_counter()
         batch = next(batches)
         data_time = time.perf_counter() - tick
@@ -331,39 +400,70 @@ def train(cfg: Any, *, output_dir: Union[str, os.PathLike], resume: bool = False
         losses = trainer.step(model, batch, iteration)
         writer.put({k: losses[k] for k in loss_order(losses)}, lr=lr, time=time.perf_counter() - tick,
                    data_time=data_time)
-        last = iteration == trainer.max_iter - 1
+        last = iteration == max_iter - 1
         if (iteration + 1) % log_period == 0 or last:
             writer.write(iteration)
-        if period > 0 and (iteration + 1) % period == 0 and not last:
-            trainer.checkpointer.save(periodic_name(iteration), iteration, seed=seed)
+        if last:
+            break
+        # detectron2's hook order after a step: PreciseBN, checkpoint, evaluation (each at its period, not the last)
+        evaluate_now = eval_period > 0 and (iteration + 1) % eval_period == 0
+        if evaluate_now and precise_bn:
+            trainer.precise_bn(train_spec, iteration)
+        saved = checkpoint_period > 0 and (iteration + 1) % checkpoint_period == 0
+        if saved:
+            trainer.save(periodic_name(iteration), iteration)
+        if evaluate_now and test_spec is not None:
+            writer.write_eval(iteration, _evaluation(trainer.model, test_spec, output_dir, logger).metrics)
+        if watch_signals and comm.any_process(preempt.requested()):
+            if not saved:
+                trainer.save(periodic_name(iteration), iteration)
+            logger.warning(f"{preempt.received() or 'a signal'}: stopped after iteration {iteration} with a "
+                           f"checkpoint; --resume goes on from iteration {iteration + 1}")
+            preempt.mark_stopped()
+            interrupted = True
+            break
     seconds = time.perf_counter() - started
 
     final = d2_final = None
-    if start_iter < trainer.max_iter:
-        if cfg.TEST.PRECISE_BN.ENABLED:
-            used = update_bn_stats(trainer.model, batches, int(cfg.TEST.PRECISE_BN.NUM_ITER))
-            logger.info(f"PreciseBN: BatchNorm statistics recomputed over {used} batches per process, "
-                        "averaged across processes")
-        final = trainer.checkpointer.save(FINAL_NAME, trainer.max_iter - 1, seed=seed)
-        d2_final = trainer.checkpointer.export_detectron2(FINAL_NAME)
-    elif rank == 0:
+    if not interrupted and start_iter < max_iter:
+        if precise_bn:
+            trainer.precise_bn(train_spec, max_iter - 1)
+        final = trainer.save(FINAL_NAME, max_iter - 1)
+        if export_detectron2:
+            d2_final = trainer.checkpointer.export_detectron2(FINAL_NAME)
+    elif rank == 0 and not interrupted:
         final = output_dir / f"{FINAL_NAME}.pth"
     comm.barrier()
 
     evaluation = None
-    if evaluate_at_end and test_spec is not None:
-        evaluation = _final_evaluation(trainer.model, test_spec, output_dir, logger)
-        writer.write_eval(trainer.max_iter - 1, evaluation.metrics)
+    if not interrupted and evaluate_at_end and test_spec is not None:
+        evaluation = _evaluation(trainer.model, test_spec, output_dir, logger)
+        writer.write_eval(max_iter - 1, evaluation.metrics)
+    if rank == 0 and not interrupted:
+        _write_curves(output_dir, reference_log, logger)
     comm.barrier()
-    return TrainResult(output_dir=output_dir, start_iter=start_iter, max_iter=trainer.max_iter,
+    return TrainResult(output_dir=output_dir, start_iter=start_iter, max_iter=max_iter,
                        final_checkpoint=final, detectron2_checkpoint=d2_final, last_losses=losses,
                        metrics=dict(evaluation.metrics) if evaluation else {}, evaluation=evaluation,
-                       seconds=seconds, model=trainer.model)
+                       seconds=seconds, model=trainer.model, seed=trainer.seed, interrupted=interrupted)
 
 
-def _final_evaluation(model: Any, spec: Any, output_dir: Path, logger: logging.Logger) -> Any:
-    """COCO metrics of the trained (bare) model on ``spec``: every rank infers on its share, rank 0 scores."""
+def _evaluation(model: Any, spec: Any, output_dir: Path, logger: logging.Logger) -> Any:
+    """COCO metrics of the (bare) model on ``spec``: every process infers on its share, rank 0 scores once."""
     from .evaluation import evaluate
 
     logger.info(f"Evaluating on {spec.name} ({spec.json_file})")
-    return evaluate(model, dataset=spec, output_dir=output_dir / "inference")
+    return evaluate(model, dataset=spec, output_dir=output_dir / "inference", rank=comm.get_rank(),
+                    world_size=comm.get_world_size(), log=logger)
+
+
+def _write_curves(output_dir: Path, reference_log: Optional[Union[str, os.PathLike]], logger: logging.Logger) -> None:
+    """output_dir/curves.png: this run's losses, lr and AP, beside the reference (published) log when given."""
+    from .curves import plot_curves
+    from .logs import parse_log
+
+    summaries = [parse_log(output_dir / "metrics.json", label="ours")]
+    if reference_log is not None:
+        summaries.append(parse_log(reference_log, label="published"))
+    path = plot_curves(summaries, output_dir / "curves.png", title=output_dir.name)
+    logger.info(f"Curves: {path}")

@@ -1,145 +1,149 @@
-"""``load``: a ready-to-use MaskRCNN from a zoo entry or a config, with its weights, in eval mode."""
+"""``load``: a ready-to-use MaskRCNN from a zoo entry, a config or a checkpoint, with its weights, in eval mode;
+``load_weights``: any weights spec into a built model (the model-facing half of ``checkpoints.weights``)."""
 from __future__ import annotations
 
+import difflib
 import logging
+import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import torch
 
-from ..errors import ArchitectureMismatchError
+from ..checkpoints.weights import LoadReport, ModelTarget, OpenedWeights, map_weights, open_weights
+from ..errors import ConfigError, UnknownEntryError
 from .build import build_model
 from .meta_arch import MaskRCNN
 
+if TYPE_CHECKING:
+    from ..config import CfgNode
+    from ..zoo import DetectorEntry
+
 log = logging.getLogger(__name__)
 
-_OUR_PREFIXES = ("backbone.body.", "rpn.head.")  # keys only this package's model has (detectron2: bottom_up, rpn_head)
+_CONFIG_SUFFIXES = (".yaml", ".yml")
+WeightsSpec = Union[str, os.PathLike, OpenedWeights]
 
 
-def _resolve(entry_or_config: Any, overrides: Sequence[str]):
-    """(config, entry or None): an entry name goes through the zoo, anything else is a config."""
-    from ..config import load_config
-
-    if isinstance(entry_or_config, str) and not Path(entry_or_config).is_file():
-        from ..zoo import load_manifest
-
-        zoo = load_manifest()
-        if entry_or_config in zoo.entries:
-            entry = zoo.entries[entry_or_config]
-            return load_config(entry.config_path, overrides), entry
-    if isinstance(entry_or_config, Mapping) and hasattr(entry_or_config, "clone"):  # an existing CfgNode
-        cfg = entry_or_config.clone()
-        cfg.defrost()
-        cfg.merge_from_list(list(overrides))
-        return cfg.freeze(), None
-    return load_config(entry_or_config, overrides), None
+def model_target(model: MaskRCNN) -> ModelTarget:
+    """``model`` as the loading path sees it: layout, state-dict shapes, what its config asks of a pretrain."""
+    return ModelTarget(arch=model.arch, shapes={k: tuple(v.shape) for k, v in model.state_dict().items()},
+                       input_format=model.cfg.INPUT.FORMAT, stride_in_1x1=bool(model.cfg.MODEL.RESNETS.STRIDE_IN_1X1))
 
 
-def _local_weights(weights: Union[str, Path]) -> Path:
-    """A weights path, or a URL fetched through the store's verified cache."""
-    text = str(weights)
-    if "://" not in text or text.startswith("file://"):
-        return Path(text[len("file://"):] if text.startswith("file://") else text)
-    from ..store import fetch_url
+def load_weights(model: MaskRCNN, weights: WeightsSpec, *, quiet: bool = False) -> Optional[LoadReport]:
+    """Load a weights spec (file, URL, ``detectron2://`` name, zoo entry or pretrain; see ``checkpoints.weights``)
+    into ``model`` and return what was loaded and what was not; None when the spec means random init.
 
-    return fetch_url(text)
-
-
-def _detector_state(path: Path, model: MaskRCNN) -> dict[str, Any]:
-    """A checkpoint's weights under our key names: detectron2 keys renamed, or our own keys taken as they are."""
-    from ..checkpoints import d2_to_model
-    from ..checkpoints.readers import read_checkpoint
-
-    state = read_checkpoint(path).state
-    if any(k.startswith(_OUR_PREFIXES) for k in state):  # saved from this package's model
-        return {k: torch.as_tensor(v) for k, v in state.items()}
-    mapped, report = d2_to_model(state, model.arch)
-    mapped.update({k: state[k] for k in report.unexpected})  # no rename: load_weights reports them
-    return mapped
+    Class names stored with the weights become ``model.classes`` when the model has as many classes.
+    ArchitectureMismatchError when the file does not fit the model.
+    """
+    opened = weights if isinstance(weights, OpenedWeights) else open_weights(weights, quiet=quiet)
+    if opened is None:
+        return None
+    state, report = map_weights(opened, model_target(model))
+    model.load_state_dict(state, strict=False)
+    if report.classes is not None and not report.reinitialised and len(report.classes) == len(model.classes):
+        model.classes = report.classes
+    return report
 
 
-def load_weights(model: MaskRCNN, state: Mapping[str, Any], source: str, strict: bool = True) -> list[str]:
-    """Load ``state`` (our key names) into ``model``; ArchitectureMismatchError lists every missing or
-    unexpected key and shape mismatch (missing keys are allowed, and returned, when not ``strict``)."""
-    own = model.state_dict()
-    unexpected = sorted(k for k in state if k not in own)
-    missing = sorted(k for k in own if k not in state)
-    shapes = sorted(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                    for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape))
-    if unexpected or shapes or (strict and missing):
-        parts = [f"{len(missing)} missing: {missing[:8]}" if strict and missing else "",
-                 f"{len(unexpected)} unexpected: {unexpected[:8]}" if unexpected else "",
-                 f"{len(shapes)} shape mismatches: {shapes[:8]}" if shapes else ""]
-        raise ArchitectureMismatchError(
-            f"{source} does not fit the {model.arch.upper()} model of this config "
-            f"({'; '.join(p for p in parts if p)}); check that the config matches the checkpoint "
-            "(FPN vs C4, NUM_CLASSES, norms)")
-    model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()}, strict=False)
-    return missing
+def _warn(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
+    log.warning(message)
 
 
-def check_pretrain_fits(report: Any, cfg: Any, source: str) -> None:
-    """ConfigError when converted weights need another channel order or stride placement than ``cfg`` has:
-    shapes are identical either way, so such a mismatch would load silently and give wrong outputs."""
-    from ..errors import ConfigError
-
-    if report.input_format is not None and report.input_format != cfg.INPUT.FORMAT:
-        matching = "an *_infomin config" if report.input_format == "RGB" else "a supervised (BGR) config"
-        raise ConfigError(f"{source}: these weights were trained on {report.input_format} input, but the config "
-                          f"feeds {cfg.INPUT.FORMAT}; use {matching} or set INPUT.FORMAT")
-    if report.stride_in_1x1 is not None and report.stride_in_1x1 != cfg.MODEL.RESNETS.STRIDE_IN_1X1:
-        raise ConfigError(f"{source}: these weights need MODEL.RESNETS.STRIDE_IN_1X1 {report.stride_in_1x1}, "
-                          f"the config has {cfg.MODEL.RESNETS.STRIDE_IN_1X1}")
-
-
-def _pretrain_backbone(entry, model: MaskRCNN) -> Optional[dict[str, Any]]:
-    """The entry's pre-trained ResNet-50 under our key names (converted once, cached), or None for random init."""
-    from ..checkpoints import backbone_to_detector, converted_pretrain, d2_to_model, read_checkpoint
-    from ..store import fetch_pretrain
+def _unknown_source(text: str) -> UnknownEntryError:
+    from ..resources import configs_dir
     from ..zoo import load_manifest
 
-    pretrain = load_manifest().pretrain(entry.pretrain)
-    if pretrain.file is None:
-        return None
-    path, ref = fetch_pretrain(pretrain.name)
-    converted, report = converted_pretrain(path, format=ref.format)
-    check_pretrain_fits(report, model.cfg, f"pretrain {pretrain.name} ({path})")
-    state, _ = d2_to_model(backbone_to_detector(read_checkpoint(converted).state, model.arch), model.arch)
-    return state
+    known = [*load_manifest().entries, *(p.stem for p in configs_dir().glob("*.yaml"))]
+    close = difflib.get_close_matches(text, known, n=3, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return UnknownEntryError(f"unknown entry {text!r}: not a zoo entry, a config (file or name under configs/) nor a "
+                             f"checkpoint file.{hint} (`pycontrast-zoo list` shows the entries)")
 
 
-def load(entry_or_config: Union[str, Path, Mapping[str, Any]], weights: Union[str, Path, None] = None,
+def _resolve(source: Any, overrides: Sequence[str]
+             ) -> tuple["CfgNode", Optional["DetectorEntry"], Optional[WeightsSpec]]:
+    """(config, entry or None, the weights that come with the source or None)."""
+    from ..config import load_config, resolve_config_path
+
+    if isinstance(source, Mapping) and hasattr(source, "clone"):  # an existing CfgNode
+        cfg = source.clone()
+        cfg.defrost()
+        cfg.merge_from_list(list(overrides))
+        return cfg.freeze(), None, None
+    if isinstance(source, Mapping):
+        return load_config(source, overrides), None, None
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    if path.is_file() and path.suffix not in _CONFIG_SUFFIXES:
+        return _checkpoint_source(path, overrides)
+    if not path.is_file():
+        from ..zoo import load_manifest
+
+        entries = load_manifest().entries
+        if text in entries:
+            return load_config(entries[text].config_path, overrides), entries[text], entries[text].name
+        if path.suffix and path.suffix not in _CONFIG_SUFFIXES:
+            raise ConfigError(f"{text}: no such checkpoint file")
+        if os.sep not in text and not path.suffix:  # a bare name: an entry or a shipped config
+            try:
+                resolve_config_path(text)
+            except ConfigError:
+                raise _unknown_source(text) from None
+    return load_config(text, overrides), None, None
+
+
+def _checkpoint_source(path: Path, overrides: Sequence[str]) -> tuple["CfgNode", None, OpenedWeights]:
+    """A checkpoint given alone: its stored config (or the config.yaml beside it) and its weights."""
+    from ..config import load_config
+
+    opened = open_weights(path)
+    assert opened is not None  # a local file is never "random init"
+    stored = opened.stored_config()
+    if stored is None:
+        raise ConfigError(f"{path}: no config is stored in this checkpoint and there is no config.yaml beside it; "
+                          f"say which architecture it is: load(CONFIG, weights={str(path)!r})")
+    return load_config(stored, overrides), None, opened
+
+
+def load(entry_or_config: Union[str, os.PathLike, Mapping[str, Any]], weights: Optional[WeightsSpec] = None,
          device: Union[str, torch.device] = "cpu", pretrained: bool = True, overrides: Sequence[str] = ()
          ) -> MaskRCNN:
     """A MaskRCNN in eval mode on ``device``.
 
-    ``entry_or_config``: a zoo entry name (its config and, with ``pretrained``, its published detector
-    weights), or a config (path, name under configs/, CfgNode). ``weights``: a path or URL of a detector
-    checkpoint (detectron2 or this package's keys) replacing the entry's. An entry without a published
-    detector (the C4 rows) gets its pre-trained backbone only, with a warning. ``pretrained=False``: random
-    init. ``overrides``: ``KEY VALUE`` config overrides.
-    """
-    cfg, entry = _resolve(entry_or_config, overrides)
-    model = build_model(cfg)
-    if weights is not None:
-        path = _local_weights(weights)
-        load_weights(model, _detector_state(path, model), str(path))
-    elif pretrained and entry is not None:
-        if entry.model is not None:
-            from ..store import fetch_entry_file
+    Args:
+        entry_or_config: a zoo entry name (its config and, with ``pretrained``, its published detector), a
+            config (path, name under configs/, CfgNode, parsed YAML), a checkpoint file alone (its stored
+            config or the ``config.yaml`` beside it, and its weights and class names), or a published folder
+            (``hf://org/repo/<entry>``, or its copy on disk: its verified ``config.yaml`` and ``model.safetensors``).
+        weights: weights replacing the source's: a file (detectron2's or this package's detector, or a backbone
+            pretrain in any supported format), a URL, a ``detectron2://`` name, a zoo entry or a pretrain. Layers
+            that depend on the number of classes are re-initialised, with a warning, when their shapes differ.
+        device: where the model goes.
+        pretrained: False builds the source's architecture randomly initialised.
+        overrides: ``KEY VALUE`` config overrides.
 
-            path = fetch_entry_file(entry.name, "model")
-            load_weights(model, _detector_state(path, model), f"{entry.name} ({path})")
-        else:
-            state = _pretrain_backbone(entry, model)
-            what = (f"its pre-trained backbone ({entry.pretrain}) only" if state is not None
-                    else "random initialisation (its pretrain is 'rand')")
-            if state is not None:
-                load_weights(model, state, f"pretrain {entry.pretrain}", strict=False)
-            message = (f"{entry.name}: no detector weights were published for this row; the model has "
-                       f"{what}, and its heads are untrained: train it first (pycontrast-zoo train)")
-            warnings.warn(message, stacklevel=2)
-            log.warning(message)
+    An entry without a published detector (the C4 rows) gets its pre-trained backbone only, with a warning.
+    """
+    from ..checkpoints.published import is_published_folder, resolve_published
+
+    if isinstance(entry_or_config, (str, Path)) and is_published_folder(entry_or_config):
+        folder = resolve_published(entry_or_config, weights=pretrained and weights is None)
+        entry_or_config, weights = folder.config, weights if weights is not None else folder.weights
+    cfg, entry, default = _resolve(entry_or_config, overrides)
+    model = build_model(cfg)
+    spec = weights if weights is not None else (default if pretrained else None)
+    report = load_weights(model, spec) if spec is not None else None
+    for line in report.warnings() if report is not None else ():
+        _warn(line)
+    if entry is not None and spec == entry.name and entry.model is None:
+        what = (f"its pre-trained backbone ({entry.pretrain}) only" if report is not None
+                else "random initialisation (its pretrain is 'rand')")
+        _warn(f"{entry.name}: no detector weights were published for this row; the model has {what}, and its "
+              "heads are untrained: train it first (pycontrast-zoo train)")
     return model.to(device).eval()

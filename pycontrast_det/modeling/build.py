@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..coco_classes import COCO, CategoryMap
 from ..errors import ConfigError
 from .backbone import BLOCKS_PER_STAGE, C4Backbone, FPNBackbone
 from .meta_arch import MaskRCNN
@@ -94,13 +95,9 @@ def check_config(cfg) -> str:
     return "fpn" if fpn else "c4"
 
 
-def class_names_for(num_classes: int) -> list[str]:
-    """COCO names for an 80-class model, ``class_<i>`` otherwise (replace ``model.class_names`` for others)."""
-    if num_classes == 80:
-        from ..coco_classes import COCO_CLASS_NAMES
-
-        return list(COCO_CLASS_NAMES)
-    return [f"class_{i}" for i in range(num_classes)]
+def default_classes(num_classes: int) -> CategoryMap:
+    """COCO's categories for an 80-class model, ``class_<i>`` otherwise, until weights or a dataset name them."""
+    return COCO if num_classes == 80 else CategoryMap.placeholder(num_classes)
 
 
 def build_model(cfg) -> MaskRCNN:
@@ -114,4 +111,4 @@ def build_model(cfg) -> MaskRCNN:
         roi_heads = Res5ROIHeads(cfg, backbone.out_channels, backbone.strides,
                                  extra_norm=cfg.MODEL.ROI_HEADS.NAME == "Res5ROIHeadsExtraNorm")
     rpn = RPN(cfg, backbone.out_channels, backbone.strides)
-    return MaskRCNN(cfg, arch, backbone, rpn, roi_heads, class_names_for(cfg.MODEL.ROI_HEADS.NUM_CLASSES))
+    return MaskRCNN(cfg, arch, backbone, rpn, roi_heads, default_classes(cfg.MODEL.ROI_HEADS.NUM_CLASSES))

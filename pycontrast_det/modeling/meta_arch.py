@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..coco_classes import CategoryMap
 from ..images import as_rgb_array
 from .postprocess import rescale
 from .preprocess import resize_shortest_edge
@@ -24,17 +25,22 @@ class MaskRCNN(nn.Module):
     """Mask R-CNN taking detectron2-style batched inputs (``image``, ``height``, ``width``, ``instances`` in training)."""
 
     def __init__(self, cfg, arch: str, backbone: nn.Module, rpn: nn.Module, roi_heads: nn.Module,
-                 class_names: Sequence[str]) -> None:
+                 classes: CategoryMap) -> None:
         super().__init__()
         self.cfg = cfg
         self.arch = arch  # "fpn" or "c4": the checkpoint key layout (pycontrast_det.checkpoints.d2_to_model)
         self.backbone = backbone
         self.rpn = rpn
         self.roi_heads = roi_heads
-        self.class_names = list(class_names)
+        self.classes = classes  # names and dataset category ids in contiguous order; checkpoints store them
         self.size_divisibility = backbone.size_divisibility
         self.register_buffer("pixel_mean", torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1), persistent=False)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Each class's name in contiguous order (``classes.names``)."""
+        return list(self.classes.names)
 
     @property
     def device(self) -> torch.device:

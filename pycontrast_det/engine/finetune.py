@@ -1,0 +1,273 @@
+"""Fine-tune a zoo detector, a checkpoint or a pretrain on your own COCO-format dataset.
+
+:func:`plan_finetune` decides everything first (printed by ``pycontrast-zoo finetune``), :func:`finetune` runs
+it with the native trainer. What fine-tuning changes on top of the source's config:
+
+- MODEL.ROI_HEADS.NUM_CLASSES becomes the number of the dataset's categories (an explicit other value is an
+  error), and the dataset's names and ids are stored with every checkpoint;
+- MODEL.WEIGHTS is the source: the loading path re-initialises the class-dependent layers (box classifier and
+  regressor, mask predictor) when their shapes differ, with a warning, and loads every other weight;
+- DATASETS.TRAIN / DATASETS.TEST are the dataset (train split, val split);
+- the schedule (:func:`finetune_schedule`), printed in the plan; any ``SOLVER.*`` override given wins.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..coco_classes import CategoryMap
+    from ..config import CfgNode
+    from .train import TrainResult
+
+DEFAULT_OUTPUT_ROOT = Path("output")
+#: Named schedules in epochs of the training images. detectron2's 1x is 90k iterations of 16 images, about
+#: 12 epochs of COCO train2017; ``short`` is a third of it, plenty to adapt a detector's heads to new classes.
+SCHEDULES: dict[str, float] = {"1x": 12.0, "short": 4.0}
+DEFAULT_SCHEDULE = "short"
+IMAGES_PER_PROCESS = 2  # the recipe's 2 images per GPU
+_STEPS = (2 / 3, 8 / 9)  # where 1x lowers the lr (60k and 80k of 90k iterations)
+_WARMUP_FRACTION, _MAX_WARMUP = 0.1, 1000  # detectron2 warms up for 1000 iterations; a short run for a tenth
+_NUM_CLASSES = "MODEL.ROI_HEADS.NUM_CLASSES"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A fine-tuning schedule: iterations, batch, lr, warmup and lr steps, and how each was chosen."""
+
+    name: str
+    images: int
+    ims_per_batch: int
+    max_iter: int
+    base_lr: float
+    warmup_iters: int
+    steps: tuple[int, ...]
+    reasons: tuple[str, ...]
+
+    def overrides(self) -> list[str]:
+        """The SOLVER KEY VALUE pairs."""
+        return ["SOLVER.IMS_PER_BATCH", str(self.ims_per_batch), "SOLVER.BASE_LR", f"{self.base_lr:g}",
+                "SOLVER.MAX_ITER", str(self.max_iter), "SOLVER.WARMUP_ITERS", str(self.warmup_iters),
+                "SOLVER.STEPS", str(self.steps)]
+
+    def describe(self) -> str:
+        return (f"{self.max_iter} iterations of {self.ims_per_batch} images, BASE_LR {self.base_lr:g}, warmup "
+                f"{self.warmup_iters}, lr x0.1 at {', '.join(map(str, self.steps)) or 'no step'} ("
+                + "; ".join(self.reasons) + ")")
+
+
+def _user_value(overrides: Sequence[str], key: str) -> Optional[str]:
+    """The last value given for ``key`` in KEY VALUE ``overrides``, or None."""
+    values = [v for k, v in zip(overrides[0::2], overrides[1::2]) if k == key]
+    return values[-1] if values else None
+
+
+def finetune_schedule(schedule: Union[str, int], images: int, cfg: "CfgNode", processes: int = 1,
+                      overrides: Sequence[str] = ()) -> Schedule:
+    """The schedule for ``images`` training images: ``1x`` / ``short`` (epochs, :data:`SCHEDULES`) or a number of
+    iterations; the batch is 2 images per process and the lr the config's scaled linearly to it; SOLVER values in
+    ``overrides`` are kept and the rest derived from them."""
+    given = {key: _user_value(overrides, f"SOLVER.{key}") for key in
+             ("IMS_PER_BATCH", "BASE_LR", "MAX_ITER", "WARMUP_ITERS", "STEPS")}
+    batch = int(given["IMS_PER_BATCH"] or IMAGES_PER_PROCESS * processes)
+    reasons = [f"{batch} images: SOLVER.IMS_PER_BATCH given" if given["IMS_PER_BATCH"]
+               else f"{batch} images: {IMAGES_PER_PROCESS} per process"]
+    name = str(schedule)
+    if given["MAX_ITER"]:
+        max_iter = int(given["MAX_ITER"])
+        reasons.append("SOLVER.MAX_ITER given")
+    elif name in SCHEDULES:
+        max_iter = max(1, math.ceil(SCHEDULES[name] * images / batch))
+        reasons.append(f"{name}: {SCHEDULES[name]:g} epochs of {images} images")
+    elif name.isdigit() and int(name) > 0:
+        max_iter = int(name)
+        reasons.append(f"{max_iter} iterations asked for")
+    else:
+        raise ConfigError(f"--schedule {schedule!r}: use {', '.join(SCHEDULES)} or a number of iterations")
+    recipe_lr, recipe_batch = float(cfg.SOLVER.BASE_LR), int(cfg.SOLVER.IMS_PER_BATCH)
+    base_lr = float(given["BASE_LR"]) if given["BASE_LR"] else recipe_lr * batch / recipe_batch
+    reasons.append("SOLVER.BASE_LR given" if given["BASE_LR"] else
+                   f"lr: the config's {recipe_lr:g} for {recipe_batch} images, scaled linearly")
+    warmup = (int(given["WARMUP_ITERS"]) if given["WARMUP_ITERS"]
+              else min(_MAX_WARMUP, int(max_iter * _WARMUP_FRACTION)))
+    steps = (tuple(int(s) for s in _literal(given["STEPS"])) if given["STEPS"] else
+             tuple(sorted({int(max_iter * f) for f in _STEPS if 0 < int(max_iter * f) < max_iter})))
+    return Schedule(name if not given["MAX_ITER"] else "given", images, batch, max_iter, base_lr, warmup, steps,
+                    tuple(reasons))
+
+
+def _literal(text: str) -> Any:
+    import ast
+
+    value = ast.literal_eval(text)
+    return value if isinstance(value, (list, tuple)) else (value,)
+
+
+def dataset_classes(dataset: Union[str, os.PathLike], overrides: Sequence[str] = ()) -> tuple[Any, list[str], str]:
+    """(train split, the NUM_CLASSES override it implies, the sentence for the log); ConfigError when
+    ``overrides`` set another number of classes."""
+    from ..data import resolve_dataset
+
+    spec = resolve_dataset(dataset, split="train")
+    given = _user_value(overrides, _NUM_CLASSES)
+    if given is not None and int(given) != spec.num_classes:
+        raise ConfigError(f"{_NUM_CLASSES} {given} conflicts with the {spec.num_classes} categories of {spec.name} "
+                          f"({', '.join(spec.category_names)}); drop it: the dataset sets the number of classes")
+    note = (f"{_NUM_CLASSES} {spec.num_classes}: the categories of {spec.name} "
+            f"({', '.join(f'{n} (id {i})' for n, i in zip(spec.category_names, spec.category_ids))})")
+    return spec, [_NUM_CLASSES, str(spec.num_classes)], note
+
+
+@dataclass(frozen=True)
+class FinetunePlan:
+    """Everything a fine-tuning run will do, decided before anything is trained."""
+
+    source: str                     # the entry, checkpoint or pretrain as given
+    config: Union[Path, dict]       # the config file, or a config stored in the checkpoint
+    config_origin: str
+    dataset: str
+    categories: "CategoryMap"
+    schedule: Schedule
+    overrides: tuple[str, ...]      # everything on top of ``config``, the user's last
+    output_dir: Path
+    device: str = "cpu"
+    num_gpus: int = 1
+    num_machines: int = 1
+    machine_rank: int = 0
+    dist_url: str = "auto"
+    resume: bool = False
+    notes: tuple[str, ...] = ()
+
+    def cfg(self) -> "CfgNode":
+        """The effective config, frozen."""
+        from ..config import load_config
+
+        return load_config(self.config, list(self.overrides))
+
+    def command(self) -> Optional[str]:
+        """The equivalent ``pycontrast-zoo train`` command (None when the config lives in a checkpoint)."""
+        if not isinstance(self.config, Path):
+            return None
+        from .reproduce import _join
+
+        return _join(["pycontrast-zoo", "train", "--config", str(self.config), "--device", self.device,
+                      "--num-gpus", str(self.num_gpus), *self.overrides])
+
+    def render(self) -> str:
+        """The plan as ``pycontrast-zoo finetune`` prints it."""
+        from .reproduce import _join
+
+        names = ", ".join(self.categories.names)
+        lines = [f"fine-tune {self.source} on {self.dataset} ({len(self.categories)} classes: {names})",
+                 f"  config:   {self.config_origin}",
+                 f"  weights:  {self.source} (class-dependent layers re-initialised when their shapes differ)",
+                 f"  schedule: {self.schedule.describe()}",
+                 f"  output:   {self.output_dir}",
+                 f"  device:   {self.device} x {self.num_gpus} process(es)",
+                 f"  overrides: {_join(self.overrides)}"]
+        lines += [f"  note: {note}" for note in self.notes]
+        command = self.command()
+        if command is not None:
+            lines += ["command:", f"  {command}"]
+        return "\n".join(lines)
+
+
+def _source_config(source: str, config: Optional[Union[str, os.PathLike]]) -> tuple[Union[Path, dict], str]:
+    """The config to fine-tune ``source`` with: ``config``, an entry's, or the one stored with a checkpoint."""
+    from ..config import resolve_config_path
+    from ..zoo import load_manifest
+
+    if config is not None:
+        path = resolve_config_path(config)
+        return path, str(path)
+    entries = load_manifest().entries
+    if source in entries and not Path(source).is_file():
+        return entries[source].config_path, f"{entries[source].config_path} (zoo entry {source})"
+    if not Path(source).is_file():  # a pretrain name or a URL: nothing is fetched to plan
+        raise ConfigError(f"{source}: not a zoo entry or a local checkpoint, so no config comes with it; give one "
+                          "with --config")
+    from ..checkpoints import open_weights
+
+    opened = open_weights(source)
+    stored = opened.stored_config() if opened is not None else None
+    if stored is None:
+        raise ConfigError(f"{source}: no config is stored with these weights (nor a config.yaml beside them); "
+                          "give one with --config")
+    return stored, (f"{stored}" if isinstance(stored, Path) else f"stored in {source}")
+
+
+def plan_finetune(source: Union[str, os.PathLike], dataset: Union[str, os.PathLike], *,
+                  schedule: Union[str, int, None] = None, config: Optional[Union[str, os.PathLike]] = None,
+                  overrides: Sequence[str] = (), output_dir: Optional[Union[str, os.PathLike]] = None,
+                  device: str = "cpu", num_gpus: int = 1, num_machines: int = 1, machine_rank: int = 0,
+                  dist_url: str = "auto", resume: bool = False) -> FinetunePlan:
+    """Decide a fine-tuning run; reads the manifest, the dataset's annotations and the source's config only.
+
+    Args:
+        source: a zoo entry (its published detector, or for a row without one its pretrain), a checkpoint file
+            (detectron2's or ours; its config is the stored one or the config.yaml beside it) or any other
+            weights spec (a pretrain, a URL: then give ``config``).
+        dataset: a COCO-format dataset (a folder, ``annotations.json[:images]``, or a built-in name).
+        schedule: ``short`` (default), ``1x``, or a number of iterations.
+        config: a config instead of the source's.
+        overrides: ``KEY VALUE`` pairs applied last (SOLVER values replace the schedule's).
+        output_dir: default ``output/finetune_<source>_<dataset>``.
+        device, num_gpus, num_machines, machine_rank, dist_url, resume: as for ``train``.
+    """
+    if len(overrides) % 2:
+        raise ConfigError(f"overrides must be KEY VALUE pairs; got an odd number: {list(overrides)}")
+    source, user = os.fspath(source), [str(o) for o in overrides]
+    if Path(source).is_file():
+        source = str(Path(source).resolve())  # the printed command works from any folder
+    config_path, origin = _source_config(source, config)
+    train_spec, class_overrides, class_note = dataset_classes(dataset, user)
+    name = str(Path(dataset).resolve()) if Path(dataset).exists() else str(dataset)  # absolute for the commands
+    with open(train_spec.json_file, encoding="utf-8") as fh:
+        images = len(json.load(fh).get("images", []))
+    from ..config import load_config
+
+    base = load_config(config_path, user)
+    sched = finetune_schedule(schedule or DEFAULT_SCHEDULE, images, base, num_gpus * num_machines, user)
+    out = Path(output_dir) if output_dir is not None else DEFAULT_OUTPUT_ROOT / (
+        f"finetune_{Path(source).stem}_{Path(name).name}")
+    ours = [*class_overrides, "MODEL.WEIGHTS", source, "DATASETS.TRAIN", f"({name!r},)", "DATASETS.TEST",
+            f"({name!r},)", *sched.overrides(), "OUTPUT_DIR", str(out.resolve())]
+    plan = FinetunePlan(source=source, config=config_path, config_origin=origin, dataset=name,
+                        categories=train_spec.categories, schedule=sched, overrides=tuple(ours + user),
+                        output_dir=out.resolve(), device=device, num_gpus=int(num_gpus),
+                        num_machines=int(num_machines), machine_rank=int(machine_rank), dist_url=dist_url,
+                        resume=resume, notes=(class_note,))
+    plan.cfg()  # a bad override fails now, before anything is trained
+    return plan
+
+
+def _worker(plan: FinetunePlan, log_period: int, evaluate_at_end: bool) -> "TrainResult":
+    """One training process of a fine-tuning run (module level: spawned processes import it)."""
+    from .train import train
+
+    result = train(plan.cfg(), output_dir=plan.output_dir, resume=plan.resume, device=plan.device,
+                   notes=(f"fine-tuning {plan.source}: {plan.schedule.describe()}",), log_period=log_period,
+                   evaluate_at_end=evaluate_at_end)
+    result.model = None  # returned across processes: results only
+    return result
+
+
+def finetune(plan: FinetunePlan, *, log_period: int = 20, evaluate_at_end: bool = True,
+             stream: Any = None) -> Optional["TrainResult"]:
+    """Print ``plan`` to ``stream`` (default stdout) and train it; rank 0's result (None on other machines)."""
+    from .launch import launch
+
+    print(plan.render(), file=stream or sys.stdout, flush=True)
+    return launch(_worker, plan.num_gpus, num_machines=plan.num_machines, machine_rank=plan.machine_rank,
+                  dist_url=plan.dist_url, args=(plan, log_period, evaluate_at_end), device=plan.device)
+
+
+__all__ = ["FinetunePlan", "SCHEDULES", "Schedule", "dataset_classes", "finetune", "finetune_schedule",
+           "plan_finetune"]
