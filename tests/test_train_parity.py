@@ -261,10 +261,10 @@ def test_training_stream_sizes_flips_and_grouping(tmp_path):
     assert ours["sizes"] == [tuple(s) for s in ref["sizes"]]
     # 200 fair coin flips: 0.5 +- 0.035 (1 sd); 3.5 sd apart would be a different flip rule
     assert abs(ours["flip_fraction"] - 0.5) < 0.125 and abs(ref["flip_fraction"] - 0.5) < 0.125
-    # same-orientation grouping: only these compositions, in similar proportions
+    # detectron2's grouping: landscape images together, portrait and square ones together (w > h or not), so
+    # landscape batches take the landscape images' share
     assert set(ours["kinds"]) <= set(ref["kinds"]) == {"LL", "PP", "PS", "SS"}
-    for kind, count in ref["kinds"].items():
-        assert abs(ours["kinds"].get(kind, 0) - count) <= 0.15 * STREAM_BATCHES, kind
+    assert abs(ours["kinds"].get("LL", 0) - ref["kinds"]["LL"]) <= 0.1 * STREAM_BATCHES
 
 
 def test_precise_bn_gives_fvcores_population_statistics():
