@@ -29,7 +29,7 @@ R50_BLOCKS = (3, 4, 6, 3)
 
 
 def _resnet_body(prefix: str, stages: range) -> list[str]:
-    """Our torchvision-style ResNet-50 names, written out from the brief's table (not from the code)."""
+    """Our torchvision-style ResNet-50 names, written out from the key table of the detectron2 parity notes (not from the code)."""
     keys = []
     if 1 in stages:
         keys += [f"{prefix}conv1.weight"] + [f"{prefix}bn1.{p}" for p in BN]
@@ -471,7 +471,7 @@ def test_d2_fixture_weights_fill_our_built_models_exactly(d2_fixtures):
     for arch, expected in (("fpn", expected_fpn_keys()), ("c4", expected_c4_keys())):
         model = build_model(load_config(d2_fixtures / arch / "config.yaml"))
         own = model.state_dict()
-        assert set(own) == expected, arch  # the brief's table and the model agree
+        assert set(own) == expected, arch  # the key table and the model agree
         ckpt = read_checkpoint(d2_fixtures / arch / "weights_fp16.pth")
         ours, report = d2_to_model(ckpt.state, arch, expected_keys=own.keys())
         assert report.missing == () and report.unexpected == (), arch

@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import statistics
+import sys
 from pathlib import Path
 
 import pytest
@@ -131,8 +132,9 @@ def test_user_pretrain_in_the_plan_and_converted(user_resnet, capsys, tmp_path):
         prepare_weights(bgr)
 
 
-def test_detectron2_engine_needs_detectron2(tmp_path, capsys):
-    with pytest.raises(ImportError):  # this environment has no detectron2 (the brief's premise)
+def test_detectron2_engine_needs_detectron2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "detectron2", None)  # detectron2 absent, even where it is installed
+    with pytest.raises(ImportError):
         import detectron2  # noqa: F401
     with pytest.raises(Detectron2NotInstalledError, match="pip install.*--engine native"):
         reproduce("mask_rcnn_c4_1x_supervised", engine="detectron2", dataset="shapes", output_dir=tmp_path / "o")

@@ -1,4 +1,4 @@
-"""detectron2 checkpoint keys <-> our model's torchvision-style keys (the table in the project brief).
+"""detectron2 checkpoint keys <-> our model's torchvision-style keys (one rename table per layout, ``RULES``).
 
 ``d2_to_model`` is a pure rename plus a float32 cast; shape checks are the model's job (load_state_dict).
 """

@@ -123,6 +123,7 @@ class _Geometry:
                 zip((xs.min(), ys.min(), xs.max(), ys.max()), (self.w, self.h, self.w, self.h))]
 
     def polygon(self, flat: list[float]) -> np.ndarray:
-        """A flat x0, y0, x1, y1, ... polygon in new-image coordinates (float32)."""
+        """A flat x0, y0, x1, y1, ... polygon in new-image coordinates, float64 as detectron2's PolygonMasks
+        keep it (the mask targets are rasterised from these coordinates)."""
         xs, ys = self.points(np.asarray(flat[0::2], dtype=np.float64), np.asarray(flat[1::2], dtype=np.float64))
-        return np.stack([xs, ys], axis=1).reshape(-1).astype(np.float32)
+        return np.stack([xs, ys], axis=1).reshape(-1)

@@ -97,6 +97,7 @@ def _d2_main(plan: Any) -> Optional[dict]:
     from detectron2.engine import DefaultTrainer
     from detectron2.evaluation import COCOEvaluator
     from detectron2.utils import comm as d2comm
+    from detectron2.utils.env import seed_all_rng
 
     from ..checkpoints import stage_backbone
 
@@ -109,6 +110,8 @@ def _d2_main(plan: Any) -> Optional[dict]:
     cfg = _to_detectron2_cfg(ours, plan.device)
     cfg.OUTPUT_DIR = str(Path(plan.output_dir) / "detectron2")
     cfg.freeze()
+    # as tools/train_net.py's default_setup: SEED + rank seeds torch, numpy and random (and so the sampler)
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + d2comm.get_rank())
     _register_datasets(cfg)
 
     class Trainer(DefaultTrainer):

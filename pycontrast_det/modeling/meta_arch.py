@@ -45,7 +45,7 @@ def _output_size(item: dict, key: str, default):
 
 
 class MaskRCNN(nn.Module):
-    """Mask R-CNN taking detectron2-style batched inputs; see the project brief for the exact interface."""
+    """Mask R-CNN taking detectron2-style batched inputs (``image``, ``height``, ``width``, ``instances`` in training)."""
 
     def __init__(self, cfg, arch: str, backbone: nn.Module, rpn: nn.Module, roi_heads: nn.Module,
                  classes: CategoryMap) -> None:
