@@ -1,201 +1,311 @@
-"""Inference speed and peak memory: our Mask R-CNN vs torchvision's maskrcnn_resnet50_fpn_v2, side by side.
+"""Inference speed and peak memory: ours (fast path, each optimisation off in turn) vs detectron2, interleaved.
 
-Both models get the same images, already resized to the same input size, one image per forward pass,
-randomly initialised (torchvision: weights=None; ours: the config's architecture, no checkpoint) with the
-same number of classes, and the same detection workload (score threshold 0, at most 100 detections, so both
-paste the same number of masks). Each (model, device, precision) runs in its own subprocess so that its
-peak memory is its own: CPU peak resident set size (ru_maxrss) and its growth during inference; CUDA
-torch.cuda.max_memory_allocated. A last row gives our CPU seconds per image at the configs' default
-800-pixel input size.
+Every model gets the same weights (the detectron2 parity fixtures, FPN and C4, stored float16 and run in
+float32), the same images resized the same way (detectron2's ResizeShortestEdge, 800 px by default), one image
+per forward pass, the same number of CPU threads. detectron2 runs when it is importable (run this script with
+its interpreter, e.g. ``/path/to/d2venv/bin/python benchmarks/inference.py``: the pycontrast_det measured is
+always this checkout's, whatever that interpreter has installed); otherwise torchvision's
+maskrcnn_resnet50_fpn_v2 (random init, same input size, score threshold 0 and at most 100 detections: about the
+mask-pasting workload of ours) stands in. Rows:
 
-    python benchmarks/inference.py                      # fixture images (or generated), CPU (+ CUDA if present)
-    python benchmarks/inference.py --images 8 --size 640 --threads 2
+- ``ours``: the default fast path (norms folded, channels_last, fused sum/ReLU); then the same model with one
+  optimisation switched off (``no fold``, ``no channels_last``, ``no fused ReLU``) and all of them (``reference``);
+  on CUDA each precision (fp32, fp16 and bf16 autocast) for ``ours`` and ``reference``.
+- ``onnxruntime``: our model exported to ONNX (its resize is inside the graph), run by onnxruntime on the CPU.
+
+Each model lives in its own worker process (peak memory: ru_maxrss after building and a first image, shown for
+the first row of each worker; CUDA: max allocated per row); the workers take turns, round after round, so that
+a busy machine slows all of them alike. CPU seconds per image are the steadier figure on a loaded machine.
+Ratios are images/s over the baseline's (detectron2's, else torchvision's).
+
+    /path/to/d2venv/bin/python benchmarks/inference.py --arch fpn c4 --images 2 --rounds 2 \
+        --onnx-python .venv/bin/python                 # onnxruntime from another interpreter
+    python benchmarks/inference.py --device cuda          # fp32 / fp16 / bf16 rows on the GPU
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-MAX_SIZE = 1333
-DEFAULT_CONFIG = "R_50_FPN_1x_infomin"
+import workers
+
+PACKAGE = workers.use_this_checkout()
+REPO_ROOT = workers.REPO_ROOT
+OFF = {"ours": {}, "no fold": {"fold_norms": False}, "no channels_last": {"channels_last": False},
+       "no fused ReLU": {"fuse_activations": False},
+       "reference": {"fold_norms": False, "channels_last": False, "fuse_activations": False}}
+DEFAULT_IMAGES = ("coffee", "chelsea", "shapes_0000")
 
 
-def _fixture_images() -> list[Path]:
-    root = Path(os.environ.get("PYCONTRAST_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
-    return sorted((root / "d2-parity" / "images").glob("*.png"))
+def _fixtures() -> Path:
+    return Path(os.environ.get("PYCONTRAST_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures")) / "d2-parity"
 
 
-def _load_images(args: argparse.Namespace, short: int) -> list[Any]:
-    """``args.images`` HWC uint8 RGB arrays at shortest edge ``short`` (fixture images, cycled, or generated)."""
+def _weights(arch: str) -> dict[str, Any]:
+    import torch
+
+    state = torch.load(_fixtures() / arch / "weights_fp16.pth", weights_only=True)["model"]
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    return ["INPUT.MIN_SIZE_TEST", str(args.size), "INPUT.MAX_SIZE_TEST", str(args.max_size)]
+
+
+def _ours(args: argparse.Namespace) -> Any:
+    import pycontrast_det as pcd
+
+    path = _fixtures() / args.arch
+    return pcd.load(path / "config.yaml", weights=path / "weights_fp16.pth", device=args.device,
+                    overrides=_overrides(args))
+
+
+def _images(args: argparse.Namespace) -> list[Any]:
     import numpy as np
     from PIL import Image
 
-    from pycontrast_det.modeling.preprocess import resize_shortest_edge
-
-    sources = [Path(p) for p in args.image_files] or ([] if args.generated else _fixture_images())
-    images = []
-    rng = np.random.default_rng(0)
-    for index in range(args.images):
-        if sources:
-            with Image.open(sources[index % len(sources)]) as image:
-                array = np.array(image.convert("RGB"))
-        else:  # smooth random colour fields, 480x640 like COCO's typical image
-            low = rng.integers(0, 256, size=(15, 20, 3), dtype=np.uint8)
-            array = np.array(Image.fromarray(low).resize((640, 480), Image.BILINEAR))
-        images.append(resize_shortest_edge(array, short, MAX_SIZE))
-    return images
+    names = (args.image or list(DEFAULT_IMAGES))[:args.images]
+    return [np.asarray(Image.open(_fixtures() / "images" / f"{name}.png").convert("RGB")) for name in names]
 
 
-def _build(kind: str, device: str, num_classes: int, short: int, config: str) -> tuple[Any, Any]:
-    """(model in eval mode on device, callable running one HWC uint8 image -> detections)."""
+def _item(image: Any, cfg: Any) -> dict:
+    """detectron2's test-time input for one RGB image (channel order of the config, ResizeShortestEdge)."""
+    import numpy as np
     import torch
 
+    from pycontrast_det.modeling.preprocess import resize_shortest_edge
+
+    array = image[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else image
+    resized = resize_shortest_edge(np.ascontiguousarray(array), cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    return {"image": torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))),
+            "height": image.shape[0], "width": image.shape[1]}
+
+
+def _detections(out: dict) -> dict:
+    """boxes and scores as lists (to compare models' outputs in the parent)."""
+    return {"boxes": out["boxes"].float().cpu().tolist(), "scores": out["scores"].float().cpu().tolist()}
+
+
+# ------------------------------------------------------------------------------------------ workers
+
+def _build(args: argparse.Namespace) -> dict[str, Callable[[Any], dict]]:
+    """{row name: run one image -> output dict} for this worker's model."""
+    import torch
+
+    kind = args.worker
     if kind == "ours":
+        from pycontrast_det.modeling.fuse import FastPath
+        from pycontrast_det.modeling.meta_arch import precision_context
+
+        model = _ours(args)
+        rows: dict[str, Callable[[Any], dict]] = {}
+        precisions = ["fp32", "fp16", "bf16"] if args.device.startswith("cuda") else ["fp32"]
+        settings = {name: FastPath(**off) for name, off in OFF.items()}
+        for precision in precisions:
+            for name, path in settings.items():
+                if precision != "fp32" and name not in ("ours", "reference"):
+                    continue
+
+                def run(image: Any, path: FastPath = path, precision: str = precision) -> dict:
+                    model.fast_path = path
+                    with torch.inference_mode(), precision_context(precision, model.device):
+                        return model([model.to_input(image)])[0]
+                rows[name if precision == "fp32" else f"{name} {precision}"] = run
+        return rows
+    if kind == "detectron2":
+        from detectron2.config import get_cfg
+        from detectron2.modeling import build_model
+
+        from pycontrast_det.engine.d2_backend import register_res5_extra_norm
+
+        register_res5_extra_norm()
+        cfg = get_cfg()
+        cfg.set_new_allowed(True)
+        cfg.merge_from_file(str(_fixtures() / args.arch / "config.yaml"))
+        cfg.merge_from_list(_overrides(args) + ["MODEL.DEVICE", args.device])
+        model = build_model(cfg).eval()
+        missing = model.load_state_dict(_weights(args.arch), strict=False)
+        assert not missing.missing_keys, missing.missing_keys
+
+        def run_d2(image: Any) -> dict:
+            with torch.inference_mode():
+                inst = model([_item(image, cfg)])[0]["instances"]
+            return {"boxes": inst.pred_boxes.tensor, "scores": inst.scores}
+        return {f"detectron2 {__import__('detectron2').__version__}": run_d2}
+    if kind == "torchvision":
+        from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
+
+        tv = maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=81, min_size=args.size,
+                                      max_size=args.max_size, box_score_thresh=0.0,  # random init: scores ~1/81; keep
+                                      box_detections_per_img=100).eval().to(args.device)  # 100, as ours
+
+        def run_tv(image: Any) -> dict:
+            tensor = torch.from_numpy(image).permute(2, 0, 1).to(args.device, torch.float32) / 255.0
+            with torch.inference_mode():
+                return tv([tensor])[0]
+        return {"torchvision maskrcnn_resnet50_fpn_v2 (random init)": run_tv}
+    if kind == "onnxruntime":
+        import onnxruntime as ort
+
         import pycontrast_det as pcd
 
-        overrides = ["INPUT.MIN_SIZE_TEST", str(short), "INPUT.MAX_SIZE_TEST", str(MAX_SIZE),
-                     "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE", "100",
-                     "MODEL.ROI_HEADS.NUM_CLASSES", str(num_classes)]
-        model = pcd.load(config, pretrained=False, device=device, overrides=overrides)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = args.threads
+        with tempfile.TemporaryDirectory(prefix="pcd-bench-") as folder:  # the session holds the graph in memory
+            path = pcd.export(_ours(args).cpu(), Path(folder) / f"{args.arch}.onnx", format="onnx")
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-        def run(image: Any) -> int:
-            return len(model.predict(image)["scores"])
-        return model, run
-
-    from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
-
-    model = maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=num_classes + 1,
-                                     min_size=short, max_size=MAX_SIZE, box_score_thresh=0.0,
-                                     box_detections_per_img=100).eval().to(device)
-
-    def run(image: Any) -> int:
-        tensor = torch.from_numpy(image).permute(2, 0, 1).to(device=device, dtype=torch.float32) / 255.0
-        return len(model([tensor])[0]["scores"])
-    return model, run
+        def run_ort(image: Any) -> dict:
+            boxes, scores, _, _ = session.run(None, {"image": image})
+            return {"boxes": torch.from_numpy(boxes), "scores": torch.from_numpy(scores)}
+        return {f"onnxruntime {ort.__version__} (CPU)": run_ort}
+    raise ValueError(kind)
 
 
-def worker(args: argparse.Namespace) -> dict[str, Any]:
-    """Run one configuration in this process; returns the figures as a dict."""
+def worker(args: argparse.Namespace) -> None:
+    """Build the model, then per round run every row over the images (see workers.serve)."""
     import torch
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    images = _load_images(args, args.size)
-    device = args.device
-    cuda = device.startswith("cuda")
-    model, run = _build(args.model, device, args.num_classes, args.size, args.config)
-    rss_built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB (Linux)
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    autocast = torch.autocast("cuda", dtype=torch.float16, enabled=args.amp) if cuda else torch.autocast(
-        "cpu", enabled=False)
-    detections = []
-    with torch.inference_mode(), autocast:
-        for image in images[:args.warmup]:
-            run(image)
-        if cuda:
-            torch.cuda.synchronize()
-        start, cpu_start = time.perf_counter(), time.process_time()
-        for image in images:
-            detections.append(run(image))
-        if cuda:
-            torch.cuda.synchronize()
-        elapsed, cpu_elapsed = time.perf_counter() - start, time.process_time() - cpu_start
-    rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {
-        "model": args.model, "device": device, "amp": bool(args.amp), "size": args.size,
-        "mpix": sum(im.shape[0] * im.shape[1] for im in images) / len(images) / 1e6, "images": len(images),
-        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-        "images_per_s": len(images) / elapsed, "s_per_image": elapsed / len(images),
-        "cpu_s_per_image": cpu_elapsed / len(images),
-        "mean_detections": sum(detections) / len(detections),
-        "peak_rss_mib": rss_peak, "rss_growth_mib": rss_peak - rss_built,
-        "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
-    }
+    rows = _build(args)
+    images = _images(args)
+    cuda = args.device.startswith("cuda")
+    # warm-up (and one-time work: folds, cuDNN autotuning); the first row's peak is its own
+    runs = list(rows.values())
+    runs[0](images[0])
+    first_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for run in runs[1:]:
+        run(images[0])
+
+    def run_round() -> dict:
+        result = {}
+        for name, run in rows.items():
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            start, cpu_start = time.perf_counter(), time.process_time()
+            outputs = [run(image) for image in images]
+            if cuda:
+                torch.cuda.synchronize()
+            result[name] = {"s": (time.perf_counter() - start) / len(images),
+                            "cpu_s": (time.process_time() - cpu_start) / len(images),
+                            "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+                            "detections": _detections(outputs[0])}
+        return {"rows": result, "peak_rss_mib": first_peak}
+
+    workers.serve(list(rows), run_round)
 
 
-def _spawn(args: argparse.Namespace, model: str, device: str, amp: bool, size: int) -> dict[str, Any]:
-    """Run ``worker`` for one configuration in a fresh interpreter and parse its JSON line."""
-    command = [sys.executable, __file__, "--worker", "--model", model, "--device", device, "--size", str(size),
-               "--images", str(args.images), "--warmup", str(args.warmup), "--threads", str(args.threads),
-               "--num-classes", str(args.num_classes), "--config", args.config]
-    command += ["--amp"] if amp else []
-    command += ["--generated"] if args.generated else []
-    for path in args.image_files:
-        command += ["--image-file", path]
-    pythonpath = [str(REPO_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(pythonpath))
-    proc = subprocess.run(command, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
-        return {"model": model, "device": device, "amp": amp, "size": size, "error": tail[0]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+# ------------------------------------------------------------------------------------------ parent
+
+def _command(args: argparse.Namespace, kind: str, python: str) -> list[str]:
+    command = [python, __file__, "--worker", kind, "--arch", args.arch, "--device", args.device,
+               "--size", str(args.size), "--max-size", str(args.max_size), "--images", str(args.images),
+               "--threads", str(args.threads)]
+    for name in args.image:
+        command += ["--image", name]
+    return command
 
 
-def _row(result: dict[str, Any]) -> str:
-    label = f"{result['model']:<12} {result['device']:<6} {'amp' if result['amp'] else 'fp32':<5} {result['size']:>5}"
-    if "error" in result:
-        return f"{label}  FAILED: {result['error']}"
-    cuda = f"{result['cuda_peak_mib']:9.0f}" if result["cuda_peak_mib"] is not None else f"{'-':>9}"
-    figures = [f"{result['mpix']:6.3f}", f"{result['params_m']:7.2f}", f"{result['images_per_s']:8.3f}",
-               f"{result['s_per_image']:8.3f}", f"{result['cpu_s_per_image']:8.3f}",
-               f"{result['mean_detections']:6.1f}", f"{result['peak_rss_mib']:9.0f}",
-               f"{result['rss_growth_mib']:9.0f}", cuda]
-    return f"{label} {' '.join(figures)}"
+def _matched_difference(a: dict, b: dict) -> tuple[int, float, float]:
+    """(count difference, max box difference, max score difference) over greedily matched detections."""
+    import numpy as np
+
+    boxes_a, boxes_b = np.array(a["boxes"]).reshape(-1, 4), np.array(b["boxes"]).reshape(-1, 4)
+    scores_a, scores_b = np.array(a["scores"]), np.array(b["scores"])
+    box_err = score_err = 0.0
+    unused = set(range(len(scores_b)))
+    for i in range(len(scores_a)):
+        if not unused:
+            break
+        j = min(unused, key=lambda k: np.abs(boxes_b[k] - boxes_a[i]).max() + abs(scores_b[k] - scores_a[i]))
+        unused.remove(j)
+        box_err = max(box_err, float(np.abs(boxes_b[j] - boxes_a[i]).max()))
+        score_err = max(score_err, float(abs(scores_b[j] - scores_a[i])))
+    return len(scores_a) - len(scores_b), box_err, score_err
 
 
-_HEADER = (("model", 12, "<"), ("device", 6, "<"), ("prec", 5, "<"), ("size", 5, ">"), ("MPix", 6, ">"),
-           ("Mparam", 7, ">"), ("img/s", 8, ">"), ("s/img", 8, ">"), ("CPUs/img", 8, ">"), ("dets", 6, ">"),
-           ("peakRSS", 9, ">"), ("RSS+inf", 9, ">"), ("CUDApeak", 9, ">"))
+def _run_arch(args: argparse.Namespace) -> bool:
+    """Print one architecture's table; False when ours or the baseline could not run."""
+    try:
+        import detectron2  # noqa: F401
+        baseline = "detectron2"
+    except ImportError:
+        baseline = "torchvision"
+    kinds = [(baseline, sys.executable), ("ours", sys.executable)]
+    if not args.no_onnx and not args.device.startswith("cuda"):
+        kinds.append(("onnxruntime", args.onnx_python or sys.executable))
+    started = {kind: workers.start(kind, _command(args, kind, python)) for kind, python in kinds}
+    if not workers.required_started(started, ("ours", baseline)):
+        return False
+    replies = workers.take_turns({kind: proc for kind, proc in started.items() if proc is not None}, args.rounds)
+    figures: dict[str, list[dict]] = {}
+    peaks: dict[str, float] = {}
+    for kind, rounds in replies.items():
+        for reply in rounds:
+            peaks[kind] = reply["peak_rss_mib"]
+            for name, row in reply["rows"].items():
+                figures.setdefault(name, []).append({**row, "worker": kind})
+    base_name = next((n for n, rows in figures.items() if rows[0]["worker"] == baseline), None)
+    best = {name: {key: min(r[key] for r in rows) for key in ("s", "cpu_s")} for name, rows in figures.items()}
+    print(f"{'':<52}{'s/img':>8}{'CPU s/img':>11}{'peak MiB':>10}{'x base (CPU)':>14}{'x base (wall)':>15}"
+          f"   output vs base (count, box px, score)")
+    first_rows = {}
+    for name, rows in figures.items():
+        first_rows.setdefault(rows[0]["worker"], name)
+    for name, rows in figures.items():
+        row, kind = best[name], rows[0]["worker"]
+        peak = rows[-1]["cuda_peak_mib"] if rows[-1]["cuda_peak_mib"] is not None else (
+            peaks[kind] if first_rows[kind] == name else float("nan"))  # CPU: one process per model
+        ratio_cpu = best[base_name]["cpu_s"] / row["cpu_s"] if base_name else float("nan")
+        ratio_wall = best[base_name]["s"] / row["s"] if base_name else float("nan")
+        same = ""
+        if base_name and name != base_name and baseline == "detectron2":
+            count, box, score = _matched_difference(rows[0]["detections"], figures[base_name][0]["detections"])
+            same = f"   {count:+d}, {box:.2g}, {score:.2g}"
+        peak_text = f"{peak:>10.0f}" if peak == peak else f"{'-':>10}"  # nan: the worker's first row has it
+        print(f"{name:<52}{row['s']:>8.2f}{row['cpu_s']:>11.2f}{peak_text}{ratio_cpu:>14.2f}{ratio_wall:>15.2f}"
+              f"{same}")
+    return True
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=4, help="timed images per run (default: %(default)s)")
-    parser.add_argument("--size", type=int, default=512,
-                        help="shortest edge of the input, both models (max edge 1333; default: %(default)s)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed images first (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads")
-    parser.add_argument("--num-classes", type=int, default=80, help="classes of both models (default: 80)")
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help="our config (default: %(default)s)")
-    parser.add_argument("--image-file", dest="image_files", action="append", default=[],
-                        help="use this image (repeatable; default: the detectron2 fixture images)")
-    parser.add_argument("--generated", action="store_true", help="use generated images, not the fixtures")
-    parser.add_argument("--no-cuda", action="store_true", help="skip CUDA even when present")
-    parser.add_argument("--skip-800", action="store_true", help="skip our CPU seconds per image at 800 px")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--model", choices=("ours", "torchvision"), help=argparse.SUPPRESS)
-    parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
-    parser.add_argument("--amp", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--arch", nargs="+", default=["fpn", "c4"], choices=("fpn", "c4"))
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=800, help="shortest edge (default: %(default)s)")
+    parser.add_argument("--max-size", type=int, default=1333, help="longest edge cap (default: %(default)s)")
+    parser.add_argument("--images", type=int, default=2, help="timed images per round (default: %(default)s)")
+    parser.add_argument("--image", action="append", default=[], help="fixture image name (repeatable; default: "
+                        f"{', '.join(DEFAULT_IMAGES)})")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of all workers; the best counts (default 2)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads per model (default: %(default)s)")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime row")
+    parser.add_argument("--onnx-python", default=None,
+                        help="interpreter for the onnxruntime worker, when this one lacks onnxruntime")
+    parser.add_argument("--worker", choices=("ours", "detectron2", "torchvision", "onnxruntime"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-
     if args.worker:
-        print(json.dumps(worker(args)))
+        args.arch = args.arch[0]
+        worker(args)
         return 0
-
     import torch
 
-    runs = [(model, "cpu", False, args.size) for model in ("ours", "torchvision")]
-    if torch.cuda.is_available() and not args.no_cuda:
-        runs += [(model, "cuda", amp, args.size) for amp in (False, True) for model in ("ours", "torchvision")]
-    if not args.skip_800:
-        runs.append(("ours", "cpu", False, 800))
-    source = ", ".join(args.image_files) or ("generated" if args.generated or not _fixture_images()
-                                              else "detectron2 fixture images")
-    print(f"torch {torch.__version__}, {args.threads} CPU thread(s), {args.images} image(s) + {args.warmup} "
-          f"warm-up, batch 1, images: {source}; score threshold 0, <= 100 detections, {args.num_classes} classes")
-    print(" ".join(f"{name:{align}{width}}" for name, width, align in _HEADER))
-    for run in runs:
-        print(_row(_spawn(args, *run)), flush=True)
+    load = os.getloadavg()[0]
+    print(f"pycontrast_det from {PACKAGE}; torch {torch.__version__}, {args.threads} thread(s), device {args.device}, {args.size}/{args.max_size} px, "
+          f"batch 1, {args.images} image(s) x {args.rounds} round(s), best round; load average {load:.1f} on "
+          f"{os.cpu_count()} CPUs{' (under load: wall times are not final)' if load > 0.5 * (os.cpu_count() or 1) else ''}")
+    for arch in args.arch:
+        print(f"\nR50-{arch.upper()} (detectron2 parity fixture weights)")
+        ok = _run_arch(argparse.Namespace(**{**vars(args), "arch": arch}))
+        if not ok:
+            return 1
     return 0
 
 

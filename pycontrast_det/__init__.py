@@ -29,6 +29,8 @@ _API = {
     "build_model": "modeling", "load": "modeling",
     # engine
     "evaluate": "engine", "train": "engine", "reproduce": "engine", "finetune": "engine", "plan_finetune": "engine",
+    # export
+    "export": "export", "load_exported": "export", "ExportedModel": "export",
 }
 
 __all__ = sorted(_API) + ["__version__"]

@@ -79,3 +79,7 @@ class LogFormatError(ZooError):
 
 class MissingDependencyError(ZooError, ImportError):
     """An optional dependency (a package extra) is not installed; the message gives the pip command."""
+
+
+class ExportError(ZooError):
+    """A model cannot be exported, or a file is not an exported detector this package can run."""

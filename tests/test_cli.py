@@ -68,10 +68,11 @@ def _commands(tmp_path: Path, image: Path, dataset: Path) -> dict[str, list[str]
         "reproduce": ["reproduce", "mask_rcnn_fpn_1x_rand", "--dataset", "shapes", "--output", str(tmp_path / "rp")],
         "train": ["train", "--config", "R_50_FPN_1x_rand", "--dataset", str(dataset), "--output", str(tmp_path / "tr")],
         "finetune": ["finetune", "mask_rcnn_fpn_1x_rand", "--dataset", str(dataset), "--output", str(tmp_path / "ft")],
+        "export": ["export", "mask_rcnn_fpn_1x_rand", "--format", "onnx", "--out", str(tmp_path / "ex" / "x.onnx")],
     }
 
 
-@pytest.mark.parametrize("command", ["predict", "evaluate", "reproduce", "train", "finetune"])
+@pytest.mark.parametrize("command", ["predict", "evaluate", "reproduce", "train", "finetune", "export"])
 def test_overrides_are_trailing_words_or_opts_on_every_command(command, tmp_path, capsys):
     parser = build_parser()
     argv = _commands(tmp_path, tmp_path / "a.png", tmp_path / "data")[command]
@@ -155,6 +156,10 @@ def test_the_global_manifest_reaches_every_command(user, tmp_path, capsys):
     assert "MODEL.WEIGHTS 'my_rand_fpn': every weight starts from random initialisation" in \
         (tmp_path / "tr" / "log.txt").read_text()
     assert (tmp_path / "tr" / "model_final.pth").is_file() and not (tmp_path / "ft").exists()
+    # export refuses USER (no published detector: its heads would be untrained), which only the manifest defines
+    export = ["export", USER, "--format", "onnx", "--out", str(tmp_path / "x.onnx")]
+    assert main(export) == 2 and f"{USER!r}" in capsys.readouterr().err
+    assert main([*user.argv, *export]) == 2 and f"{USER} has no published detector" in capsys.readouterr().err
 
 
 def test_predict_skips_bad_images_writes_the_others_and_exits_2(user, tmp_path, capsys):

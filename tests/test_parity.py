@@ -1,7 +1,8 @@
 """Our MaskRCNN against detectron2's own outputs (fixtures/d2-parity): same detections from the same weights.
 
 Both fixture models (FPN and C4), both test sizes (320 and 800), every fixture image; for ``shapes_0000``
-also the padded size, the backbone features and the RPN proposals.
+also the padded size, the backbone features and the RPN proposals. The models run as users get them: with the
+inference fast path (folded norms, channels_last, fused sum/ReLU), which the last test shows is what runs.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from PIL import Image
 
 from pycontrast_det import d2_to_model, load_config
 from pycontrast_det.modeling import MaskRCNN, build_model
+from pycontrast_det.modeling.fuse import FastPath
 
 ARCHS = ("fpn", "c4")
 SIZES = {320: (), 800: ("INPUT.MIN_SIZE_TEST", "800", "INPUT.MAX_SIZE_TEST", "1333")}  # README: 320/512 is the dump
@@ -127,3 +129,32 @@ def test_intermediates_match_detectron2(d2_fixtures: Path, arch: str) -> None:
         _assert_close(features[name], exp[f"shapes_0000.feature_{name}"], f"feature {name}")
     _assert_close(proposals[0].boxes, exp["shapes_0000.proposal_boxes"], "proposal boxes")
     _assert_close(proposals[0].logits, exp["shapes_0000.proposal_logits"], "proposal logits")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_parity_runs_take_the_fast_path(d2_fixtures: Path, arch: str) -> None:
+    """Default settings, as in the runs above (C4 here with 100 proposals, to be quick); no batch-norm kernel runs
+    but C4's extra norm after res5 in the mask branch (it follows a ReLU: nothing to fold into); the backbone
+    sees NHWC input; and on a CPU with oneDNN the residual sums and ReLUs run fused into the convolutions."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from pycontrast_det.modeling.fuse import _onednn_post_ops
+
+    light = ("MODEL.RPN.POST_NMS_TOPK_TEST", "100") if arch == "c4" else ()
+    model = build_model(load_config(d2_fixtures / arch / "config.yaml", SIZES[320] + light))
+    model.load_state_dict(d2_to_model(fixture_weights(d2_fixtures, arch), arch, model.state_dict().keys())[0])
+    model.eval()
+    assert model.fast_path == FastPath(fold_norms=True, channels_last=True, fuse_activations=True)
+    layouts = []
+    hook = model.backbone.body.layer1.register_forward_pre_hook(
+        lambda module, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    item = model.to_input(Image.open(d2_fixtures / "images" / "shapes_0000.png"))
+    try:
+        with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            out = model([item])[0]
+    finally:
+        hook.remove()
+    counts = {event.key: event.count for event in prof.key_averages()}
+    assert layouts == [True] and len(out["scores"]) > 0
+    assert counts.get("aten::native_batch_norm", 0) == (1 if arch == "c4" else 0), counts
+    assert ("mkldnn::_convolution_pointwise" in counts) == _onednn_post_ops()

@@ -16,14 +16,16 @@ from typing import Optional, Sequence
 from ..errors import ZooError
 from ..zoo import manifests_in_use
 
-_TOPICS = ("zoo_cmds", "convert_cmd", "predict_cmd", "eval_cmds", "train_cmds", "finetune_cmd", "publish_cmd")
+_TOPICS = ("zoo_cmds", "convert_cmd", "predict_cmd", "eval_cmds", "train_cmds", "finetune_cmd", "publish_cmd",
+           "export_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="pycontrast-zoo",
-        description="PyContrast detection-transfer model zoo: list, fetch, convert, predict, evaluate, reproduce, publish.",
+        description="PyContrast detection-transfer model zoo: list, fetch, convert, predict, evaluate, reproduce, "
+                    "publish, export.",
     )
     parser.add_argument("--manifest", metavar="PATH", action="append", default=None,
                         help="use this manifest instead of (first one) or merged over the shipped zoo.yaml, for "

@@ -56,6 +56,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     add_device(parser)
     parser.add_argument("--batch-size", metavar="N", type=int, default=1,
                         help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
+                        help="inference precision: fp32, or autocast to fp16 (CUDA only) or bf16 "
+                             "(default: %(default)s)")
     add_overrides(parser)
     parser.set_defaults(func=run_predict)
 
@@ -72,8 +75,10 @@ def run_predict(args: argparse.Namespace) -> int:
     for line in skipped:
         print(f"{line}: skipped", file=sys.stderr)
 
-    model = load_model(entry, config=args.config, weights=args.weights, device=run_device(args),
-                       overrides=args.opts)
+    device = run_device(args)
+    if args.precision == "fp16" and not device.startswith("cuda"):
+        raise ZooError(f"predict: --precision fp16 needs a CUDA device (the device is {device}); use bf16 on the CPU")
+    model = load_model(entry, config=args.config, weights=args.weights, device=device, overrides=args.opts)
     category_ids = list(model.classes.ids)
     image_ids = assign_image_ids(paths)
     png_names = _png_names(paths)
@@ -85,7 +90,7 @@ def run_predict(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     for batch in _batches(_readable(paths, skipped), args.batch_size):
         predictions = model.predict([array for _, _, array in batch], score_thresh=args.score_thresh,
-                                    batch_size=len(batch))
+                                    batch_size=len(batch), precision=args.precision)
         for (index, path, array), pred in zip(batch, predictions):
             results.extend(to_coco_results(pred, image_ids[index], path.name, category_ids))
             keep = pred["scores"].numpy() >= args.draw_thresh

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from .fuse import ConvNormAct, conv_norm
 from .norms import FrozenBatchNorm2d, get_norm
 
 BLOCKS_PER_STAGE = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -54,24 +55,20 @@ class Bottleneck(nn.Module):
         self.bn2 = _norm_or_identity(norm, bottleneck_channels)
         self.conv3 = nn.Conv2d(bottleneck_channels, out_channels, 1, bias=False)
         self.bn3 = _norm_or_identity(norm, out_channels)
-        self.relu = nn.ReLU(inplace=True)
         self.downsample: nn.Module | None = None
         if in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                _norm_or_identity(norm, out_channels),
-            )
+            self.downsample = ConvNormAct(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                                          _norm_or_identity(norm, out_channels))
         for conv in (self.conv1, self.conv2, self.conv3):
             c2_msra_fill(conv)
         if self.downsample is not None:
             c2_msra_fill(self.downsample[0])
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        out = conv_norm(self.conv1, self.bn1, x, relu=True)
+        out = conv_norm(self.conv2, self.bn2, out, relu=True)
         shortcut = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + shortcut)
+        return conv_norm(self.conv3, self.bn3, out, relu=True, residual=shortcut)
 
 
 def make_stage(num_blocks: int, in_channels: int, bottleneck_channels: int, out_channels: int, *,
@@ -95,7 +92,6 @@ class ResNetBody(nn.Module):
         stem_channels = resnets_cfg.STEM_OUT_CHANNELS
         self.conv1 = nn.Conv2d(3, stem_channels, 7, stride=2, padding=3, bias=False)
         self.bn1 = _norm_or_identity(norm, stem_channels)
-        self.relu = nn.ReLU(inplace=True)
         c2_msra_fill(self.conv1)
         groups = resnets_cfg.NUM_GROUPS
         bottleneck = groups * resnets_cfg.WIDTH_PER_GROUP
@@ -113,7 +109,7 @@ class ResNetBody(nn.Module):
             in_channels, bottleneck, out_channels = out_channels, bottleneck * 2, out_channels * 2
 
     def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
-        x = self.relu(self.bn1(self.conv1(x)))
+        x = conv_norm(self.conv1, self.bn1, x, relu=True)
         x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
         outputs: OrderedDict[str, Tensor] = OrderedDict()
         for idx, name in enumerate(self.stage_names):
@@ -148,6 +144,9 @@ class FPNBackbone(nn.Module):
             extra_blocks=LastLevelMaxPool(),
             norm_layer=(lambda channels: get_norm(norm, channels)) if norm else None,
         )
+        for blocks in (self.fpn.inner_blocks, self.fpn.layer_blocks):  # same layers, norms folded at inference
+            for i, block in enumerate(blocks):
+                blocks[i] = ConvNormAct.from_block(block)
         self.strides = {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
         self.out_channels = cfg.MODEL.FPN.OUT_CHANNELS
 

@@ -34,14 +34,30 @@ def decode_boxes(deltas: Tensor, boxes: Tensor, weights: Sequence[float]) -> Ten
     return torch.stack((x1, y1, x2, y2), dim=-1).reshape(deltas.shape)
 
 
+def size_tensor(value, device: torch.device) -> Tensor:
+    """An image dimension as a 0-dim tensor: a traced one as it is (``torch.tensor`` would freeze it)."""
+    return value if isinstance(value, Tensor) else torch.tensor(value, device=device)
+
+
 def clip_boxes(boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
-    """Clamp XYXY boxes (..., 4) to an (h, w) image: x to [0, w], y to [0, h]."""
+    """Clamp XYXY boxes (..., 4) to an (h, w) image: x to [0, w], y to [0, h] (sizes may be traced tensors)."""
     h, w = image_size
+    if isinstance(h, Tensor) or isinstance(w, Tensor):
+        limits = torch.stack([size_tensor(v, boxes.device) for v in (w, h, w, h)]).to(boxes.dtype)
+        return torch.minimum(boxes.clamp(min=0), limits)
     x1 = boxes[..., 0].clamp(min=0, max=w)
     y1 = boxes[..., 1].clamp(min=0, max=h)
     x2 = boxes[..., 2].clamp(min=0, max=w)
     y2 = boxes[..., 3].clamp(min=0, max=h)
     return torch.stack((x1, y1, x2, y2), dim=-1)
+
+
+def split_like(tensor: Tensor, parts: Sequence[Tensor]) -> list[Tensor]:
+    """``tensor``'s rows split into pieces as long as ``parts`` (one part: the tensor itself, so that a traced
+    graph holds no fixed row counts)."""
+    if len(parts) == 1:
+        return [tensor]
+    return list(tensor.split([len(p) for p in parts]))
 
 
 def nonempty(boxes: Tensor, threshold: float = 0.0) -> Tensor:

@@ -2,8 +2,9 @@
 plus ``predict`` for plain images."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -12,6 +13,7 @@ from torch import Tensor, nn
 
 from ..coco_classes import CategoryMap
 from ..images import as_rgb_array
+from .fuse import FastPath, clear_fold_caches
 from .postprocess import rescale
 from .preprocess import resize_shortest_edge
 
@@ -19,6 +21,27 @@ if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
 ImageLike = Union[str, Path, "PILImage", np.ndarray, Tensor]
+
+
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context for ``precision`` on ``device`` (a no-op for fp32); ValueError for fp16 off CUDA."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    if dtype is torch.float16 and device.type != "cuda":
+        raise ValueError(f"precision fp16 needs a CUDA device (the model is on {device}); use bf16 on the CPU")
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _output_size(item: dict, key: str, default):
+    """The requested output height or width (an int; a traced 0-dim tensor stays one)."""
+    value = item.get(key, default)
+    return value if isinstance(value, Tensor) and torch.jit.is_tracing() else int(value)
 
 
 class MaskRCNN(nn.Module):
@@ -33,6 +56,7 @@ class MaskRCNN(nn.Module):
         self.rpn = rpn
         self.roi_heads = roi_heads
         self.classes = classes  # names and dataset category ids in contiguous order; checkpoints store them
+        self.fast_path = FastPath()  # inference optimisations in eval mode (pycontrast_det.modeling.fuse)
         self.size_divisibility = backbone.size_divisibility
         self.register_buffer("pixel_mean", torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1), persistent=False)
@@ -48,33 +72,51 @@ class MaskRCNN(nn.Module):
 
     def preprocess(self, batched_inputs: Sequence[dict]) -> tuple[Tensor, list[tuple[int, int]]]:
         """Normalised images padded (zeros, bottom/right) to the batch maximum, rounded up to the
-        backbone's size divisibility; and each image's unpadded (h, w)."""
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
-        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        backbone's size divisibility; and each image's unpadded (h, w) (0-dim tensors when traced)."""
+        images = [x["image"].to(self.device, non_blocking=True) for x in batched_inputs]
+        sizes = [(im.shape[-2], im.shape[-1]) for im in images]
         max_h, max_w = max(s[0] for s in sizes), max(s[1] for s in sizes)
         if self.size_divisibility > 1:
             d = self.size_divisibility
             max_h, max_w = (max_h + d - 1) // d * d, (max_w + d - 1) // d * d
         if len(images) == 1:
-            batch = F.pad(images[0], [0, max_w - sizes[0][1], 0, max_h - sizes[0][0]]).unsqueeze(0)
-        else:
-            batch = images[0].new_zeros((len(images), images[0].shape[0], max_h, max_w))
-            for img, pad in zip(images, batch):
-                pad[:, :img.shape[-2], :img.shape[-1]].copy_(img)
-        return batch, sizes
+            image = (images[0] - self.pixel_mean) / self.pixel_std
+            return F.pad(image, [0, max_w - sizes[0][1], 0, max_h - sizes[0][0]]).unsqueeze(0), sizes
+        # one padded batch, normalised in one pass: padding filled with the mean normalises to exactly zero
+        batch = self.pixel_mean.expand(len(images), -1, max_h, max_w).contiguous()
+        for image, slot in zip(images, batch):
+            slot[:, :image.shape[-2], :image.shape[-1]].copy_(image)
+        return batch.sub_(self.pixel_mean).div_(self.pixel_std), sizes
+
+    def train(self, mode: bool = True) -> "MaskRCNN":
+        """nn.Module.train; entering training also drops the inference folds (training changes the weights)."""
+        if mode:
+            clear_fold_caches(self)
+        return super().train(mode)
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+        clear_fold_caches(self)  # .to() / .half() / ...: the folds refer to the old tensors
+        return super()._apply(fn, recurse)
 
     def forward(self, batched_inputs: Sequence[dict]) -> Union[dict[str, Tensor], list[dict[str, Tensor]]]:
         """Training: the five losses. Eval: per image boxes/scores/classes(/masks) in original pixels."""
+        with self.fast_path.active():
+            return self._forward(batched_inputs)
+
+    def _forward(self, batched_inputs: Sequence[dict]) -> Union[dict[str, Tensor], list[dict[str, Tensor]]]:
         images, sizes = self.preprocess(batched_inputs)
-        features = self.backbone(images)
         if self.training:
+            features = self.backbone(images)
             targets = [self._target(x) for x in batched_inputs]
             proposals, losses = self.rpn(features, sizes, [t["boxes"] for t in targets])
             _, roi_losses = self.roi_heads(features, proposals, sizes, targets)
             return {**losses, **roi_losses}
+        if self.fast_path.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        features = self.backbone(images)
         proposals, _ = self.rpn(features, sizes)
         detections, _ = self.roi_heads(features, proposals, sizes)
-        return [rescale(det, size, int(x.get("height", size[0])), int(x.get("width", size[1])))
+        return [rescale(det, size, _output_size(x, "height", size[0]), _output_size(x, "width", size[1]))
                 for det, size, x in zip(detections, sizes, batched_inputs)]
 
     def _target(self, item: dict) -> dict:
@@ -93,17 +135,24 @@ class MaskRCNN(nn.Module):
         array = rgb[:, :, ::-1] if self.cfg.INPUT.FORMAT == "BGR" else rgb
         resized = resize_shortest_edge(np.ascontiguousarray(array), self.cfg.INPUT.MIN_SIZE_TEST,
                                        self.cfg.INPUT.MAX_SIZE_TEST)
-        tensor = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))).float()
+        tensor = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))  # uint8: 4x less to copy
         return {"image": tensor, "height": rgb.shape[0], "width": rgb.shape[1]}
 
     @torch.inference_mode()
     def predict(self, images: Union[ImageLike, Sequence[ImageLike]], score_thresh: float | None = None,
-                batch_size: int = 4) -> Union[dict[str, Any], list[dict[str, Any]]]:
+                batch_size: Optional[int] = None, precision: str = "fp32"
+                ) -> Union[dict[str, Any], list[dict[str, Any]]]:
         """Detect objects in one image or a list (paths, PIL images, HWC uint8 RGB arrays, CHW tensors).
 
         Returns per image ``boxes`` [N, 4] XYXY pixels, ``scores``, ``labels`` (0-based), ``label_names``,
         ``masks`` bool [N, H, W] (CPU tensors). ``score_thresh`` replaces ROI_HEADS.SCORE_THRESH_TEST.
+        ``batch_size``: images per forward pass, padded once to a common size (default 4 on CUDA, 1 on the CPU,
+        where batching does not pay and padding to a batch's size changes outputs slightly). ``precision``:
+        ``"fp32"``, or autocast to ``"fp16"`` (CUDA) / ``"bf16"``.
         """
+        autocast = precision_context(precision, self.device)
+        if batch_size is None:
+            batch_size = 1 if self.device.type == "cpu" else 4
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
         was_training = self.training
@@ -115,7 +164,9 @@ class MaskRCNN(nn.Module):
             results = []
             for start in range(0, len(items), batch_size):
                 batch = [self.to_input(im) for im in items[start:start + batch_size]]
-                for out in self(batch):
+                with autocast:
+                    outputs = self(batch)
+                for out in outputs:
                     labels = out["classes"].cpu()
                     result = {"boxes": out["boxes"].float().cpu(), "scores": out["scores"].float().cpu(),
                               "labels": labels, "label_names": [self.class_names[i] for i in labels.tolist()]}

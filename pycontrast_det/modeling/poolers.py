@@ -8,6 +8,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
+from .fuse import active_fast_path
+
 
 def assign_levels(boxes: Tensor, min_level: int, max_level: int, canonical_size: float = 224.0,
                   canonical_level: int = 4) -> Tensor:
@@ -38,17 +40,20 @@ class ROIPooler(nn.Module):
     def forward(self, features: Sequence[Tensor], boxes: Sequence[Tensor]) -> Tensor:
         """(R, C, S, S) pooled features, rows in the order of the concatenated ``boxes``."""
         all_boxes = torch.cat(list(boxes))
-        batch_index = torch.cat([torch.full((len(b), 1), i, dtype=all_boxes.dtype, device=all_boxes.device)
-                                 for i, b in enumerate(boxes)])
+        batch_index = torch.cat([torch.zeros_like(b[:, :1]) + i for i, b in enumerate(boxes)]).to(all_boxes.dtype)
         rois = torch.cat([batch_index, all_boxes], dim=1)
+        # the heads' convolutions take NHWC on the fast path: write the output in that layout once
+        layout = (torch.channels_last if not self.training and active_fast_path().channels_last
+                  else torch.contiguous_format)
         if len(features) == 1:
-            return self._align(features[0], rois, self.scales[0])
+            return self._align(features[0], rois, self.scales[0]).contiguous(memory_format=layout)
         levels = assign_levels(all_boxes, self.min_level, self.max_level)
         output = None
         for level, (feature, scale) in enumerate(zip(features, self.scales)):
             inds = torch.nonzero(levels == level, as_tuple=True)[0]
             pooled = self._align(feature, rois[inds], scale)
             if output is None:
-                output = pooled.new_zeros((len(rois), feature.shape[1], self.output_size, self.output_size))
-            output[inds] = pooled
+                output = torch.empty((rois.shape[0], feature.shape[1], self.output_size, self.output_size),
+                                     dtype=pooled.dtype, device=pooled.device, memory_format=layout).zero_()
+            output.index_copy_(0, inds, pooled)  # exports to ONNX for any number of rows (index_put does not)
         return output

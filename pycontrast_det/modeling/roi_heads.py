@@ -9,19 +9,20 @@ from torch import Tensor, nn
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 
 from .backbone import c2_msra_fill, c2_xavier_fill, make_stage
+from .fuse import ConvNormAct, affine_of, foldable_affine
 from .norms import get_norm
 from .poolers import ROIPooler
+from .boxes import split_like
 from .postprocess import Detections, fast_rcnn_inference, mask_probabilities
 from .rpn import Proposals
 
 
-def conv_norm_relu(in_channels: int, out_channels: int, norm: str) -> nn.Sequential:
+def conv_norm_relu(in_channels: int, out_channels: int, norm: str) -> ConvNormAct:
     """3x3 conv (bias only without a norm) -> norm -> ReLU, msra-initialised."""
     norm_layer = get_norm(norm, out_channels)
     conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=norm_layer is None)
     c2_msra_fill(conv)
-    layers = [conv] + ([norm_layer] if norm_layer is not None else []) + [nn.ReLU(inplace=True)]
-    return nn.Sequential(*layers)
+    return ConvNormAct(conv, norm_layer, relu=True)
 
 
 class BoxPredictor(nn.Module):
@@ -82,7 +83,7 @@ class _ROIHeadsBase(nn.Module):
                 image_sizes: list[tuple[int, int]], targets: list[dict] | None = None
                 ) -> tuple[list[Detections], dict[str, Tensor]]:
         """Detections per image (eval) or the box and mask losses (training)."""
-        maps = [features[f] for f in self.in_features]
+        maps = [features[f].contiguous() for f in self.in_features]  # RoIAlign reads NCHW: convert once
         if self.training:
             return [], self._losses(maps, proposals, targets)
         x, _ = self.box_features(maps, [p.boxes for p in proposals])
@@ -90,10 +91,10 @@ class _ROIHeadsBase(nn.Module):
         detections = fast_rcnn_inference(class_logits, box_deltas, [p.boxes for p in proposals], image_sizes,
                                          self.box_weights, self.score_thresh, self.nms_thresh, self.topk)
         if self.mask_on:
-            counts = [len(d.boxes) for d in detections]
-            logits = self.mask_logits(maps, [d.boxes for d in detections])
+            boxes = [d.boxes for d in detections]
+            logits = self.mask_logits(maps, boxes)
             classes = torch.cat([d.classes for d in detections])
-            for det, probs in zip(detections, mask_probabilities(logits, classes).split(counts)):
+            for det, probs in zip(detections, split_like(mask_probabilities(logits, classes), boxes)):
                 det.mask_probs = probs
         return detections, {}
 
@@ -173,7 +174,11 @@ class Res5ROIHeads(_ROIHeadsBase):
         x = self.res5(self.pooler(features, boxes))
         return x if self.res5_norm is None else self.res5_norm(x)
 
-    def box_features(self, features: list[Tensor], boxes: list[Tensor]) -> tuple[Tensor, Tensor]:
+    def box_features(self, features: list[Tensor], boxes: list[Tensor]) -> tuple[Tensor, Tensor | None]:
+        if self.res5_norm is not None and not self.training and foldable_affine(self.res5_norm):
+            # inference: the box branch needs only the spatial mean, and an affine norm commutes with it
+            scale, shift = affine_of(self.res5_norm)
+            return self.res5(self.pooler(features, boxes)).mean(dim=(2, 3)) * scale + shift, None
         res5 = self._res5(features, boxes)
         return res5.mean(dim=(2, 3)), res5
 

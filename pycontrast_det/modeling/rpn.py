@@ -70,11 +70,12 @@ class RPN(nn.Module):
         batch_idx = torch.arange(num_images, device=logits[0].device)
         top_logits, top_boxes, level_ids = [], [], []
         for level, (logits_i, boxes_i) in enumerate(zip(logits, boxes)):
-            k = min(logits_i.shape[1], pre_nms_topk)
+            num = logits_i.shape[1]  # a 0-dim tensor when traced (export): keep k dynamic
+            k = torch.clamp(num, max=pre_nms_topk) if isinstance(num, Tensor) else min(num, pre_nms_topk)
             scores, idx = logits_i.topk(k, dim=1)
             top_logits.append(scores)
             top_boxes.append(boxes_i[batch_idx[:, None], idx])
-            level_ids.append(torch.full((k,), level, dtype=torch.int64, device=logits_i.device))
+            level_ids.append(torch.full_like(idx[0], level))
         all_logits = torch.cat(top_logits, dim=1)
         all_boxes = torch.cat(top_boxes, dim=1)
         all_levels = torch.cat(level_ids)
@@ -82,13 +83,13 @@ class RPN(nn.Module):
         for n, image_size in enumerate(image_sizes):
             boxes_n, logits_n, levels_n = all_boxes[n], all_logits[n], all_levels
             valid = torch.isfinite(boxes_n).all(dim=1) & torch.isfinite(logits_n)
-            if not bool(valid.all()):
+            if torch.jit.is_tracing() or not bool(valid.all()):  # a trace keeps the filter for every input
                 if self.training:
                     raise FloatingPointError("predicted RPN boxes or logits are not finite; training diverged")
                 boxes_n, logits_n, levels_n = boxes_n[valid], logits_n[valid], levels_n[valid]
             boxes_n = clip_boxes(boxes_n, image_size)
             keep = nonempty(boxes_n, self.min_box_size)
-            if not bool(keep.all()):
+            if torch.jit.is_tracing() or not bool(keep.all()):
                 boxes_n, logits_n, levels_n = boxes_n[keep], logits_n[keep], levels_n[keep]
             keep = batched_nms(boxes_n.float(), logits_n, levels_n, self.nms_thresh)[:post_nms_topk]
             results.append(Proposals(boxes_n[keep], logits_n[keep]))
