@@ -9,7 +9,8 @@ maskrcnn_resnet50_fpn_v2 (random init, same input size, score threshold 0 and at
 mask-pasting workload of ours) stands in. Rows:
 
 - ``ours``: the default fast path (norms folded, channels_last, fused sum/ReLU); then the same model with one
-  optimisation switched off (``no fold``, ``no channels_last``, ``no fused ReLU``) and all of them (``reference``);
+  optimisation switched off (``no fold``, ``no channels_last``, ``no fused ReLU``, ``no parallel RoIAlign``) and all
+  of them (``reference``);
   on CUDA each precision (fp32, fp16 and bf16 autocast) for ``ours`` and ``reference``.
 - ``onnxruntime``: our model exported to ONNX (its resize is inside the graph), run by onnxruntime on the CPU.
 
@@ -38,8 +39,9 @@ import workers
 PACKAGE = workers.use_this_checkout()
 REPO_ROOT = workers.REPO_ROOT
 OFF = {"ours": {}, "no fold": {"fold_norms": False}, "no channels_last": {"channels_last": False},
-       "no fused ReLU": {"fuse_activations": False},
-       "reference": {"fold_norms": False, "channels_last": False, "fuse_activations": False}}
+       "no fused ReLU": {"fuse_activations": False}, "no parallel RoIAlign": {"parallel_roi_align": False},
+       "reference": {"fold_norms": False, "channels_last": False, "fuse_activations": False,
+                     "parallel_roi_align": False}}
 DEFAULT_IMAGES = ("coffee", "chelsea", "shapes_0000")
 
 

@@ -15,7 +15,7 @@ from pycontrast_det.modeling import build_model
 from pycontrast_det.modeling.fuse import ConvNormAct, FastPath
 from pycontrast_det.modeling.norms import get_norm
 
-REFERENCE = FastPath(fold_norms=False, channels_last=False, fuse_activations=False)
+REFERENCE = FastPath(fold_norms=False, channels_last=False, fuse_activations=False, parallel_roi_align=False)
 LIGHT = ["INPUT.MIN_SIZE_TEST", "160", "INPUT.MAX_SIZE_TEST", "256", "MODEL.RPN.POST_NMS_TOPK_TEST", "50",
          "MODEL.RPN.POST_NMS_TOPK_TRAIN", "50", "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "200",
          "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32"]
@@ -89,7 +89,8 @@ def test_conv_norm_folds_every_affine_norm_and_only_those(norm: str) -> None:
 
 def test_fast_path_is_on_by_default_and_equals_the_reference(d2_fixtures: Path, item: dict) -> None:
     model = _model(d2_fixtures)
-    assert model.fast_path == FastPath(fold_norms=True, channels_last=True, fuse_activations=True)
+    assert model.fast_path == FastPath(fold_norms=True, channels_last=True, fuse_activations=True,
+                                       parallel_roi_align=True)
     _assert_features_close(_features(model, item, model.fast_path), _features(model, item, REFERENCE))
     with torch.inference_mode():
         fast = model([item])[0]
@@ -139,6 +140,41 @@ def test_folds_follow_every_change_of_the_weights(d2_fixtures: Path, item: dict)
     with torch.no_grad():
         model.backbone.body.layer1[0].conv1.weight.mul_(0.5)
     check("in-place edit")
+
+
+@pytest.mark.parametrize("strides", [(4, 8, 16, 32), (16,)], ids=["fpn", "c4"])
+def test_parallel_roi_align_equals_one_call(strides, monkeypatch) -> None:
+    """RoIAlign split over 2 threads gives exactly the single call's values, in the heads' layout; it is used
+    only without gradients (grad and inference modes are per thread, autograd needs the one call)."""
+    from pycontrast_det.modeling import poolers
+
+    calls = []
+    real = poolers._parallel_roi_align
+    monkeypatch.setattr(poolers, "_parallel_roi_align", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    gen = torch.Generator().manual_seed(0)
+    features = [torch.randn(2, 8, 256 // s, 320 // s, generator=gen).contiguous(memory_format=torch.channels_last)
+                for s in strides]
+    boxes = []
+    for _ in range(2):
+        xy = torch.rand(150, 2, generator=gen) * 200
+        boxes.append(torch.cat([xy, xy + 4 + torch.rand(150, 2, generator=gen) * 120], dim=1))
+    pooler = poolers.ROIPooler(14, strides, sampling_ratio=0, aligned=True).eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode():
+            with FastPath(parallel_roi_align=False).active():
+                one = pooler(features, boxes)
+            assert not calls
+            with FastPath().active():
+                split = pooler(features, boxes)
+        assert calls and split.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(split, one)
+        calls.clear()
+        pooler(features, boxes)  # gradients enabled: one call per level
+        assert not calls
+    finally:
+        torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------------------------ training

@@ -33,11 +33,14 @@ class FastPath:
         fold_norms: fold affine norms into the preceding convolution (eval), and frozen FrozenBN pairs (training).
         channels_last: run the convolutions on NHWC activations (oneDNN's and cuDNN's preferred layout).
         fuse_activations: on CPU, compute a convolution's residual sum and ReLU inside it (oneDNN post-ops).
+        parallel_roi_align: on CPU without gradients, split RoIAlign's boxes over the intra-op threads
+            (torchvision's CPU kernel runs on one thread; each box's output is the same either way).
     """
 
     fold_norms: bool = True
     channels_last: bool = True
     fuse_activations: bool = True
+    parallel_roi_align: bool = True
 
     @contextlib.contextmanager
     def active(self) -> Iterator["FastPath"]:

@@ -1,7 +1,9 @@
 """Multi-level RoIAlign with detectron2's level assignment (canonical box 224 at level 4)."""
 from __future__ import annotations
 
+import functools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import torch
@@ -9,6 +11,8 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from .fuse import active_fast_path
+
+_MIN_ROIS_PER_THREAD = 16  # below this a thread hand-off costs more than the pooling it saves
 
 
 def assign_levels(boxes: Tensor, min_level: int, max_level: int, canonical_size: float = 224.0,
@@ -31,11 +35,18 @@ class ROIPooler(nn.Module):
         self.min_level = int(round(math.log2(strides[0])))
         self.max_level = int(round(math.log2(strides[-1])))
 
-    def _align(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
-        # in float32 (as torchvision's autocast rule does): half-precision box coordinates would be off by
-        # up to a pixel on 1333-pixel images
-        return roi_align(feature.float(), rois.float(), self.output_size, scale, self.sampling_ratio,
-                         self.aligned).to(feature.dtype)
+    def _align(self, feature: Tensor, rois: Tensor, scale: float, layout: torch.memory_format) -> Tensor:
+        """RoIAlign in float32 (as torchvision's autocast rule does: half-precision box coordinates would be off
+        by up to a pixel on 1333-pixel images), back in the feature's dtype, in ``layout``."""
+        dtype, feature, rois = feature.dtype, feature.float(), rois.float()
+        threads = min(torch.get_num_threads(), len(rois) // _MIN_ROIS_PER_THREAD)
+        if (threads > 1 and feature.device.type == "cpu" and not torch.is_grad_enabled()
+                and not torch.jit.is_tracing() and active_fast_path().parallel_roi_align):
+            pooled = _parallel_roi_align(feature, rois, threads, layout, self.output_size, scale,
+                                         self.sampling_ratio, self.aligned)
+        else:
+            pooled = roi_align(feature, rois, self.output_size, scale, self.sampling_ratio, self.aligned)
+        return pooled.to(dtype).contiguous(memory_format=layout)
 
     def forward(self, features: Sequence[Tensor], boxes: Sequence[Tensor]) -> Tensor:
         """(R, C, S, S) pooled features, rows in the order of the concatenated ``boxes``."""
@@ -46,14 +57,44 @@ class ROIPooler(nn.Module):
         layout = (torch.channels_last if not self.training and active_fast_path().channels_last
                   else torch.contiguous_format)
         if len(features) == 1:
-            return self._align(features[0], rois, self.scales[0]).contiguous(memory_format=layout)
+            return self._align(features[0], rois, self.scales[0], layout)
         levels = assign_levels(all_boxes, self.min_level, self.max_level)
         output = None
         for level, (feature, scale) in enumerate(zip(features, self.scales)):
             inds = torch.nonzero(levels == level, as_tuple=True)[0]
-            pooled = self._align(feature, rois[inds], scale)
+            pooled = self._align(feature, rois[inds], scale, layout)
             if output is None:
                 output = torch.empty((rois.shape[0], feature.shape[1], self.output_size, self.output_size),
                                      dtype=pooled.dtype, device=pooled.device, memory_format=layout).zero_()
             output.index_copy_(0, inds, pooled)  # exports to ONNX for any number of rows (index_put does not)
         return output
+
+
+@functools.lru_cache(maxsize=None)
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """One long-lived pool per thread count (torch ops release the GIL, so the chunks run side by side)."""
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pycontrast-roi-align")
+
+
+def _parallel_roi_align(feature: Tensor, rois: Tensor, threads: int, layout: torch.memory_format,
+                        output_size: int, scale: float, sampling_ratio: int, aligned: bool) -> Tensor:
+    """torchvision's roi_align on ``threads`` chunks of the boxes at once: the same values as one call.
+
+    The feature map is made NCHW-contiguous once here (the kernel would copy it in every thread); each thread
+    writes its rows of the output in ``layout`` (the layout change runs in parallel too) and runs in the
+    caller's inference mode (grad and inference modes are thread-local).
+    """
+    feature = feature.contiguous()
+    inference = torch.is_inference_mode_enabled()
+    output = torch.empty((len(rois), feature.shape[1], output_size, output_size), dtype=feature.dtype,
+                         memory_format=layout)
+    bounds = [len(c) for c in rois.chunk(threads)]
+    starts = [sum(bounds[:i]) for i in range(len(bounds))]
+
+    def run(start: int, count: int) -> None:
+        with torch.inference_mode(inference), torch.no_grad():
+            output[start:start + count].copy_(roi_align(feature, rois[start:start + count], output_size, scale,
+                                                        sampling_ratio, aligned))
+
+    list(_pool(threads).map(run, starts, bounds))
+    return output
