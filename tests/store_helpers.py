@@ -3,6 +3,7 @@ that the cache holds nothing wrong and every later run agrees."""
 from __future__ import annotations
 
 import hashlib
+import signal
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -24,6 +25,20 @@ def fast_net(monkeypatch):
     monkeypatch.setenv("PYCONTRAST_ZOO_BACKOFF", "0.01")
     monkeypatch.setenv("PYCONTRAST_ZOO_TIMEOUT", "10")
     monkeypatch.setenv("PYCONTRAST_ZOO_CONNECT_TIMEOUT", "2")
+
+
+@pytest.fixture
+def sigint_reaches_children():
+    """Children started in the test get SIGINT's default action: a shell running the suite in the background
+    ignores SIGINT, and an ignored signal stays ignored across exec, so Ctrl-C tests would see it do nothing."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # reset to the default in a child at exec
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @pytest.fixture

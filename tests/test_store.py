@@ -18,7 +18,8 @@ from pycontrast_det.checkpoints import sources
 from pycontrast_det.errors import ChecksumError, DownloadError, HTMLResponseError, OfflineError, ZooError
 from pycontrast_det.zoo import FileRef
 
-from store_helpers import assert_nothing_trusted, fast_net, payload, ref, resume_range, server  # noqa: F401
+from store_helpers import (assert_nothing_trusted, fast_net, payload, ref, resume_range, server,  # noqa: F401
+                           sigint_reaches_children)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -254,7 +255,7 @@ def test_two_processes_fetching_at_once_end_with_one_correct_file(server, locked
     assert len(server.ranges("/both/model_final.pth")) == (1 if locked else 2)
 
 
-def test_sigint_mid_download_leaves_nothing_trusted_and_rerun_succeeds(server):
+def test_sigint_mid_download_leaves_nothing_trusted_and_rerun_succeeds(server, sigint_reaches_children):
     data = payload(1_000_000)
     url = server.add("/slow/model_final.pth", data, mode="slow", chunk=16_384, delay=0.02)
     file = ref(url, data=data)

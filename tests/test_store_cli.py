@@ -15,7 +15,8 @@ import pytest
 from pycontrast_det import store
 from pycontrast_det.cli import main
 
-from store_helpers import fast_net, partials, payload, resume_range, server, write_manifest  # noqa: F401
+from store_helpers import (fast_net, partials, payload, resume_range, server,  # noqa: F401
+                           sigint_reaches_children, write_manifest)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,7 +35,8 @@ def _wait_for_temps(folders: list[Path], min_bytes: int, proc: subprocess.Popen)
     pytest.fail("the downloads never started")
 
 
-def test_ctrl_c_with_parallel_jobs_keeps_partials_and_the_next_run_resumes_them(server, tmp_path, capsys):
+def test_ctrl_c_with_parallel_jobs_keeps_partials_and_the_next_run_resumes_them(server, tmp_path, capsys,
+                                                                              sigint_reaches_children):
     model, log = payload(1_500_000, seed=1), payload(900_000, seed=2)
     urls = {"/m/model_final.pth": model, "/l/log.txt": log}
     for path, data in urls.items():
