@@ -177,6 +177,41 @@ def test_parallel_roi_align_equals_one_call(strides, monkeypatch) -> None:
         torch.set_num_threads(threads)
 
 
+def test_roi_align_per_image_threads_keeps_training_bit_identical(monkeypatch) -> None:
+    """With gradients, RoIAlign runs one thread per image, forward and backward: outputs and the gradients of
+    every level equal the single call's bit for bit (each image's boxes touch only its map, in their order)."""
+    from pycontrast_det.modeling import poolers
+
+    calls = []
+    real = poolers._RoIAlignByImage.apply
+    monkeypatch.setattr(poolers._RoIAlignByImage, "apply", lambda *a: calls.append(a[2]) or real(*a))
+    gen = torch.Generator().manual_seed(0)
+    strides = (4, 8, 16, 32)
+    features = [torch.randn(3, 8, 256 // s, 320 // s, generator=gen, requires_grad=True) for s in strides]
+    boxes = []
+    for count in (90, 0, 60):  # an image without boxes gets a zero gradient
+        xy = torch.rand(count, 2, generator=gen) * 200
+        boxes.append(torch.cat([xy, xy + 4 + torch.rand(count, 2, generator=gen) * 120], dim=1))
+    pooler = poolers.ROIPooler(7, strides, sampling_ratio=0, aligned=True).train()
+    upstream = torch.randn(150, 8, 7, 7, generator=gen)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        results = []
+        for path in (FastPath(parallel_roi_align=False), FastPath()):
+            with path.active():
+                pooled = pooler(features, boxes)
+            results.append((pooled.detach(), torch.autograd.grad(pooled, features, upstream)))
+    finally:
+        torch.set_num_threads(threads)
+    assert calls and all([image for image, _, _ in spans] == [0, 2] for spans in calls)
+    (one, one_grads), (split, split_grads) = results
+    assert torch.equal(split, one)
+    assert all(torch.equal(a, b) for a, b in zip(split_grads, one_grads))
+    assert all(float(g[1].abs().sum()) == 0 for g in split_grads)
+    assert poolers._image_spans(torch.tensor([[1.0, 0, 0, 1, 1], [0.0, 0, 0, 1, 1]]), 2) == []  # not grouped
+
+
 # ------------------------------------------------------------------------------------------ training
 
 @pytest.mark.parametrize("overrides", [(), ("MODEL.RESNETS.NORM", "FrozenBN", "MODEL.BACKBONE.FREEZE_AT", "2")])

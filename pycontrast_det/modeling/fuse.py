@@ -26,15 +26,16 @@ _Signature = tuple[tuple[int, int], ...]
 
 @dataclass
 class FastPath:
-    """The inference optimisations a MaskRCNN uses (each can be switched off; training uses only the fold of
-    frozen pairs).
+    """The optimisations a MaskRCNN uses (each can be switched off; training uses only the fold of frozen pairs
+    and the per-image RoIAlign threads, neither of which changes its numbers).
 
     Attributes:
         fold_norms: fold affine norms into the preceding convolution (eval), and frozen FrozenBN pairs (training).
         channels_last: run the convolutions on NHWC activations (oneDNN's and cuDNN's preferred layout).
         fuse_activations: on CPU, compute a convolution's residual sum and ReLU inside it (oneDNN post-ops).
-        parallel_roi_align: on CPU without gradients, split RoIAlign's boxes over the intra-op threads
-            (torchvision's CPU kernel runs on one thread; each box's output is the same either way).
+        parallel_roi_align: on CPU, run RoIAlign (torchvision's kernel is single-threaded) on the intra-op
+            threads: without gradients its boxes are split in chunks; with gradients (training) each image
+            gets a thread, forward and backward, which keeps outputs and gradients bit-identical.
     """
 
     fold_norms: bool = True

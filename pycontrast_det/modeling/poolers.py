@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 import math
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -39,11 +39,16 @@ class ROIPooler(nn.Module):
         """RoIAlign in float32 (as torchvision's autocast rule does: half-precision box coordinates would be off
         by up to a pixel on 1333-pixel images), back in the feature's dtype, in ``layout``."""
         dtype, feature, rois = feature.dtype, feature.float(), rois.float()
-        threads = min(torch.get_num_threads(), len(rois) // _MIN_ROIS_PER_THREAD)
-        if (threads > 1 and feature.device.type == "cpu" and not torch.is_grad_enabled()
-                and not torch.jit.is_tracing() and active_fast_path().parallel_roi_align):
-            pooled = _parallel_roi_align(feature, rois, threads, layout, self.output_size, scale,
-                                         self.sampling_ratio, self.aligned)
+        threads = torch.get_num_threads()
+        parallel = (threads > 1 and feature.device.type == "cpu" and not torch.jit.is_tracing()
+                    and active_fast_path().parallel_roi_align)
+        spans = _image_spans(rois, feature.shape[0]) if parallel and torch.is_grad_enabled() else []
+        if parallel and not torch.is_grad_enabled() and len(rois) >= 2 * _MIN_ROIS_PER_THREAD:
+            pooled = _parallel_roi_align(feature, rois, min(threads, len(rois) // _MIN_ROIS_PER_THREAD), layout,
+                                         self.output_size, scale, self.sampling_ratio, self.aligned)
+        elif len(spans) > 1:
+            pooled = _RoIAlignByImage.apply(feature, rois, spans, self.output_size, scale, self.sampling_ratio,
+                                            self.aligned)
         else:
             pooled = roi_align(feature, rois, self.output_size, scale, self.sampling_ratio, self.aligned)
         return pooled.to(dtype).contiguous(memory_format=layout)
@@ -98,3 +103,63 @@ def _parallel_roi_align(feature: Tensor, rois: Tensor, threads: int, layout: tor
 
     list(_pool(threads).map(run, starts, bounds))
     return output
+
+
+def _image_spans(rois: Tensor, images: int) -> list[tuple[int, int, int]]:
+    """(image, first row, rows) of each image's boxes when ``rois`` are grouped by image in order, else []."""
+    index = rois[:, 0]
+    if len(index) == 0 or not bool((index[1:] >= index[:-1]).all()):
+        return []
+    counts = torch.bincount(index.long(), minlength=images).tolist()
+    starts = [sum(counts[:i]) for i in range(len(counts))]
+    return [(image, start, count) for image, (start, count) in enumerate(zip(starts, counts)) if count]
+
+
+def _one_image_rois(rois: Tensor) -> Tensor:
+    """``rois`` pointing at image 0 (for a call on one image's feature map)."""
+    local = rois.clone()
+    local[:, 0] = 0
+    return local
+
+
+class _RoIAlignByImage(torch.autograd.Function):
+    """torchvision's RoIAlign with gradients, one thread per image for forward and backward.
+
+    Each image's boxes read and write only that image's feature map, and its boxes keep their order. So the
+    outputs and the gradient sums are the single call's bit for bit, and training is unchanged.
+    """
+
+    @staticmethod
+    def forward(ctx, feature: Tensor, rois: Tensor, spans: list[tuple[int, int, int]], output_size: int,
+                scale: float, sampling_ratio: int, aligned: bool) -> Tensor:
+        feature = feature.detach().contiguous()
+        output = feature.new_empty((len(rois), feature.shape[1], output_size, output_size))
+
+        def run(span: tuple[int, int, int]) -> None:
+            image, start, count = span
+            with torch.no_grad():  # grad mode is per thread
+                output[start:start + count] = torch.ops.torchvision.roi_align(
+                    feature[image:image + 1], _one_image_rois(rois[start:start + count]), scale, output_size,
+                    output_size, sampling_ratio, aligned)
+
+        list(_pool(len(spans)).map(run, spans))
+        ctx.save_for_backward(rois)
+        ctx.settings = (feature.shape, spans, output_size, scale, sampling_ratio, aligned)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor) -> tuple[Optional[Tensor], ...]:
+        (rois,) = ctx.saved_tensors
+        shape, spans, output_size, scale, sampling_ratio, aligned = ctx.settings
+        grad_output = grad_output.contiguous()
+        grad_input = grad_output.new_zeros(shape)
+
+        def run(span: tuple[int, int, int]) -> None:
+            image, start, count = span
+            with torch.no_grad():
+                grad_input[image:image + 1] = torch.ops.torchvision._roi_align_backward(
+                    grad_output[start:start + count], _one_image_rois(rois[start:start + count]), scale,
+                    output_size, output_size, 1, shape[1], shape[2], shape[3], sampling_ratio, aligned)
+
+        list(_pool(len(spans)).map(run, spans))
+        return grad_input, None, None, None, None, None, None
