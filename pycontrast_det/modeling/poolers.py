@@ -142,7 +142,7 @@ class _RoIAlignByImage(torch.autograd.Function):
                     feature[image:image + 1], _one_image_rois(rois[start:start + count]), scale, output_size,
                     output_size, sampling_ratio, aligned)
 
-        list(_pool(len(spans)).map(run, spans))
+        list(_pool(min(len(spans), torch.get_num_threads())).map(run, spans))
         ctx.save_for_backward(rois)
         ctx.settings = (feature.shape, spans, output_size, scale, sampling_ratio, aligned)
         return output
@@ -161,5 +161,5 @@ class _RoIAlignByImage(torch.autograd.Function):
                     grad_output[start:start + count], _one_image_rois(rois[start:start + count]), scale,
                     output_size, output_size, 1, shape[1], shape[2], shape[3], sampling_ratio, aligned)
 
-        list(_pool(len(spans)).map(run, spans))
+        list(_pool(min(len(spans), torch.get_num_threads())).map(run, spans))
         return grad_input, None, None, None, None, None, None
