@@ -3,7 +3,7 @@
 The ground truth is the synthetic ``shapes`` val split scaled up (``--images``, default 3000 images with
 1-3 instances each); the detections are synthetic too: every ground-truth polygon jittered (so IoUs spread
 over COCO's thresholds), a share of them dropped, plus random false positives, each with a mask. Each task
-(bbox, segm) is scored by both backends through ``pycontrast_det.engine.evaluation.score_results`` (what
+(bbox, segm) is scored by both backends through ``pycontrast_det.evaluation.score_results`` (what
 ``evaluate`` runs after inference: load the annotations, loadRes, evaluate, accumulate, summarize).
 
     python benchmarks/eval.py [--images 3000] [--fp-per-image 5] [--repeats 3]
@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pycontrast_det.data import ShapesParams, resolve_dataset, shapes_root  # noqa: E402
-from pycontrast_det.engine.evaluation import score_results  # noqa: E402
+from pycontrast_det.evaluation import score_results  # noqa: E402
 
 
 def synthetic_detections(json_file: Path, fp_per_image: int, seed: int = 0) -> list[dict]:

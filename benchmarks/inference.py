@@ -124,7 +124,7 @@ def _build(args: argparse.Namespace) -> dict[str, Callable[[Any], dict]]:
         from detectron2.config import get_cfg
         from detectron2.modeling import build_model
 
-        from pycontrast_det.engine.d2_backend import register_res5_extra_norm
+        from pycontrast_det.recipes.d2_backend import register_res5_extra_norm
 
         register_res5_extra_norm()
         cfg = get_cfg()

@@ -4,7 +4,7 @@ All train the R50-FPN entry's architecture (``mask_rcnn_fpn_1x_rand``: SyncBN ev
 is BatchNorm, 4conv1fc box head, normed mask head) from random init, on the same ``shapes`` batches (our
 loader, seed 0: detectron2 gets them converted to its Instances), at the same input size, batch and RoIs per
 image, with SGD over the config's parameter groups. detectron2 builds its model from the same config
-(``engine.d2_backend``'s conversion), so the norms, heads and sampling sizes are the same; torchvision's
+(``recipes.d2_backend``'s conversion), so the norms, heads and sampling sizes are the same; torchvision's
 maskrcnn_resnet50_fpn has its own heads (2fc box head, norm-free heads) and stands in when detectron2 is
 missing. Each model trains in its own worker process; the workers take turns, round after round (see
 workers.py). CPU seconds per iteration are the steadier figure on a busy machine.
@@ -28,7 +28,7 @@ ENTRY = "mask_rcnn_fpn_1x_rand"
 
 
 def _cfg(args: argparse.Namespace) -> Any:
-    from pycontrast_det.engine.reproduce import plan_reproduction
+    from pycontrast_det.recipes.reproduce import plan_reproduction
 
     plan = plan_reproduction(ENTRY, dataset="shapes", overrides=[
         "INPUT.MIN_SIZE_TRAIN", f"({args.size},)", "INPUT.MAX_SIZE_TRAIN", str(2 * args.size),
@@ -71,7 +71,7 @@ def _detectron2(cfg: Any, device: str) -> Callable[[list[dict]], float]:
     from detectron2.structures import Boxes, Instances, PolygonMasks
     from detectron2.utils.events import EventStorage
 
-    from pycontrast_det.engine.d2_backend import _to_detectron2_cfg
+    from pycontrast_det.recipes.d2_backend import _to_detectron2_cfg
 
     d2cfg = _to_detectron2_cfg(cfg, device)
     model = build_model(d2cfg).train()

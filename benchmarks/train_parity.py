@@ -60,7 +60,7 @@ def metrics_file(engine: str, folder: Path) -> Path:
 
 def read_run(engine: str, seed: int, folder: Path) -> Optional[Run]:
     """The run in ``folder``, or None when it has no final evaluation yet."""
-    from pycontrast_det.engine.logs import parse_log
+    from pycontrast_det.reports.logs import parse_log
 
     path = metrics_file(engine, folder)
     if not path.is_file():

@@ -27,8 +27,9 @@ _API = {
     "get_cfg": "config", "load_config": "config",
     # modeling
     "build_model": "modeling", "load": "modeling",
-    # engine
-    "evaluate": "engine", "train": "engine", "reproduce": "engine", "finetune": "engine", "plan_finetune": "engine",
+    # evaluation, engine, recipes
+    "evaluate": "evaluation", "train": "engine", "reproduce": "recipes", "finetune": "recipes",
+    "plan_finetune": "recipes",
     # export
     "export": "export", "load_exported": "export", "ExportedModel": "export",
 }

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from pycontrast_det.config import get_cfg
-from pycontrast_det.engine import EvalResult, compare_with_published, evaluate
+from pycontrast_det.evaluation import EvalResult, evaluate
+from pycontrast_det.reports import compare_with_published
 from pycontrast_det.errors import ConfigError, DatasetError
 
 # dataset category ids 3 ("a") and 7 ("b"): contiguous 0 and 1
@@ -286,7 +287,7 @@ def test_evaluate_command_on_a_checkpoint(tmp_path, capsys):
 def test_instances_to_coco_conversion():
     from pycocotools import mask as mask_util
 
-    from pycontrast_det.engine.evaluation import instances_to_coco
+    from pycontrast_det.evaluation import instances_to_coco
 
     soft = torch.zeros((2, 4, 5))
     soft[0, 1:3, 2:5] = 0.7  # above 0.5: in the mask

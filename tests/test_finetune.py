@@ -18,10 +18,11 @@ from pycontrast_det.checkpoints import read_checkpoint
 from pycontrast_det.checkpoints.keymap import rename, resnet_rules
 from pycontrast_det.cli import main
 from pycontrast_det.config import load_config
-from pycontrast_det.engine import parse_log, train
+from pycontrast_det.engine import train
+from pycontrast_det.reports import parse_log
 from pycontrast_det.engine.checkpoint import load_training_checkpoint
-from pycontrast_det.engine.evaluation import evaluate
-from pycontrast_det.engine.finetune import finetune, plan_finetune
+from pycontrast_det.evaluation import evaluate
+from pycontrast_det.recipes.finetune import finetune, plan_finetune
 from pycontrast_det.errors import ConfigError
 from pycontrast_det.modeling import load_weights
 from pycontrast_det.modeling.norms import FrozenBatchNorm2d

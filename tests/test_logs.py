@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pycontrast_det.cli import main
-from pycontrast_det.engine import parse_log, plot_curves
+from pycontrast_det.reports import parse_log, plot_curves
 from pycontrast_det.errors import LogFormatError
 
 # Written in the format of detectron2's log.txt of June 2020 (PyContrast's published logs), including a
@@ -75,7 +75,7 @@ def test_metrics_json(tmp_path):
 
 def test_our_trainer_files_parse(tmp_path):
     """What our trainer's writer produces (log.txt and metrics.json) reads back the same way."""
-    from pycontrast_det.engine.events import MetricsWriter, setup_logger
+    from pycontrast_det.utils.events import MetricsWriter, setup_logger
 
     logger = setup_logger(tmp_path, rank=0, name="test_logs_writer")
     writer = MetricsWriter(logger, tmp_path, max_iter=4, window=2)
@@ -119,7 +119,7 @@ def _legends(fig) -> list[str]:
 
 
 def test_plot_curves_writes_png_with_each_curve_labelled_by_source(tmp_path):
-    from pycontrast_det.engine.curves import curves_figure
+    from pycontrast_det.reports.curves import curves_figure
 
     (tmp_path / "log.txt").write_text(LOG_TXT)
     (tmp_path / "metrics.json").write_text(METRICS_JSON)
@@ -141,7 +141,7 @@ def test_plot_curves_writes_png_with_each_curve_labelled_by_source(tmp_path):
 
 
 def test_metrics_files_are_strict_json(tmp_path):
-    from pycontrast_det.engine.events import MetricsWriter, setup_logger
+    from pycontrast_det.utils.events import MetricsWriter, setup_logger
 
     logger = setup_logger(None, rank=0, name="test_logs_strict")
     writer = MetricsWriter(logger, tmp_path, max_iter=1)

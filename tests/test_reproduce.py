@@ -15,7 +15,8 @@ from pycontrast_det.cli import main
 from pycontrast_det.config import load_config
 import torch
 
-from pycontrast_det.engine import parse_log, plan_reproduction, reproduce
+from pycontrast_det.recipes import plan_reproduction, reproduce
+from pycontrast_det.reports import parse_log
 from pycontrast_det.engine.checkpoint import load_training_checkpoint
 from pycontrast_det.errors import ConfigError, Detectron2NotInstalledError
 from pycontrast_det.zoo import load_manifest
@@ -109,7 +110,7 @@ def user_resnet(tmp_path) -> Path:
 
 def test_user_pretrain_in_the_plan_and_converted(user_resnet, capsys, tmp_path):
     from pycontrast_det.checkpoints import read_checkpoint
-    from pycontrast_det.engine.reproduce import prepare_weights
+    from pycontrast_det.recipes.reproduce import prepare_weights
 
     out_dir = tmp_path / "out"
     result = reproduce("mask_rcnn_fpn_2x_rand", pretrain=user_resnet, dry_run=True, output_dir=out_dir)

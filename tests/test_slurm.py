@@ -14,7 +14,7 @@ import pytest
 
 from pycontrast_det.cli import main
 from pycontrast_det.engine.checkpoint import load_training_checkpoint
-from pycontrast_det.engine.slurm import parse_slurm_args, parse_time, with_resume
+from pycontrast_det.recipes.slurm import parse_slurm_args, parse_time, with_resume
 from pycontrast_det.errors import ConfigError
 
 submitit = pytest.importorskip("submitit", reason="needs submitit, installed by the test extra: pip install -e '.[test]'")

@@ -12,10 +12,11 @@ import torch
 from torch import nn
 
 from pycontrast_det.config import get_cfg, load_config
-from pycontrast_det.engine import launch, parse_log, train
+from pycontrast_det.engine import launch, train
+from pycontrast_det.reports import parse_log
 from pycontrast_det.engine.checkpoint import Checkpointer, load_training_checkpoint
 from pycontrast_det.engine.optim import build_lr_scheduler, build_optimizer, param_groups
-from pycontrast_det.engine.scaling import scale_to_batch
+from pycontrast_det.recipes.scaling import scale_to_batch
 from pycontrast_det.errors import ConfigError, NonFiniteLossError, ZooError
 
 # R50-FPN as the rand row has it (SyncBN everywhere), shrunk: 64 px shapes, few anchors and RoIs, stem and
@@ -304,8 +305,8 @@ def test_non_finite_loss_stops_with_the_iteration(two_images, tmp_path):
 def _two_process_worker(data: str, out: str) -> None:
     """Train 2 steps in each of two processes, evaluate on the 2 val images; record what this rank inferred and
     whether it scored (the evaluation module's functions, wrapped in this process)."""
-    from pycontrast_det.engine import comm
-    from pycontrast_det.engine import evaluation as ev
+    from pycontrast_det.utils import comm
+    from pycontrast_det.evaluation import evaluator as ev
 
     seen: dict = {"inferred": [], "scored": 0}
     infer, score = ev.instances_to_coco, ev.score_results

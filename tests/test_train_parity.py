@@ -34,7 +34,7 @@ from pycontrast_det.checkpoints.detectron2 import d2_to_model, model_to_d2, mode
 from pycontrast_det.data import DatasetMapper, ShapesParams, build_train_loader, load_records, resolve_dataset, shapes_root
 from pycontrast_det.engine.optim import build_lr_scheduler, build_optimizer
 from pycontrast_det.engine.precise_bn import update_bn_stats
-from pycontrast_det.engine.reproduce import plan_reproduction
+from pycontrast_det.recipes.reproduce import plan_reproduction
 from pycontrast_det.modeling import build_model
 
 ENTRY = "mask_rcnn_fpn_1x_rand"
@@ -297,7 +297,7 @@ def to_detectron2_inputs(batch: list[dict]) -> list[dict]:
 
 
 def detectron2_cfg(cfg: Any) -> Any:
-    from pycontrast_det.engine.d2_backend import _to_detectron2_cfg
+    from pycontrast_det.recipes.d2_backend import _to_detectron2_cfg
 
     return _to_detectron2_cfg(cfg, "cpu")
 

@@ -59,8 +59,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     """Handler: load the model, evaluate, print metrics and the published comparison."""
     import pycontrast_det as pcd
-    from ..engine.evaluation import METRICS, compare_with_published, evaluate
-    from ..engine.events import setup_logger
+    from ..evaluation import METRICS, evaluate
+    from ..reports import compare_with_published
+    from ..utils.events import setup_logger
 
     device = run_device(args)
     zoo = pcd.load_manifest()
@@ -90,8 +91,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_logs(args: argparse.Namespace) -> int:
     """Handler: a published log against the manifest (and ours beside it), or our run alone; plot."""
     import pycontrast_det as pcd
-    from ..engine.curves import plot_curves
-    from ..engine.logs import parse_log
+    from ..reports.curves import plot_curves
+    from ..reports.logs import parse_log
 
     target = Path(args.entry)
     if target.exists():  # our own run: no published log needed

@@ -37,7 +37,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     """Handler: plan, print, and unless --dry-run train (here, or as a SLURM job); print where the model is and its
     AP."""
     passive_cpu_threads()
-    from ..engine.finetune import finetune, plan_finetune
+    from ..recipes.finetune import finetune, plan_finetune
 
     plan = plan_finetune(args.source, args.dataset, schedule=args.schedule, config=args.config, overrides=args.opts,
                          output_dir=args.output, device=run_device_of(args), num_gpus=args.num_gpus,

@@ -181,7 +181,7 @@ def _png_names(paths: Sequence[Path]) -> list[str]:
 def to_coco_results(prediction: dict[str, Any], image_id: int, file_name: str,
                     category_ids: Sequence[int]) -> list[dict[str, Any]]:
     """One image's ``predict`` output as COCO result records (the evaluator's conversion) plus ``file_name``."""
-    from ..engine.evaluation import instances_to_coco
+    from ..evaluation import instances_to_coco
 
     outputs = {"boxes": prediction["boxes"], "scores": prediction["scores"], "classes": prediction["labels"],
                "masks": prediction.get("masks")}

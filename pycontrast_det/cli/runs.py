@@ -82,7 +82,7 @@ def print_result(result: Optional["TrainResult"], output_dir: Path, verb: str) -
 def submit(args: argparse.Namespace, output_dir: Path, job_name: str) -> int:
     """--launcher slurm|submitit-local: print (--dry-run) or submit this command as a job; submitit-local waits."""
     from .. import cli
-    from ..engine import slurm
+    from ..recipes import slurm
     from ..engine.output import claim_output_dir
 
     req = slurm.request(args.launcher, output_dir, job_name, nodes=args.nodes,

@@ -55,7 +55,7 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
 def run_reproduce(args: argparse.Namespace) -> int:
     """Handler: plan (and unless --dry-run: fetch, convert, train, evaluate, compare), here or as a SLURM job."""
     passive_cpu_threads()
-    from ..engine.reproduce import plan_reproduction, reproduce
+    from ..recipes.reproduce import plan_reproduction, reproduce
 
     device = run_device_of(args)
     if args.launcher != "local":
@@ -79,7 +79,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
 def _train_main(config: str, opts: list[str], scale: Any, kwargs: dict) -> Any:
     """One training process of ``pycontrast-zoo train`` (module level: spawned processes import it)."""
     from ..config import load_config
-    from ..engine.scaling import scale_to_batch
+    from ..recipes.scaling import scale_to_batch
     from ..engine.train import train
 
     cfg = load_config(config, opts)
@@ -102,7 +102,7 @@ def run_train(args: argparse.Namespace) -> int:
     device = run_device_of(args)
     opts = list(args.opts) + (["OUTPUT_DIR", args.output] if args.output else [])
     if args.dataset is not None:  # its categories set the number of classes (another explicit one is an error)
-        from ..engine.finetune import dataset_classes
+        from ..recipes.finetune import dataset_classes
 
         opts = dataset_classes(args.dataset, opts)[1] + opts
     cfg = load_config(args.config, opts)  # a bad config fails here, before any process starts

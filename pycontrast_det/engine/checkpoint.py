@@ -15,7 +15,7 @@ from typing import Any, Mapping, Optional
 
 from .. import atomic
 from ..errors import CheckpointFormatError
-from . import comm
+from ..utils import comm
 
 LAST_CHECKPOINT = "last_checkpoint"
 FINAL_NAME = "model_final"

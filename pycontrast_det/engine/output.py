@@ -5,7 +5,7 @@ A run writes into ``OUTPUT_DIR``: config.yaml, log.txt, metrics.json, checkpoint
 (and for ``reproduce``: plan.txt, the converted pretrain, seed_*/ for ``--seeds``). A folder that already
 holds anything is refused unless the run resumes (``--resume``: append to it) or replaces the previous one
 (``--overwrite``: the files a run writes are deleted first; anything else in the folder is left alone).
-``slurm/`` (the launcher's job files, see :mod:`pycontrast_det.engine.slurm`) never counts as a run.
+``slurm/`` (the launcher's job files, see :mod:`pycontrast_det.recipes.slurm`) never counts as a run.
 """
 from __future__ import annotations
 

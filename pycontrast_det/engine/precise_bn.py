@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 from typing import Any, Iterable
 
-from . import comm
+from ..utils import comm
 
 
 def bn_layers(model: Any) -> list[Any]:

@@ -2,7 +2,7 @@
 iterations (all processes agree with one all-reduce), saves a checkpoint of the last finished iteration and
 returns, so the job can be requeued with ``--resume`` and go on exactly where it stopped.
 
-Installed by the SLURM launcher (:mod:`pycontrast_det.engine.slurm`) for its preemption and timeout signals;
+Installed by the SLURM launcher (:mod:`pycontrast_det.recipes.slurm`) for its preemption and timeout signals;
 without :func:`install` nothing changes and the trainer never checks.
 """
 from __future__ import annotations

@@ -23,10 +23,11 @@ from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 from .. import atomic
 from ..checkpoints.weights import resolve_weights
 from ..errors import ConfigError, DatasetError, NonFiniteLossError
-from . import comm, preempt
+from ..utils import comm
+from . import preempt
 from .checkpoint import FINAL_NAME, LAST_CHECKPOINT, Checkpointer, periodic_name
 from .config_check import check_engine_config
-from .events import MetricsWriter, loss_order, progress, setup_logger
+from ..utils.events import MetricsWriter, loss_order, progress, setup_logger
 from .optim import build_lr_scheduler, build_optimizer, gradient_clipper
 from .output import claim_output_dir, removed_if_nothing_recorded
 from .precise_bn import update_bn_stats
@@ -43,7 +44,7 @@ class TrainResult:
     detectron2_checkpoint: Optional[Path]  # model_final_detectron2.pth (detectron2 keys) when asked for, rank 0
     last_losses: dict[str, float] = field(default_factory=dict)  # process-averaged, last iteration
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> metric -> value (percent)
-    evaluation: Any = None               # the final EvalResult (engine.evaluation), None if not evaluated
+    evaluation: Any = None               # the final EvalResult (evaluation.evaluator), None if not evaluated
     seconds: float = 0.0                 # wall time of the training loop
     model: Any = field(default=None, repr=False)  # the trained model (this process's copy; not sent between processes)
     seed: int = 0                        # the seed the run used (SEED, or the one picked for SEED < 0)
@@ -440,7 +441,7 @@ def _run(trainer: _Trainer, cfg: Any, train_spec: Any, test_spec: Any, start_ite
 
 def _evaluation(model: Any, spec: Any, output_dir: Path, logger: logging.Logger) -> Any:
     """COCO metrics of the (bare) model on ``spec``: every process infers on its share, rank 0 scores once."""
-    from .evaluation import evaluate
+    from ..evaluation import evaluate
 
     logger.info(f"Evaluating on {spec.name} ({spec.json_file})")
     return evaluate(model, dataset=spec, output_dir=output_dir / "inference", rank=comm.get_rank(),
@@ -449,8 +450,8 @@ def _evaluation(model: Any, spec: Any, output_dir: Path, logger: logging.Logger)
 
 def _write_curves(output_dir: Path, reference_log: Optional[Union[str, os.PathLike]], logger: logging.Logger) -> None:
     """output_dir/curves.png: this run's losses, lr and AP, beside the reference (published) log when given."""
-    from .curves import plot_curves
-    from .logs import parse_log
+    from ..reports.curves import plot_curves
+    from ..reports.logs import parse_log
 
     summaries = [parse_log(output_dir / "metrics.json", label="ours")]
     if reference_log is not None:

@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from .. import atomic
 from ..errors import ConfigError, ZooError
-from . import comm, commands
-from .events import strict_json
-from .output import claim_output_dir, removed_if_nothing_recorded
+from ..utils import comm
+from . import commands
+from ..utils.events import strict_json
+from ..engine.output import claim_output_dir, removed_if_nothing_recorded
 
 if TYPE_CHECKING:
     from ..checkpoints import ConversionReport
@@ -248,7 +249,7 @@ def _dataset_overrides(dataset: Optional[str], max_iter: Optional[int]) -> tuple
                  "its AP is measured on synthetic shapes, not on COCO"]
         return overrides, "shapes", notes
     name = str(Path(dataset).resolve()) if Path(dataset).exists() else str(dataset)  # absolute for the commands
-    from .train import evaluation_dataset
+    from ..engine.train import evaluation_dataset
 
     train = resolve_dataset(name, split="train")
     val, warning = evaluation_dataset(name, name, train)
@@ -356,7 +357,7 @@ def prepare_weights(plan: ReproducePlan, *, quiet: bool = False) -> Optional["Co
 
 def _native_worker(plan: ReproducePlan, reference_log: Optional[Path]) -> Any:
     """One training process: rank 0 prepares the weights and data while the others wait, then all train."""
-    from .train import train
+    from ..engine.train import train
 
     comm.main_process_first(lambda: (prepare_weights(plan), _generate_datasets(plan)))
     note = plan.scaling_note()
@@ -380,7 +381,8 @@ def _generate_datasets(plan: ReproducePlan) -> None:
 def compare(plan: ReproducePlan, measured: Any) -> str:
     """Measured AP (an EvalResult, or task -> metric -> value) beside the published row; with --pretrain also
     beside every published row of the same detector and schedule."""
-    from .evaluation import EvalResult, compare_with_published
+    from ..evaluation import EvalResult
+    from ..reports import compare_with_published
 
     label = "coco_2017_val" if plan.dataset == "coco" else plan.dataset
     text = compare_with_published(plan.entry, measured, dataset=label)
@@ -458,7 +460,7 @@ def _reproduce_once(plan: ReproducePlan, reference: Optional[Path], out: Any) ->
         result = train_with_detectron2(plan)
         measured: Any = result or {}
     else:
-        from .launch import launch
+        from ..engine.launch import launch
 
         result = launch(_native_worker, plan.num_gpus, num_machines=plan.num_machines, machine_rank=plan.machine_rank,
                         dist_url=plan.dist_url, args=(plan, reference), device=plan.device)

@@ -140,7 +140,7 @@ def train_with_detectron2(plan: Any) -> Optional[dict]:
            dist_url=plan.dist_url, args=(plan,))
     if plan.machine_rank != 0:
         return None
-    from .logs import parse_log
+    from ..reports.logs import parse_log
 
     summary = parse_log(Path(plan.output_dir) / "detectron2" / "metrics.json")
     return {task: summary.final(task) for task in ("bbox", "segm") if summary.final(task)}

@@ -28,7 +28,7 @@ from . import commands
 if TYPE_CHECKING:
     from ..coco_classes import CategoryMap
     from ..config import CfgNode
-    from .train import TrainResult
+    from ..engine.train import TrainResult
 
 DEFAULT_OUTPUT_ROOT = Path("output")
 #: Named schedules in epochs of the training images. detectron2's 1x is 90k iterations of 16 images, about
@@ -260,7 +260,7 @@ def plan_finetune(source: Union[str, os.PathLike], dataset: Union[str, os.PathLi
 
 def _worker(plan: FinetunePlan, log_period: int, evaluate_at_end: bool) -> "TrainResult":
     """One training process of a fine-tuning run (module level: spawned processes import it)."""
-    from .train import train
+    from ..engine.train import train
 
     result = train(plan.cfg(), output_dir=plan.output_dir, resume=plan.resume, overwrite=plan.overwrite,
                    device=plan.device, amp=plan.amp, export_detectron2=plan.export_detectron2,
@@ -273,7 +273,7 @@ def _worker(plan: FinetunePlan, log_period: int, evaluate_at_end: bool) -> "Trai
 def finetune(plan: FinetunePlan, *, log_period: int = 20, evaluate_at_end: bool = True,
              stream: Any = None) -> Optional["TrainResult"]:
     """Print ``plan`` to ``stream`` (default stdout) and train it; rank 0's result (None on other machines)."""
-    from .launch import launch
+    from ..engine.launch import launch
 
     print(plan.render(), file=stream or sys.stdout, flush=True)
     return launch(_worker, plan.num_gpus, num_machines=plan.num_machines, machine_rank=plan.machine_rank,

@@ -1,5 +1,5 @@
 """Read detectron2 training logs (``log.txt`` or ``metrics.json``) into loss curves and final AP (pictures of
-them: :mod:`pycontrast_det.engine.curves`).
+them: :mod:`pycontrast_det.reports.curves`).
 
 ``log.txt``: the ``d2.utils.events`` lines (``iter: 19  total_loss: 2.1  loss_cls: ...  lr: 0.0004``) and the
 ``copypaste: Task: bbox`` / ``copypaste: AP,AP50,...`` / ``copypaste: 40.6,61.2,...`` blocks.

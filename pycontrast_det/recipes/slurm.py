@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from ..errors import ConfigError, MissingDependencyError
-from . import preempt
-from .output import LAUNCHER_DIR
+from ..engine import preempt
+from ..engine.output import LAUNCHER_DIR
 
 LAUNCHERS = ("local", "slurm", "submitit-local")
 SIGNAL_DELAY_S = 120  # the preemption signal comes this long before the time limit: time for one step and a save

@@ -1,0 +1,1 @@
+"""Shared utilities below every layer that trains or evaluates: process-group helpers and run events."""
