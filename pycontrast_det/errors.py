@@ -83,3 +83,12 @@ class MissingDependencyError(ZooError, ImportError):
 
 class ExportError(ZooError):
     """A model cannot be exported, or a file is not an exported detector this package can run."""
+
+
+def yaml_problem(path: object, exc: BaseException) -> str:
+    """One line for a YAML parse error: ``FILE:LINE:COLUMN: what`` (PyYAML's message spans lines and ends in ``^``)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    what = " ".join(str(part) for part in (getattr(exc, "context", None), getattr(exc, "problem", None)) if part)
+    what = what or " ".join(str(exc).split())
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    return f"{where}: {what}"
