@@ -2,7 +2,9 @@
 ``/<org>/<repo>/resolve/<revision>/<path>`` layout (what ``hf_hub_download`` reads), and takes uploads through the
 Hub's plain-HTTP protocol as huggingface_hub speaks it without Xet: ``/api/repos/create``,
 ``/api/validate-yaml``, ``/api/models/<repo>/preupload/<rev>``, the git-LFS batch API with ``basic`` PUT
-transfers (each body checked against its sha256 oid), and ``/api/models/<repo>/commit/<rev>`` (NDJSON).
+transfers (each body checked against its sha256 oid), ``/api/models/<repo>/commit/<rev>`` (NDJSON; a commit to
+another branch or with ``create_pr`` lands under ``<root>/.refs/<org>/<repo>/<ref>``, not in the served main),
+``/api/models/<repo>/branch/<name>``, and collections (``/api/collections``, ``.../items``).
 
 Every request is recorded with its Authorization header. Only what these tests use is implemented.
 """
@@ -37,6 +39,10 @@ class FakeHub:
         self.root = root
         self.requests: list[Request] = []
         self.commits: dict[str, int] = {}
+        self.created: dict[str, dict] = {}  # repository -> the create request's JSON (``private``, ...)
+        self.commit_log: list[tuple[str, str, bool]] = []  # (repository, revision, create_pr) of each commit
+        self.branches: dict[str, set[str]] = {}
+        self.collections: dict[str, dict] = {}  # slug -> the collection (``items``: repository ids)
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._httpd.daemon_threads = True
@@ -130,9 +136,11 @@ def _handler(hub: FakeHub):
             if path == "/api/repos/create":
                 request = json.loads(data)
                 repo = hub.root / request["organization"] / request["name"]
-                if repo.is_dir():
-                    return self._json(409, {"error": "You already created this model repo"})
+                if repo.is_dir():  # as the Hub answers: the error, and the existing repository's URL
+                    return self._json(409, {"error": "You already created this model repo",
+                                            "url": f"{hub.base}/{request['organization']}/{request['name']}"})
                 repo.mkdir(parents=True)
+                hub.created[f"{request['organization']}/{request['name']}"] = request
                 return self._json(200, {"url": f"{hub.base}/{request['organization']}/{request['name']}"})
             if path == "/api/validate-yaml":
                 content = json.loads(data)["content"]
@@ -142,6 +150,15 @@ def _handler(hub: FakeHub):
                 except yaml.YAMLError as exc:
                     return self._json(400, {"errors": [{"message": str(exc)}]})
                 return self._json(200, {"errors": [], "warnings": []})
+            if path == "/api/collections":
+                return self._new_collection(json.loads(data))
+            match = re.match(r"^/api/collections/(.+)/items?$", path)
+            if match:
+                return self._collection_item(match.group(1), json.loads(data))
+            match = re.match(r"^/api/models/([^/]+/[^/]+)/branch/(.+)$", path)
+            if match:
+                hub.branches.setdefault(match.group(1), set()).add(match.group(2))
+                return self._json(200, {})
             match = re.match(r"^/api/models/([^/]+/[^/]+)/(preupload|commit)/[^/]+$", path)
             if match and match.group(2) == "preupload":
                 files = json.loads(data)["files"]
@@ -150,7 +167,8 @@ def _handler(hub: FakeHub):
                      "uploadMode": "lfs" if f["path"].endswith(_LFS_SUFFIXES) or f["size"] > 10 << 20 else "regular"}
                     for f in files]})
             if match:
-                return self._commit(match.group(1), data)
+                revision = self.path.split("?", 1)[0].rsplit("/", 1)[1]
+                return self._commit(match.group(1), revision, "create_pr=1" in self.path, data)
             match = re.match(r"^/([^/]+/[^/]+)\.git/info/lfs/objects/batch$", path)
             if match:
                 objects = json.loads(data)["objects"]
@@ -159,10 +177,39 @@ def _handler(hub: FakeHub):
                      "actions": {"upload": {"href": f"{hub.base}/_lfs/{o['oid']}"}}} for o in objects]})
             self._json(404, {"error": f"not served: {path}"})
 
-        def _commit(self, repo: str, data: bytes) -> None:
+        def _new_collection(self, request: dict) -> None:
+            slug = f"{request['namespace']}/{re.sub(r'[^a-z0-9]+', '-', request['title'].lower())}-1234"
+            if slug in hub.collections:
+                return self._json(409, {"error": "collection exists", "slug": slug})
+            hub.collections[slug] = {"title": request["title"], "private": request.get("private", False),
+                                     "description": request.get("description"), "items": []}
+            self._json(200, self._collection(slug))
+
+        def _collection_item(self, slug: str, request: dict) -> None:
+            if slug not in hub.collections:
+                return self._json(404, {"error": "no such collection"})
+            items = hub.collections[slug]["items"]
+            if request["item"]["id"] in items:
+                return self._json(409, {"error": "already in the collection"})
+            items.append(request["item"]["id"])
+            self._json(200, self._collection(slug))
+
+        def _collection(self, slug: str) -> dict:
+            found = hub.collections[slug]
+            return {"slug": slug, "title": found["title"], "owner": {"name": slug.split("/")[0]},
+                    "lastUpdated": "2026-01-01T00:00:00.000Z", "position": 0, "private": found["private"],
+                    "theme": "blue", "upvotes": 0, "description": found["description"],
+                    "items": [{"_id": f"{i:024x}", "id": repo, "type": "model", "position": i}
+                              for i, repo in enumerate(found["items"])]}
+
+        def _commit(self, repo: str, revision: str, create_pr: bool, data: bytes) -> None:
             target = hub.root / repo
             if not target.is_dir():
                 return self._send(404, b"{}", {"X-Error-Code": "RepoNotFound"})
+            hub.commit_log.append((repo, revision, create_pr))
+            ref = "refs/pr/1" if create_pr else revision
+            if ref != "main":
+                target = hub.root / ".refs" / repo / ref
             for line in data.decode().splitlines():
                 item = json.loads(line)
                 value = item["value"]
@@ -179,6 +226,9 @@ def _handler(hub: FakeHub):
                     dest.write_bytes(blob.read_bytes())
             hub.commits[repo] = hub.commits.get(repo, 0) + 1
             commit = hub.commit_id(repo)
-            self._json(200, {"commitUrl": f"{hub.base}/{repo}/commit/{commit}", "commitOid": commit})
+            answer = {"commitUrl": f"{hub.base}/{repo}/commit/{commit}", "commitOid": commit}
+            if create_pr:
+                answer["pullRequestUrl"] = f"{hub.base}/{repo}/discussions/1"
+            self._json(200, answer)
 
     return Handler

@@ -15,6 +15,8 @@ from .formats import CONVERTIBLE, CheckpointFormat, canonical_name, detect_forma
 from .safe_pickle import load_pickle
 
 FORMATS = CONVERTIBLE  # name -> description of every format that can initialise a ResNet-50
+#: The safetensors header key this package writes its metadata under (a JSON object; e.g. the classes).
+SAFETENSORS_METADATA_KEY = "pycontrast_det"
 _CONTAINERS = ("model", "state_dict", "blobs")
 
 
@@ -156,5 +158,22 @@ def read_checkpoint(path: Union[str, Path], format: Optional[str] = None, ema: b
         raise CheckpointFormatError(f"{path}: {ema_fmt.ema_entry!r} holds no PyContrast encoder (first keys {keys[:5]})")
     others = [str(k) for k in obj if k != name] if name else []
     metadata = {str(k): v for k, v in obj.items() if k != name and _is_plain(v)} if name else {}
+    if path.name.endswith(".safetensors"):
+        metadata = _safetensors_metadata(path)
     return Checkpoint(path=path, format=fmt.name, state=state, prefix=_prefix(fmt, keys), ema=ema,
                       other_entries=tuple(others + skipped), metadata=metadata)
+
+
+def _safetensors_metadata(path: Path) -> dict[str, Any]:
+    """The plain entries of the JSON object this package stores in a safetensors header (none in other files)."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as f:
+        text = (f.metadata() or {}).get(SAFETENSORS_METADATA_KEY)
+    try:
+        data = json.loads(text) if text else {}
+    except ValueError:
+        raise CheckpointFormatError(f"{path}: its {SAFETENSORS_METADATA_KEY!r} header is not JSON") from None
+    return {str(k): v for k, v in data.items() if _is_plain(v)} if isinstance(data, dict) else {}

@@ -3,6 +3,7 @@ plus ``predict`` for plain images."""
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
@@ -19,6 +20,8 @@ from .preprocess import resize_shortest_edge
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
+
+    from .hub import CardInfo
 
 ImageLike = Union[str, Path, "PILImage", np.ndarray, Tensor]
 
@@ -69,6 +72,28 @@ class MaskRCNN(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
+
+    def default_batch_size(self) -> int:
+        """Images per forward pass in :meth:`predict` when none is given: 4 on an accelerator, 1 on the CPU."""
+        return 1 if self.device.type == "cpu" else 4
+
+    def save_pretrained(self, folder: Union[str, os.PathLike], info: Optional["CardInfo"] = None) -> Path:
+        """Write this model as a folder ``pycontrast_det.load(folder)`` reads back: ``model.safetensors``, the
+        effective ``config.yaml``, ``classes.json``, a model card and ``SHA256SUMS`` (:mod:`.hub`)."""
+        from .hub import save_pretrained
+
+        return save_pretrained(self, folder, info)
+
+    def push_to_hub(self, repo_id: str, *, private: bool = False, create_pr: bool = False,
+                    revision: Optional[str] = None, message: str = "pycontrast-zoo push",
+                    info: Optional["CardInfo"] = None) -> str:
+        """Upload :meth:`save_pretrained`'s folder to the Hub repository ``repo_id`` (created if needed; the token
+        from HF_TOKEN or ``hf auth login``); ``pycontrast_det.load("hf://" + repo_id)`` loads it. Returns the
+        commit's URL (the pull request's with ``create_pr``)."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, info=info, private=private, create_pr=create_pr, revision=revision,
+                           message=message)
 
     def preprocess(self, batched_inputs: Sequence[dict]) -> tuple[Tensor, list[tuple[int, int]]]:
         """Normalised images padded (zeros, bottom/right) to the batch maximum, rounded up to the
@@ -152,7 +177,7 @@ class MaskRCNN(nn.Module):
         """
         autocast = precision_context(precision, self.device)
         if batch_size is None:
-            batch_size = 1 if self.device.type == "cpu" else 4
+            batch_size = self.default_batch_size()
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
         was_training = self.training

@@ -7,13 +7,14 @@ from typing import Mapping
 
 from ..checkpoints import read_checkpoint, write_safetensors
 from ..checkpoints.arrays import as_numpy
+from ..checkpoints.readers import SAFETENSORS_METADATA_KEY
 from ..errors import CheckpointFormatError
 
 #: Written into the safetensors header; bump when what is written changes.
 FORMAT_VERSION = "1"
 #: The one metadata key (a JSON object with sorted keys): safetensors writes several keys in a random order, and
 #: the same checkpoint must always give the same bytes (a mirror rebuilt from the original matches the Hub's).
-METADATA_KEY = "pycontrast_det"
+METADATA_KEY = SAFETENSORS_METADATA_KEY
 
 
 def detector_to_safetensors(src: Path, fmt: str, dest: Path, metadata: Mapping[str, str]) -> int:

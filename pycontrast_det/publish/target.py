@@ -11,7 +11,7 @@ from ..errors import PublishError
 
 LAYOUTS = ("folders", "repos")
 HUB_WEB = "https://huggingface.co"
-_HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def _hub_name(text: str, parts: int, layout: str, option: str) -> str:
     names = [p for p in text.strip("/").split("/")]
     if "@" in text:
         raise PublishError(f"{option} {text!r}: publish commits to the main branch; drop the @revision")
-    if len(names) != parts or not all(_HUB_NAME.match(n) for n in names):
+    if len(names) != parts or not all(HUB_NAME.match(n) for n in names):
         shape = "hf://ORG/REPO" if parts == 2 else "hf://ORG"
         raise PublishError(f"{option} {text!r}: with --layout {layout}, give {shape} (letters, digits, '-', '_', '.')")
     return "/".join(names)
