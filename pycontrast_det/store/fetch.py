@@ -243,6 +243,7 @@ def import_from_dir(directory: Union[str, os.PathLike], file: FileRef, key: str,
     """Copy ``file`` from a folder (e.g. carried from a machine with internet) into the cache, verified.
 
     Looked up as ``DIR/files/<key>/<name>`` (a copied cache root), ``DIR/<key>/<name>``, ``DIR/<entry>/<name>``,
+    in a flat folder as ``DIR/<entry>_<name>`` and ``DIR/<entry><suffix>`` (``mask_rcnn_fpn_1x_infomin.pth``),
     and ``DIR/<name>`` only when a sha256 is known or ``bare_name_ok`` (the caller knows no other file has that
     name: a bare ``model_final.pth`` could be any entry's).
     """
@@ -250,7 +251,8 @@ def import_from_dir(directory: Union[str, os.PathLike], file: FileRef, key: str,
     parts = check_key(key)
     want = expected(file, key)
     candidates = [root / "files" / Path(*parts) / file.filename, root / Path(*parts) / file.filename,
-                  root / parts[0] / file.filename]
+                  root / parts[0] / file.filename, root / f"{parts[0]}_{file.filename}",
+                  root / f"{parts[0]}{Path(file.filename).suffix}"]
     if want.sha256 is not None or bare_name_ok:
         candidates.append(root / file.filename)
     errors = []
