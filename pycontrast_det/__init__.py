@@ -27,6 +27,8 @@ _API = {
     "get_cfg": "config", "load_config": "config",
     # modeling
     "build_model": "modeling", "load": "modeling",
+    # drawing
+    "draw": "visualize",
     # evaluation, engine, recipes
     "evaluate": "evaluation", "train": "engine", "reproduce": "recipes", "finetune": "recipes",
     "plan_finetune": "recipes",

@@ -119,17 +119,22 @@ def test_image_ids_follow_coco_file_names_when_numeric():
     assert assign_image_ids([Path("1.jpg"), Path("x/01.jpg")]) == [1, 2]  # same id twice: positions instead
 
 
-def test_draw_detections_blends_masks_at_alpha_and_touches_nothing_else():
-    from pycontrast_det.visualize import class_color, draw_detections
+def test_draw_blends_masks_at_alpha_and_touches_nothing_else():
+    assert pcd.draw.__module__ == "pycontrast_det.visualize"
+    from pycontrast_det.visualize import class_color
 
     assert len({class_color(i) for i in range(80)}) == 80  # one colour per COCO class, same every call
     image = np.full((60, 80, 3), 100, np.uint8)
-    mask = np.zeros((1, 60, 80), bool)
+    mask = np.zeros((2, 60, 80), bool)
     mask[0, 30:50, 40:70] = True
-    drawn = np.asarray(draw_detections(image, [[35.0, 25.0, 75.0, 55.0]], [7], [0.875], mask, mask_alpha=0.25))
+    mask[1, 0:10, 0:10] = True
+    prediction = {"boxes": [[35.0, 25.0, 75.0, 55.0], [0.0, 0.0, 10.0, 10.0]], "labels": [7, 3],
+                  "scores": [0.875, 0.25], "masks": mask, "label_names": ["train", "car"]}
+    drawn = np.asarray(pcd.draw(image, prediction, mask_alpha=0.25))  # the 0.25 detection is below 0.5: not drawn
     color = np.array(class_color(7))
-    np.testing.assert_array_equal(drawn[40, 55], np.floor(0.75 * 100 + 0.25 * color + 0.5))  # inside the mask
-    np.testing.assert_array_equal(drawn[25, 50], color)  # on the box outline
+    np.testing.assert_array_equal(drawn[45, 55], np.round(0.75 * 100 + 0.25 * color - 0.01))  # inside the mask
+    np.testing.assert_array_equal(drawn[40, 35], color)  # on the box outline
     untouched = np.ones((60, 80), bool)
-    untouched[:56, 35:] = False  # box, and the tag above it
+    untouched[25:56, 35:] = False  # the box, and its tag (inside it, running past its right edge)
     assert (drawn[untouched] == 100).all()
+    assert (np.asarray(pcd.draw(image, prediction, score_thresh=0.0))[2, 2] != 100).any()

@@ -13,9 +13,9 @@ import sys
 import types
 from typing import Any
 
-from .metadata import FORMATS
+from .metadata import FORMATS, exported_format
 
-__all__ = ["FORMATS", "ExportedModel", "export", "load_exported"]
+__all__ = ["FORMATS", "ExportedModel", "export", "exported_format", "load_exported"]
 
 
 def __getattr__(name: str) -> Any:

@@ -5,7 +5,8 @@ import importlib
 import json
 from dataclasses import asdict, dataclass, field
 from types import ModuleType
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 from ..errors import ExportError, MissingDependencyError
 
@@ -68,3 +69,19 @@ def describe(model: "MaskRCNN") -> ExportMetadata:
                           arch=model.arch, input_format=cfg.INPUT.FORMAT,
                           min_size_test=int(cfg.INPUT.MIN_SIZE_TEST), max_size_test=int(cfg.INPUT.MAX_SIZE_TEST),
                           score_thresh=float(model.roi_heads.score_thresh), package_version=__version__)
+
+
+def exported_format(path: Path) -> Optional[str]:
+    """``"onnx"`` / ``"torchscript"`` when ``path`` is a file this package exported (an ``.onnx`` file, or a
+    TorchScript archive carrying this package's metadata), else None (e.g. a training checkpoint)."""
+    import zipfile
+
+    if not path.is_file():
+        return None
+    if path.suffix.lower() == ".onnx":
+        return "onnx"
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if any(name.endswith(f"/extra/{METADATA_KEY}.json") for name in archive.namelist()):
+                return "torchscript"
+    return None
