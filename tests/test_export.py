@@ -95,8 +95,8 @@ def _assert_same_detections(got: dict, expected: dict, where: str) -> None:
         match = [j for j in sorted(unused) if int(got["labels"][j]) == int(expected["labels"][i])
                  and abs(float(got["scores"][j] - expected["scores"][i])) <= SCORE_TOL
                  and float((got["boxes"][j] - expected["boxes"][i]).abs().max()) <= BOX_TOL]
-        assert match, f"{where}: eager detection {i} ({expected['label_names'][i]}, {float(expected['scores'][i]):.4f}," \
-                      f" {expected['boxes'][i].tolist()}) has no exported match"
+        assert match, f"{where}: eager detection {i} ({expected['label_names'][i]}, " \
+                      f"{float(expected['scores'][i]):.4f}, {expected['boxes'][i].tolist()}) has no exported match"
         j = match[0]
         unused.remove(j)
         inter = (got["masks"][j] & expected["masks"][i]).sum().item()
@@ -213,3 +213,42 @@ def test_metadata_is_stored_as_json(models, exported) -> None:
     assert stored["class_names"] == models["fpn"].class_names
     assert stored["category_ids"] == list(models["fpn"].classes.ids) and stored["category_ids"][-1] == 90  # COCO's
     assert stored["outputs"] == ["boxes", "scores", "labels", "masks"] and stored["input_format"] == "RGB"
+
+
+@pytest.mark.parametrize("format", ["torchscript", "onnx"])
+def test_predict_takes_an_exported_file_as_its_model(exported, d2_fixtures: Path, tmp_path: Path, format) -> None:
+    path, _ = exported("fpn", format)
+    image = d2_fixtures / "images" / "chelsea.png"
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        assert main(["predict", str(path), str(image), "--out", str(tmp_path), "--no-draw"]) == 0
+    assert f"model: {path} (exported, {format})" in output.getvalue()
+    (line,) = [json.loads(text) for text in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    expected = pcd.load_exported(path).predict(str(image))
+    assert [r["score"] for r in line["detections"]] == pytest.approx(expected["scores"].tolist(), abs=1e-6)
+    assert {r["file_name"] for r in line["detections"]} == {"chelsea.png"} and len(expected["scores"]) > 0
+    assert json.loads((tmp_path / "results.json").read_text()) == line["detections"]
+
+
+def test_evaluate_takes_an_exported_file(exported, d2_fixtures: Path, tmp_path: Path, capsys) -> None:
+    from pycontrast_det.coco_classes import COCO_CATEGORIES
+
+    path, _ = exported("fpn", "torchscript")
+    images = [{"id": 501, "file_name": "chelsea.png", "height": 300, "width": 451},
+              {"id": 502, "file_name": "coffee.png", "height": 400, "width": 600}]
+    cat = [40.0, 20.0, 300.0, 280.0]  # a rough box around the cat
+    annotations = [{"id": 1, "image_id": 501, "category_id": 17, "iscrowd": 0, "area": 260.0 * 260.0,
+                    "bbox": [40.0, 20.0, 260.0, 260.0],
+                    "segmentation": [[cat[0], cat[1], cat[2], cat[1], cat[2], cat[3], cat[0], cat[3]]]}]
+    dataset = tmp_path / "annotations.json"
+    dataset.write_text(json.dumps({"images": images, "annotations": annotations,
+                                   "categories": [{"id": i, "name": n} for i, n in COCO_CATEGORIES]}))
+    spec = f"{dataset}:{d2_fixtures / 'images'}"
+    assert main(["evaluate", str(path), "--dataset", spec, "--output", str(tmp_path / "eval")]) == 0
+    assert f"{path} on " in capsys.readouterr().out
+    scored = json.loads((tmp_path / "eval" / "coco_instances_results.json").read_text())
+    expected = pcd.load_exported(path).predict(str(d2_fixtures / "images" / "chelsea.png"))
+    on_cat = sorted(r["score"] for r in scored if r["image_id"] == 501)
+    assert on_cat == pytest.approx(sorted(expected["scores"].tolist()), abs=1e-6) and on_cat
+    assert main(["evaluate", str(path), "--config", "x.yaml"]) == 2
+    assert "drop --config" in capsys.readouterr().err

@@ -69,8 +69,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if entry is None and args.target in zoo.entries and not Path(args.target).exists():
         entry = zoo.entries[args.target]
     config = args.config or (str(entry.config_path) if args.entry is not None else None)
-    model = load_model(args.target, config=config, weights=None, device=device, overrides=args.opts,
-                       config_options="--config CFG or --entry NAME")
+    model = _exported(args) or load_model(args.target, config=config, weights=None, device=device,
+                                          overrides=args.opts, config_options="--config CFG or --entry NAME")
     dataset = args.dataset or (model.cfg.DATASETS.TEST[0] if len(model.cfg.DATASETS.TEST) else "shapes")
     progress = setup_logger(None, 0, name="pycontrast_det.evaluate", stream=sys.stderr)  # progress lines
     result = evaluate(model, dataset, split=args.split, device=device, output_dir=args.output,
@@ -86,6 +86,24 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print()
         print(compare_with_published(entry, result))
     return 0
+
+
+def _exported(args: argparse.Namespace) -> Any:
+    """TARGET as an exported ONNX / TorchScript file, ready for ``evaluate()``; None when it is not one."""
+    from ..export.metadata import exported_format
+
+    kind = exported_format(Path(args.target))
+    if kind is None:
+        return None
+    given = [opt for opt, value in (("--config", args.config), ("--entry", args.entry), ("KEY VALUE", args.opts))
+             if value]
+    if given:
+        raise ZooError(f"evaluate: {args.target} is an exported {kind} model, whose config and weights are fixed in "
+                       f"it: drop {', '.join(given)}")
+    from ..export import load_exported
+    from ..export.evaluable import EvaluableExport
+
+    return EvaluableExport(load_exported(args.target))
 
 
 def run_logs(args: argparse.Namespace) -> int:

@@ -205,11 +205,14 @@ def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 
 def _predict(model: Union["MaskRCNN", "ExportedModel"], arrays: list, args: argparse.Namespace) -> list:
+    """One prediction per array (a list in, a list out, from either kind of model)."""
     if hasattr(model, "default_batch_size"):  # a MaskRCNN
-        return model.predict(arrays, score_thresh=args.score_thresh, batch_size=len(arrays),
-                             precision=args.precision)
-    found = model.predict(arrays, score_thresh=args.score_thresh)
-    return found if isinstance(found, list) else [found]
+        found = model.predict(arrays, score_thresh=args.score_thresh, batch_size=len(arrays),
+                              precision=args.precision)
+    else:
+        found = model.predict(arrays, score_thresh=args.score_thresh)
+    assert isinstance(found, list)
+    return found
 
 
 def _stream(model: Union["MaskRCNN", "ExportedModel"], images: Sequence[_Image], out_dir: Path,

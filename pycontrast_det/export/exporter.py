@@ -68,6 +68,7 @@ def export(model: "MaskRCNN", file: Union[str, os.PathLike], format: str = "onnx
                               dynamic_axes={"image": {0: "height", 1: "width"}, "boxes": {0: "detections"},
                                             "scores": {0: "detections"}, "labels": {0: "detections"},
                                             "masks": {0: "detections", 1: "height", 2: "width"}})
+            assert onnx is not None
             proto = onnx.load(str(tmp))
             entry = proto.metadata_props.add()
             entry.key, entry.value = METADATA_KEY, meta.to_json()
