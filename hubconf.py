@@ -17,8 +17,10 @@ if _importlib_util.find_spec("pycontrast_det") is None:  # imported by path, pac
 
 from pycontrast_det import zoo as _zoo  # noqa: E402  (torch-free)
 
-# Importable names that pycontrast_det.load needs (torch.hub checks them before calling an entry).
-dependencies = ["torch", "torchvision", "numpy", "PIL", "yaml", "requests", "filelock", "tqdm", "pycocotools"]
+# Exactly the third-party modules that loading (a zoo entry, a checkpoint, hf://) and predicting import; torch.hub
+# checks them before calling an entry (tests/test_push.py measures the list in a fresh process).
+dependencies = ["torch", "torchvision", "numpy", "PIL", "yaml", "requests", "filelock", "tqdm", "safetensors",
+                "huggingface_hub"]
 
 
 def _weights_note(entry, pretrain):

@@ -80,9 +80,11 @@ def published(tmp_path_factory, d2_fixtures):
         manifest.write_text(text, encoding="utf-8")
         out = base / "tree"
         code = main(["--manifest", str(manifest), "publish", ENTRY, C4, "--to", str(out), "--repo", "org/zoo",
+                     "--layout", "folders",
                      "--fragment", str(base / "fragment.yaml"), "--quiet"])
         assert code == 0
-        yield SimpleNamespace(base=base, home=base / "home", tree=out, manifest=manifest, fragment=base / "fragment.yaml",
+        yield SimpleNamespace(base=base, home=base / "home", tree=out, manifest=manifest,
+                              fragment=base / "fragment.yaml",
                               server=server, urls=urls, served=served, state=state)
 
 
@@ -259,7 +261,8 @@ def static_tree(published):
         def log_message(self, fmt, *args):
             seen.append(self.path)
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(published.tree)))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             functools.partial(Handler, directory=str(published.tree)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}", seen
@@ -299,7 +302,7 @@ def test_dry_run_to_the_hub_lists_every_file_and_touches_no_network(published, m
         out = io.StringIO()
         with redirect_stdout(out):
             code = main(["--manifest", str(published.manifest), "publish", ENTRY, C4, "--to", "hf://org/zoo",
-                         "--dry-run", "--quiet"])
+                         "--layout", "folders", "--dry-run", "--quiet"])
         assert code == 0
         assert hub.requests == [] and connects == [] and len(published.server.requests) == requests
     text = out.getvalue()
@@ -320,7 +323,8 @@ def test_upload_to_a_local_hub_then_merge_into_a_manifest(published, monkeypatch
     with FakeHub(tmp_path / "hub") as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.base)
         assert main(["--manifest", str(published.manifest), "publish", ENTRY, C4, "--to", "hf://org/zoo",
-                     "--quiet"]) == 0
+                     "--layout", "folders", "--quiet"]) == 0
+        assert hub.collections == {}  # one repository: no collection
         assert _tree_files(tmp_path / "hub" / "org" / "zoo") == _tree_files(published.tree)
         commit = [r for r in hub.requests if "/commit/" in r.path]
         assert len(commit) == 1 and commit[0].authorization == "Bearer hf_test_token"
@@ -358,9 +362,9 @@ def test_targets_and_layouts(capsys):
     assert repo_files(repos, files) == {f"org/{ENTRY}": [("config.yaml", f"{ENTRY}/config.yaml")],
                                         f"org/{PRETRAIN}": [("README.md", f"{PRETRAIN}/README.md")]}
     assert repo_files(folders, files) == {"org/zoo": [(f.path, f.path) for f in files]}
-    for argv, words in ((["--to", "hf://org/zoo", "--layout", "repos"], "with --layout repos, give hf://ORG"),
+    for argv, words in ((["--to", "hf://org/zoo"], "with --layout repos, give hf://ORG (one repository ORG/<name>"),
                         (["--to", "hf://org/zoo@dev"], "drop the @revision"),
-                        (["--to", "out", "--fragment", "f.yaml"], "give --repo ORG/REPO")):
+                        (["--to", "out", "--fragment", "f.yaml"], "give --repo ORG (or ORG/REPO")):
         assert main(["publish", ENTRY, *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0], err
@@ -405,8 +409,13 @@ def test_one_repository_per_entry(published, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     with FakeHub(tmp_path / "hub") as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.base)
-        assert main(["--manifest", str(published.manifest), "publish", ENTRY, "--what", "log,pretrain",
-                     "--layout", "repos", "--to", "hf://org", "--quiet"]) == 0
+        out = io.StringIO()
+        with redirect_stdout(out):  # one repository per entry is the default
+            assert main(["--manifest", str(published.manifest), "publish", ENTRY, "--what", "log,pretrain",
+                         "--to", "hf://org", "--quiet"]) == 0
+        (slug, collection), = hub.collections.items()
+        assert slug.startswith("org/") and collection["items"] == [f"org/{ENTRY}", f"org/{PRETRAIN}"]
+        assert f"collection: {hub.base}/collections/{slug}" in out.getvalue()
         assert set(_tree_files(tmp_path / "hub" / "org" / ENTRY)) == {"README.md", "config.yaml", "log.txt",
                                                                       "SHA256SUMS"}
         assert set(_tree_files(tmp_path / "hub" / "org" / PRETRAIN)) == {"InfoMin_200.pth", "README.md", "SHA256SUMS"}
@@ -417,3 +426,21 @@ def test_one_repository_per_entry(published, monkeypatch, tmp_path):
         monkeypatch.setenv("PYCONTRAST_ZOO_HOME", str(tmp_path / "empty-cache"))
         assert sources.fetch_entry_file(ENTRY, "log", zoo=zoo, quiet=True).read_bytes() == published.served["log"]
         assert f"/org/{ENTRY}/resolve/main/log.txt" in {r.path for r in hub.requests if r.method == "GET"}
+
+
+@pytest.mark.parametrize("flag", ["--dry-run", "--weights-from-cache"])
+def test_cache_only_says_what_is_missing_and_a_failed_publish_leaves_nothing(flag, tmp_path, capsys):
+    out = tmp_path / "tree"
+    assert main(["publish", ENTRY, "--to", str(out), flag, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "offline mode is on" not in err[0]
+    assert f"{flag} reads only the cache and local files, and {ENTRY}/model (model_final.pth): it is not cached" \
+        in err[0] and f"`pycontrast-zoo download {ENTRY}`" in err[0]
+    assert not out.exists()  # nothing written: not even the config the tree starts with
+
+
+def test_offline_mode_set_by_the_user_is_named(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PYCONTRAST_ZOO_OFFLINE", "1")
+    assert main(["publish", ENTRY, "--to", str(tmp_path / "tree"), "--quiet"]) == 2
+    assert "offline mode is on (PYCONTRAST_ZOO_OFFLINE" in capsys.readouterr().err
+    assert not (tmp_path / "tree").exists()

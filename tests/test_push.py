@@ -5,6 +5,7 @@ class names); its card (model-index with the measured AP, per class; base_model:
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -34,6 +35,18 @@ TOKEN = "hf_pushTESTtoken0123456789abcdef"
 CLASSES = ["blorb", "zint", "quaggle"]
 PUSHED_FILES = {"model.safetensors", "config.yaml", "classes.json", "log.txt", "metrics.json", "README.md",
                 "SHA256SUMS"}
+
+
+#: The import names of the packages pyproject.toml declares as dependencies.
+DECLARED = {"torch", "torchvision", "numpy", "PIL", "pycocotools", "huggingface_hub", "requests", "tqdm", "yaml",
+            "filelock", "safetensors", "matplotlib"}
+
+
+def _hubconf():
+    spec = importlib.util.spec_from_file_location("hubconf", Path(__file__).resolve().parents[1] / "hubconf.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _front_matter(text: str) -> dict:
@@ -95,14 +108,19 @@ def test_pushed_run_loads_in_a_fresh_process_with_the_same_detections(pushed):
               "found = model.predict(sys.argv[1], score_thresh=0.0)\n"
               "print(json.dumps({'boxes': found['boxes'].tolist(), 'scores': found['scores'].tolist(), "
               "'labels': found['labels'].tolist(), 'names': found['label_names'], 'classes': model.class_names, "
-              "'ids': list(model.classes.ids)}))\n")
+              "'ids': list(model.classes.ids)}))\n"
+              f"imported = {{name.split('.')[0] for name in sys.modules}} & set({sorted(DECLARED)!r})\n"
+              "print(json.dumps(sorted(imported)))\n")
     env = {**os.environ, "HF_HUB_CACHE": str(pushed.base / "fresh-cache"), "PYCONTRAST_ZOO_HOME":
            str(pushed.base / "fresh-home")}
     env.pop("PYCONTRAST_ZOO_MANIFEST", None)
     done = subprocess.run([sys.executable, "-c", script, str(image)], env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.splitlines()[-1]) == expected
+    found, imported = done.stdout.splitlines()[-2:]
+    assert json.loads(found) == expected
+    # hubconf's dependencies are exactly the declared packages that loading from the Hub and predicting import
+    assert json.loads(imported) == sorted(_hubconf().dependencies)
 
 
 def test_the_repository_holds_weights_config_classes_log_metrics_and_checksums(pushed):

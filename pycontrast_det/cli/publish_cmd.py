@@ -24,13 +24,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "only) the original URL. The tree is also what PYCONTRAST_ZOO_ENDPOINT serves as a mirror.")
     p.add_argument("entries", nargs="*", metavar="ENTRY", help="detector entries or pretrains")
     p.add_argument("--all", action="store_true", help="every detector entry")
-    p.add_argument("--to", required=True, metavar="DIR|hf://ORG/REPO",
-                   help="a folder, or a Hugging Face repository (hf://ORG with --layout repos)")
+    p.add_argument("--to", required=True, metavar="DIR|hf://ORG",
+                   help="a folder, or the Hugging Face organisation (hf://ORG; hf://ORG/REPO with --layout folders)")
     p.add_argument("--what", default="model,log,pretrain", help="comma-separated roles (default: %(default)s)")
-    p.add_argument("--layout", choices=("folders", "repos"), default="folders",
-                   help="one folder per entry in one repository, or one repository per entry (default: %(default)s)")
-    p.add_argument("--repo", metavar="ORG/REPO", help="with --to DIR: the Hub repository this tree is made for "
-                                                       "(its hf:// URLs go into the manifest and the cards)")
+    p.add_argument("--layout", choices=("repos", "folders"), default="repos",
+                   help="repos: one repository per entry and pretrain (--to hf://ORG: ORG/<name>, its config at the "
+                        "top, so the Hub counts its downloads), grouped in a collection; folders: one repository "
+                        "with a folder per entry (--to hf://ORG/REPO) (default: %(default)s)")
+    p.add_argument("--repo", metavar="ORG|ORG/REPO", help="with --to DIR: the Hub organisation (ORG/REPO with "
+                                                           "--layout folders) this tree is made for (its hf:// URLs go "
+                                                           "into the manifest and the cards)")
     p.add_argument("--weights-from-cache", action="store_true",
                    help="never download: use only the cache, local files and the Hugging Face cache")
     p.add_argument("--dry-run", action="store_true",
@@ -58,15 +61,17 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     names = target_names(zoo, args.entries, args.all)
     target = parse_target(args.to, args.layout, args.repo)
     if args.fragment and target.repo is None:
-        raise ZooError("--fragment: a tree without a repository has only paths inside it; give --repo ORG/REPO")
-    options = Options(roles=parse_roles(args.what), offline=args.weights_from_cache, quiet=args.quiet,
+        raise ZooError("--fragment: a tree without a repository has only paths inside it; give --repo ORG (or "
+                       "ORG/REPO with --layout folders)")
+    options = Options(roles=parse_roles(args.what), offline=True if args.weights_from_cache else None, quiet=args.quiet,
                       check=not args.no_check, github=args.github or DEFAULT_GITHUB)
-    report = publish(zoo, names, target, options, dry_run=args.dry_run, message=args.message)
+    report = publish(zoo, names, target, options, dry_run=args.dry_run, message=args.message,
+                     cache_only_flag="--weights-from-cache" if args.weights_from_cache else None)
     fragment = Path(args.fragment) if args.fragment else (Path("zoo-fragment.yaml") if target.uploads else None)
     head = "dry run (nothing written or uploaded): would publish" if args.dry_run else "published"
     print(f"{head} {len(names)} name(s) to {target.describe()}:")
     for item in report.files:
-        where = target.hf_url(item.path) if target.uploads else str(target.directory / item.path)
+        where = target.hf_url(item.path) if target.directory is None else str(target.directory / item.path)
         if target.uploads and target.layout == "repos" and "/" not in item.path:
             where = f"{item.path} (kept locally: --fragment)"
         print(f"  {where}  {item.size_bytes} bytes  sha256 {item.sha256}")
@@ -74,6 +79,8 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     print(f"{len(report.files)} file(s), {total} bytes ({total / 2**20:.1f} MiB)")
     for repo, commit in report.commits.items():
         print(f"hf://{repo}: commit {commit}")
+    if report.collection is not None:
+        print(f"collection: {report.collection}")
     for note in report.notes:
         print(f"note: {note}")
     if args.dry_run:

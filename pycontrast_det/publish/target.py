@@ -72,7 +72,8 @@ def _hub_name(text: str, parts: int, layout: str, option: str) -> str:
     if "@" in text:
         raise PublishError(f"{option} {text!r}: publish commits to the main branch; drop the @revision")
     if len(names) != parts or not all(HUB_NAME.match(n) for n in names):
-        shape = "hf://ORG/REPO" if parts == 2 else "hf://ORG"
+        shape = ("hf://ORG/REPO (one repository, a folder per entry)" if parts == 2 else
+                 "hf://ORG (one repository ORG/<name> per entry; --layout folders for hf://ORG/REPO)")
         raise PublishError(f"{option} {text!r}: with --layout {layout}, give {shape} (letters, digits, '-', '_', '.')")
     return "/".join(names)
 

@@ -92,7 +92,7 @@ class Options:
     repository torch.hub loads pycontrast-det from, for the cards)."""
 
     roles: tuple[str, ...] = store.ROLES
-    offline: bool = False
+    offline: Optional[bool] = None  # None: the user's offline setting (PYCONTRAST_ZOO_OFFLINE / HF_HUB_OFFLINE)
     quiet: bool = False
     check: bool = True
     github: str = card.DEFAULT_GITHUB

@@ -1,18 +1,20 @@
 """Upload a built tree to the Hugging Face Hub with huggingface_hub: create each repository if needed, then one
-commit per repository with exactly the files of this publish (token from HF_TOKEN or ``hf auth login``;
-HF_ENDPOINT honoured). No torch here."""
+commit per repository with exactly the files of this publish, and a collection grouping one repository per entry
+(token from HF_TOKEN or ``hf auth login``; HF_ENDPOINT honoured)."""
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
-from ..errors import PublishError
+from ..modeling.hub import hub_api, hub_failure
 
 if TYPE_CHECKING:
     from .target import Target
     from .tree import TreeFile
+
+COLLECTION = "PyContrast detection-transfer zoo"
+COLLECTION_NOTE = "Mask R-CNN detectors fine-tuned on COCO from self-supervised ResNet-50s (pycontrast-det)"
 
 
 def repo_files(target: "Target", files: Sequence["TreeFile"]) -> dict[str, list[tuple[str, str]]]:
@@ -25,12 +27,14 @@ def repo_files(target: "Target", files: Sequence["TreeFile"]) -> dict[str, list[
     return dict(groups)
 
 
-def upload(target: "Target", root: Path, files: Sequence["TreeFile"], message: str) -> dict[str, str]:
-    """Create the repositories (``exist_ok``) and commit the files to each; returns repository -> commit id.
+def upload(target: "Target", root: Path, files: Sequence["TreeFile"],
+           message: str) -> tuple[dict[str, str], Optional[str]]:
+    """Create the repositories (``exist_ok``) and commit the files to each; with one repository per entry, group
+    them in a collection of the organisation. Returns (repository -> commit id, the collection's URL or None).
     PublishError naming the repository and what to check when the Hub refuses."""
-    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub import CommitOperationAdd
 
-    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT", "").strip().rstrip("/") or None)
+    api = hub_api()
     commits = {}
     for repo_id, items in repo_files(target, files).items():
         try:
@@ -39,8 +43,16 @@ def upload(target: "Target", root: Path, files: Sequence["TreeFile"], message: s
                           for path, tree_path in items]
             info = api.create_commit(repo_id, operations=operations, commit_message=message, repo_type="model")
         except Exception as exc:  # huggingface_hub raises many kinds (HTTP, auth, validation): all end the upload
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise PublishError(f"hf://{repo_id}: upload failed ({type(exc).__name__}: {text}); check HF_TOKEN or "
-                               f"`hf auth login`, and write access to the repository") from None
+            raise hub_failure(repo_id, exc) from None
         commits[repo_id] = info.oid
-    return commits
+    if target.layout != "repos" or not commits:
+        return commits, None
+    assert target.repo is not None
+    try:
+        collection = api.create_collection(COLLECTION, namespace=target.repo, description=COLLECTION_NOTE,
+                                           exists_ok=True)
+        for repo_id in commits:
+            api.add_collection_item(collection.slug, repo_id, "model", exists_ok=True)
+    except Exception as exc:
+        raise hub_failure(f"{target.repo} (collection {COLLECTION!r})", exc) from None
+    return commits, collection.url
