@@ -178,7 +178,7 @@ def test_predict_skips_bad_images_writes_the_others_and_exits_2(user, tmp_path, 
     summary = captured.err.splitlines()[-1]
     assert summary.startswith("pycontrast-zoo predict: 3 of 5 image(s) skipped: ")
     assert all(str(bad) in summary for bad in (text, tmp_path / "5.png", truncated)) and "no such file" in summary
-    assert sorted(p.name for p in out.iterdir()) == ["1.png", "3.png", "results.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["1.png", "3.png", "predictions.jsonl", "results.json"]
     results = json.loads((out / "results.json").read_text())
     counts = {Path(line.split(":")[0]).name: int(line.split(": ")[1].split()[0])
               for line in captured.out.splitlines() if " detections (" in line}

@@ -103,6 +103,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise ZooError(f"predict: --batch-size must be at least 1, got {args.batch_size}")
     entry, inputs = _split_inputs(args)
     paths, skipped = expand_inputs(inputs)
+    total = len(paths) + len(skipped)
     if not paths:
         raise ZooError(f"predict: no image to read: {'; '.join(skipped)}")
     for line in skipped:
@@ -116,7 +117,8 @@ def run_predict(args: argparse.Namespace) -> int:
     print(f"wrote {detections} detections for {written} image(s) to {out_dir / RESULTS_FILE} and "
           f"{out_dir / LINES_FILE}" + ("" if args.no_draw else f", and {written} PNG(s)"))
     if skipped:
-        print(f"pycontrast-zoo predict: {len(skipped)} input(s) skipped: " + "; ".join(skipped), file=sys.stderr)
+        print(f"pycontrast-zoo predict: {len(skipped)} of {total} image(s) skipped: " + "; ".join(skipped),
+              file=sys.stderr)
         return 2
     return 0
 
@@ -236,13 +238,14 @@ def _stream(model: Union["MaskRCNN", "ExportedModel"], images: Sequence[_Image],
                                         "height": int(array.shape[0]), "width": int(array.shape[1]),
                                         "detections": records}) + "\n")
                 lines.flush()
+                drawn = int((pred["scores"] >= args.draw_thresh).sum())
                 if not args.no_draw:
                     draw(array, pred, score_thresh=args.draw_thresh).save(out_dir / image.png)
                 written, detections = written + 1, detections + len(records)
                 bar.update(1)
                 if bar.disable and not args.quiet:
-                    shown = "" if args.no_draw else f" -> {out_dir / image.png}"
-                    print(f"{image.path}: {len(records)} detections{shown}", flush=True)
+                    shown = "(not drawn)" if args.no_draw else f"({drawn} drawn) -> {out_dir / image.png}"
+                    print(f"{image.path}: {len(records)} detections {shown}", flush=True)
         results.write("]\n")
     bar.close()
     return written, detections
