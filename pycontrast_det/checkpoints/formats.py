@@ -10,9 +10,11 @@ channel order). Adding a pretrain format is one row of :data:`TABLE` (its name a
 
 1. a whole detector under this package's names when any key starts with ``backbone.body.``,
    ``backbone.fpn.`` or ``rpn.head.``;
-2. a whole detector under detectron2's names when any key starts with ``backbone.``, ``proposal_generator.``
-   or ``roi_heads.``;
-3. otherwise a backbone pretrain, whose format is the first row of :data:`TABLE` that recognises it.
+2. a whole detector under detectron2's names when any key starts with ``proposal_generator.`` or
+   ``roi_heads.`` (detector parts: ``backbone.*`` alone is how self-supervised codebases name their encoder);
+3. otherwise a backbone pretrain. Where its ResNet-50 is and under which names is found by structure
+   (:mod:`.encoders`); the first row of :data:`TABLE` that recognises the weights' container adds what it
+   knows (MoCo's key encoder, PyContrast's EMA entry, caffe2's affine-only norms, the input convention).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ DETECTOR_D2 = "detector (detectron2 names)"
 BACKBONE = "backbone pretrain"
 
 _OUR_PREFIXES = ("backbone.body.", "backbone.fpn.", "rpn.head.")
-_D2_DETECTOR_PREFIXES = ("backbone.", "proposal_generator.", "roi_heads.")
+_D2_DETECTOR_PREFIXES = ("proposal_generator.", "roi_heads.")
 
 Renamer = Callable[[str], tuple[Optional[str], str]]
 
@@ -66,7 +68,8 @@ def _has_prefix(*prefixes: str) -> Callable[[list[str]], bool]:
 _TORCHVISION_NAMES = resnet_rules("", "")  # detectron2 backbone names <-> torchvision ResNet names
 
 
-def _torchvision_rename(name: str) -> tuple[Optional[str], str]:
+def torchvision_rename(name: str) -> tuple[Optional[str], str]:
+    """detectron2's name for a torchvision ResNet key (``layer1.0.bn1.weight``), or None and why it is dropped."""
     if name.startswith("fc.") or name == "fc":
         return None, "classifier / projection fc"
     return rename(name, _TORCHVISION_NAMES, to_ours=False), "not a ResNet-50 backbone key"
@@ -81,7 +84,7 @@ _C2_BLOCK = re.compile(r"res(?P<s>\d+)_(?P<b>\d+)_branch(?P<branch>1|2a|2b|2c)\Z
 _C2_BRANCH = {"1": "shortcut", "2a": "conv1", "2b": "conv2", "2c": "conv3"}
 
 
-def _c2_rename(name: str) -> tuple[Optional[str], str]:
+def c2_rename(name: str) -> tuple[Optional[str], str]:
     """detectron2's name for an MSRA caffe2 blob (as detectron2 renames them on load), or why it is dropped."""
     if name.endswith("_momentum"):
         return None, "SGD momentum blob"
@@ -104,7 +107,8 @@ def _c2_rename(name: str) -> tuple[Optional[str], str]:
     return (f"{module}.norm.{param}" if norm else f"{module}.{param}"), why
 
 
-def _d2_backbone_rename(name: str) -> tuple[Optional[str], str]:
+def d2_backbone_rename(name: str) -> tuple[Optional[str], str]:
+    """A detectron2 backbone key keeps its name; MoCo's converted projection MLP (``stem.fc.*``) is dropped."""
     if name.startswith("stem.fc."):
         return None, "classifier / projection fc (MoCo's converter keeps it as stem.fc)"
     return name, ""
@@ -117,7 +121,7 @@ _MSRA_NOTE = ("MSRA caffe2 ResNet (stride 2 in the 1x1 conv, BGR input minus mea
               "affine-only, so running_mean 0 / running_var 1 are filled in, which is what detectron2 itself "
               "uses for them")
 _D2_NAME = re.compile(r"(module\.)?(stem\.|res\d\.|backbone\.|roi_heads\.|proposal_generator\.)")
-_RGB_RESNET = {"rename": _torchvision_rename, "stride_in_1x1": False, "input_format": "RGB", "note": _RGB_NOTE}
+_RGB_RESNET = {"rename": torchvision_rename, "stride_in_1x1": False, "input_format": "RGB", "note": _RGB_NOTE}
 
 #: Every format, in detection order (the first row whose ``detect`` accepts a file's keys is its format).
 TABLE: tuple[CheckpointFormat, ...] = (
@@ -140,7 +144,7 @@ TABLE: tuple[CheckpointFormat, ...] = (
         ema_entry="model_ema", **_RGB_RESNET),
     CheckpointFormat(
         "msra_c2", "MSRA caffe2 blobs as detectron2 ships them: conv1_w, res_conv1_bn_s, res2_0_branch2a_w, ...",
-        lambda keys: any(_C2_ANY.match(k) for k in keys), rename=_c2_rename, stride_in_1x1=True,
+        lambda keys: any(_C2_ANY.match(k) for k in keys), rename=c2_rename, stride_in_1x1=True,
         input_format="BGR", note=_MSRA_NOTE, affine_only_norms=True),
     CheckpointFormat(
         "torchvision", "plain torchvision ResNet state dict: conv1, bn1, layer1..4, fc",
@@ -148,7 +152,7 @@ TABLE: tuple[CheckpointFormat, ...] = (
         **_RGB_RESNET),
     CheckpointFormat(
         "detectron2", "detectron2: {'model': {name: array}} (.pkl model zoo, .pth training checkpoints)",
-        lambda keys: any(_D2_NAME.match(k) for k in keys), rename=_d2_backbone_rename),
+        lambda keys: any(_D2_NAME.match(k) for k in keys), rename=d2_backbone_rename),
 )
 _BY_NAME = {f.name: f for f in TABLE}
 
