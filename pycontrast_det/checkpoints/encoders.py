@@ -33,7 +33,7 @@ _OTHER_DEPTHS = {(2, 2, 2, 2, False): 18, (3, 4, 6, 3, False): 34, (3, 4, 23, 3,
                  (3, 8, 36, 3, True): 152}
 # why a group of tensors outside the encoder is there, by a word of its name (first match)
 _GROUP_REASONS = (
-    ("ema", "EMA copy of a network"), ("optimizer", "optimizer state"), ("predictor", "predictor"),
+    ("ema", "EMA copy of a network"), ("optimizer", "optimizer state"), ("loss", "loss state"), ("predictor", "predictor"),
     ("prototypes", "prototypes"), ("queue", "negative queue"), ("neck", "projection neck"),
     ("projector", "projection head"), ("projection", "projection head"), ("head", "projection head"),
     ("heads", "heads"), ("contrast", "memory bank"), ("memory", "memory bank"), ("fc", "classifier"),
@@ -299,19 +299,28 @@ def group_counts(names: list[str]) -> list[str]:
         parts = name.split(".")
         group = ".".join(parts[:2]) if parts[0].startswith("res") else parts[0]
         counts[group] = counts.get(group, 0) + 1
-    return [f"{g}.* ({n} tensor{'s' if n > 1 else ''})" for g, n in counts.items()]
+    return [f"{g}.* ({tensor_count(n)})" for g, n in counts.items()]
 
 
-def group_of(key: str) -> str:
-    """A key's group for a report: ``module.`` kept, then the first name (``head.mlp.0.weight`` -> ``head.*``)."""
-    parts = key.split(".")
-    lead = 1 if parts[0] == "module" and len(parts) > 2 else 0
-    return ".".join(parts[:lead + 1]) + ".*" if len(parts) > lead + 1 else key
+def tensor_count(n: int) -> str:
+    """``1 tensor``, ``3 tensors``."""
+    return f"{n} tensor{'' if n == 1 else 's'}"
 
 
-def group_reason(group: str, others: tuple[Candidate, ...]) -> str:
-    """Why a group outside the encoder is there: another ResNet-50 it holds, else a word of its name."""
-    stem = group.rstrip("*").rstrip(".")
+def group_of(key: str, beside: str = "") -> str:
+    """A key's group for a report: the names it shares with the prefix ``beside``, then one more
+    (``module.predictor.0.weight`` beside ``module.base_encoder.`` -> ``module.predictor.*``)."""
+    parts, near = key.split("."), beside.rstrip(".").split(".") if beside else []
+    shared = 0
+    while shared < min(len(near), len(parts) - 1) and parts[shared] == near[shared]:
+        shared += 1
+    return ".".join(parts[:shared + 1]) + ".*" if len(parts) > shared + 1 else key
+
+
+def group_reason(group: str, others: tuple[Candidate, ...], container: tuple[str, ...] = ()) -> str:
+    """Why a group (of the tensor set at ``container``) outside the encoder is there: another ResNet-50 it
+    holds, else a word of its name."""
+    stem = ".".join([*container, group.rstrip("*").rstrip(".")])
     held = [c for c in others if c.location == stem or c.location.startswith(stem + ".")]
     if held:
         role = sorted(_words(held[0].location) & (_PRIMARY | _SECONDARY | {_EMA}))
@@ -330,4 +339,4 @@ def is_detector(root: Mapping[str, Any]) -> Optional[tuple[tuple[str, ...], dict
 
 
 __all__ = ["CHOICE_RULE", "Candidate", "EncoderChoice", "Located", "SCHEMES", "Scheme",
-           "candidates", "containers", "group_counts", "group_of", "group_reason", "is_detector", "locate"]
+           "candidates", "containers", "group_counts", "tensor_count", "group_of", "group_reason", "is_detector", "locate"]

@@ -11,11 +11,13 @@ buffer, so all 318 keys match. A source without it (MSRA blobs) gets 0, which no
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 from ..errors import ArchitectureMismatchError, CheckpointFormatError
 from .arrays import as_numpy
-from .encoders import EncoderChoice, Located, group_of, group_reason, is_detector, locate
+from .encoders import (
+    EncoderChoice, Located, containers, group_of, group_reason, is_detector, locate, tensor_count,
+)
 from .formats import CheckpointFormat, canonical_name, format_named
 from .r50 import r50_d2_shapes
 from .readers import Checkpoint, _load_object
@@ -67,7 +69,8 @@ def _row(format: Optional[str], source: str) -> Optional[CheckpointFormat]:
     except KeyError:
         from .formats import CONVERTIBLE
 
-        raise CheckpointFormatError(f"unknown checkpoint format {format!r}; choose one of {sorted(CONVERTIBLE)}") from None
+        raise CheckpointFormatError(
+            f"unknown checkpoint format {format!r}; choose one of {sorted(CONVERTIBLE)}") from None
     row = format_named(name) if name is not None else None
     if row is not None and row.refusal:
         raise CheckpointFormatError(f"{source}: this is {row.refusal}")
@@ -75,63 +78,89 @@ def _row(format: Optional[str], source: str) -> Optional[CheckpointFormat]:
 
 
 def find_encoder(source: Union[str, Path, Checkpoint], format: Optional[str] = None,
-                 choice: EncoderChoice = EncoderChoice()) -> Located:
+                 choice: Optional[EncoderChoice] = None) -> Located:
     """The ResNet-50 encoder of a pretrain file (or of a read Checkpoint's tensors), found by structure
     (:mod:`.encoders`); CheckpointFormatError for a detector, which is no backbone pretrain."""
     if isinstance(source, Checkpoint):
-        _refuse_detector(source.path, source.state)
-        return locate(source.state, str(source.path), choice, _row(format or source.format, str(source.path)))
+        return encoder_of(source.state, source.path, format or source.format, choice)
     path = Path(source)
     if not path.is_file():
         raise CheckpointFormatError(f"{path}: no such checkpoint file")
-    row = _row(format, str(path))
+    _row(format, str(path))  # a refused format is refused before the file is read
+    return encoder_of(load_tree(path), path, format, choice)
+
+
+def load_tree(path: Path) -> dict[str, Any]:
+    """A checkpoint file's top-level dict, read without running code from it (:mod:`.readers`)."""
     root = _load_object(path)
     if not isinstance(root, dict):
         raise CheckpointFormatError(f"{path}: expected a dict of weights, found a {type(root).__name__}")
-    _refuse_detector(path, root)
-    return locate(root, str(path), choice, row)
+    return root
 
 
-def _refuse_detector(path: Path, root: dict[str, Any]) -> None:
+def encoder_of(root: Mapping[str, Any], path: Path, format: Optional[str] = None,
+               choice: Optional[EncoderChoice] = None) -> Located:
+    """:func:`~.encoders.locate` on a file's top-level dict, refusing detectors and refused formats first."""
+    row = _row(format, str(path))
     detector = is_detector(root)
     if detector is not None:
         raise CheckpointFormatError(
             f"{path}: a detector checkpoint ({detector[2]}: {next(iter(detector[1]))}, ...), not a backbone "
             "pretrain; use it as detector weights (load(..., weights=...) / MODEL.WEIGHTS)")
+    return locate(root, str(path), choice or EncoderChoice(), row)
 
 
 def _dropped(found: Located, report: ConversionReport) -> None:
-    """Everything outside the chosen encoder: per key (its container) or entry (the file), and by group."""
-    chosen, counts = found.chosen, {}
+    """Everything outside the chosen encoder, per key of its tensor set and per top-level entry of the file
+    (``report.dropped``), and by group with counts (``report.groups``)."""
+    chosen = found.chosen
+    counts: dict[str, list[Any]] = {}
+
+    def count(group: str, why: str, n: int = 1) -> None:
+        counts.setdefault(group, [0, why])[0] += n
+
     inside = set(chosen.names.values())
     for key in found.state:
         if key in inside:
             continue
         if key.startswith(chosen.prefix):
-            why = chosen.scheme.rename(key[len(chosen.prefix):])[1]
             group = chosen.prefix + group_of(key[len(chosen.prefix):])
+            why = chosen.scheme.rename(key[len(chosen.prefix):])[1]
+            if why.startswith("not a ResNet-50"):  # nothing the scheme knows: say what the group is
+                why = group_reason(group, found.others, chosen.container)
         else:
             group = next((c.prefix + "*" for c in found.others if c.container == chosen.container
-                          and c.prefix and key.startswith(c.prefix)), group_of(key))
-            why = next((w for p, w in found.row.outside if key.startswith(p)), group_reason(group, found.others))
+                          and c.prefix and key.startswith(c.prefix)), group_of(key, chosen.prefix))
+            why = next((w for p, w in found.row.outside if key.startswith(p)),
+                       group_reason(group, found.others, chosen.container))
         report.dropped[key] = why
-        counts.setdefault(group, [0, why])[0] += 1
+        count(group, why)
+    for path, arrays in containers(found.root):
+        if path == chosen.container:
+            continue
+        shared = next((i for i, (a, b) in enumerate(zip(path, chosen.container)) if a != b),
+                      min(len(path), len(chosen.container)))
+        for key in arrays:
+            group = (".".join(path[:shared + 1]) + ".*" if len(path) > shared
+                     else ".".join([*path, group_of(key)]))
+            count(group, group_reason(group, found.others))
     top = chosen.container[0] if chosen.container else None
     for entry, value in found.root.items():
-        if str(entry) == top or (top is None and hasattr(value, "shape")):
+        name = str(entry)
+        if name == top or (top is None and hasattr(value, "shape")):
             continue
         tensors = _count_arrays(value)
-        why = _ENTRY_REASONS.get(str(entry)) if str(entry) in _ENTRY_REASONS and tensors else None
-        why = why or (group_reason(f"{entry}.*", found.others) if tensors else "not tensors")
-        report.dropped[str(entry)] = why
-        counts[f"{entry}.*" if tensors else str(entry)] = [tensors, why]
-    report.groups = [f"{g} ({n} tensors, {why})" if n else f"{g} ({why})" for g, (n, why) in counts.items()]
+        report.dropped[name] = _ENTRY_REASONS.get(name, "") if tensors and name in _ENTRY_REASONS else (
+            group_reason(f"{name}.*", found.others) if tensors else "not tensors")
+        if not isinstance(value, Mapping) or not tensors:
+            counts[f"{name}.*" if tensors else name] = [tensors, report.dropped[name]]
+    report.groups = [f"{g} ({tensor_count(n)}, {why})" if n else f"{g} ({why})" for g, (n, why) in counts.items()]
 
 
 def _count_arrays(value: Any) -> int:
     if hasattr(value, "shape") and hasattr(value, "dtype"):
         return 1
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return sum(_count_arrays(v) for v in value.values())
     if isinstance(value, (list, tuple)):
         return sum(_count_arrays(v) for v in value)
