@@ -80,14 +80,16 @@ LAYOUTS: dict[str, tuple[Callable[[dict, dict], dict], str, tuple[str, ...]]] = 
         "state_dict": {**_under("module.base_encoder.", a), **_mlp("module.base_encoder.fc."),
                        **_under("module.momentum_encoder.", b), **_mlp("module.momentum_encoder.fc."),
                        **_mlp("module.predictor.", 3)}},
-        "state_dict.module.base_encoder", ("module.momentum_encoder.* (320 tensors, another ResNet-50 (momentum)",
-                                           "module.predictor.* (3 tensors, predictor)", "optimizer.* (1 tensor, optimizer state)")),
+        "state_dict.module.base_encoder",
+        ("module.momentum_encoder.* (320 tensors, another ResNet-50 (momentum)",
+         "module.predictor.* (3 tensors, predictor)", "optimizer.* (1 tensor, optimizer state)")),
     "dino": (lambda a, b: {
         "teacher": {**_under("backbone.", a), **_mlp("head.mlp.", 3), "head.last_layer.weight_g": torch.ones(1, 4)},
         "student": {**_under("module.backbone.", b), **_mlp("module.head.mlp.", 3)},
         "optimizer": _optimizer(), "epoch": 100, "dino_loss": {"center": torch.zeros(1, 4)}},
-        "teacher.backbone", ("head.* (4 tensors, projection head)", "student.* (321 tensors, another ResNet-50 (student)",
-                             "dino_loss.* (1 tensor, loss state)")),
+        "teacher.backbone",
+        ("head.* (4 tensors, projection head)", "student.* (321 tensors, another ResNet-50 (student)",
+         "dino_loss.* (1 tensor, loss state)")),
     "mmselfsup": (lambda a, b: {
         "meta": {"epoch": 200, "mmselfsup_version": "0.9.1", "config": "model = dict(type='MoCo')"},
         "state_dict": {**_under("backbone.", a), **_mlp("neck.mlp."), **_mlp("head.predictor.")},
@@ -108,7 +110,8 @@ LAYOUTS: dict[str, tuple[Callable[[dict, dict], dict], str, tuple[str, ...]]] = 
         ("classy_state_dict.base_model.model.heads.* (2 tensors, heads)", "loss.* (1 tensor, loss state)")),
     "swav_barlow": (lambda a, b: {
         **_under("module.", a), **_mlp("module.projection_head."), "module.prototypes.weight": torch.randn(30, 4)},
-        "module", ("module.projection_head.* (2 tensors, projection head)", "module.prototypes.* (1 tensor, prototypes)")),
+        "module",
+        ("module.projection_head.* (2 tensors, projection head)", "module.prototypes.* (1 tensor, prototypes)")),
     "simclr_lightly": (lambda a, b: {
         "state_dict": {**_sequential("backbone.", a), **_mlp("projection_head.layers.")}, "epoch": 5},
         "state_dict.backbone", ("projection_head.* (2 tensors, projection head)",)),
@@ -266,7 +269,8 @@ def test_names_say_what_a_string_names(layout_files, tmp_path):
         split_choice(f"{path}#key=a&key=b")
     cases = {
         str(path): Kind.FILE, f"{path}#key=student": Kind.FILE, f"file://{path}": Kind.FILE,
-        str(tmp_path / "absent.pth"): Kind.MISSING_FILE, "detectron2://ImageNetPretrained/MSRA/R-50.pkl": Kind.DETECTRON2,
+        str(tmp_path / "absent.pth"): Kind.MISSING_FILE,
+        "detectron2://ImageNetPretrained/MSRA/R-50.pkl": Kind.DETECTRON2,
         "hf://org/repo/mask_rcnn_fpn_1x_infomin": Kind.PUBLISHED, "hf://org/repo/weights.safetensors": Kind.URL,
         "https://example.org/r50.pth": Kind.URL, "mask_rcnn_fpn_1x_infomin": Kind.ENTRY, "infomin": Kind.PRETRAIN,
         "R_50_FPN_1x_infomin": Kind.CONFIG, "no_such_thing": Kind.UNKNOWN,

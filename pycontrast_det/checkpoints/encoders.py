@@ -29,12 +29,13 @@ _PRIMARY = frozenset({"teacher", "base", "query", "online", "q"})
 _SECONDARY = frozenset({"student", "momentum", "key", "target", "k"})
 _EMA = "ema"
 _BLOCK = re.compile(r"res(?P<s>[2-5])\.(?P<b>\d+)\.conv(?P<i>\d)\.weight\Z")
-_OTHER_DEPTHS = {(2, 2, 2, 2, False): 18, (3, 4, 6, 3, False): 34, (3, 4, 23, 3, True): 101,
-                 (3, 8, 36, 3, True): 152}
+# (blocks per stage..., bottleneck) -> depth, to name a ResNet that is not a ResNet-50
+_OTHER_DEPTHS: dict[tuple[object, ...], int] = {(2, 2, 2, 2, False): 18, (3, 4, 6, 3, False): 34,
+                                                (3, 4, 23, 3, True): 101, (3, 8, 36, 3, True): 152}
 # why a group of tensors outside the encoder is there, by a word of its name (first match)
 _GROUP_REASONS = (
-    ("ema", "EMA copy of a network"), ("optimizer", "optimizer state"), ("loss", "loss state"), ("predictor", "predictor"),
-    ("prototypes", "prototypes"), ("queue", "negative queue"), ("neck", "projection neck"),
+    ("ema", "EMA copy of a network"), ("optimizer", "optimizer state"), ("loss", "loss state"),
+    ("predictor", "predictor"), ("prototypes", "prototypes"), ("queue", "negative queue"), ("neck", "projection neck"),
     ("projector", "projection head"), ("projection", "projection head"), ("head", "projection head"),
     ("heads", "heads"), ("contrast", "memory bank"), ("memory", "memory bank"), ("fc", "classifier"),
 )
@@ -338,5 +339,5 @@ def is_detector(root: Mapping[str, Any]) -> Optional[tuple[tuple[str, ...], dict
     return None
 
 
-__all__ = ["CHOICE_RULE", "Candidate", "EncoderChoice", "Located", "SCHEMES", "Scheme",
-           "candidates", "containers", "group_counts", "tensor_count", "group_of", "group_reason", "is_detector", "locate"]
+__all__ = ["CHOICE_RULE", "Candidate", "EncoderChoice", "Located", "SCHEMES", "Scheme", "candidates", "containers",
+           "group_counts", "group_of", "group_reason", "is_detector", "locate", "tensor_count"]

@@ -121,7 +121,13 @@ _MSRA_NOTE = ("MSRA caffe2 ResNet (stride 2 in the 1x1 conv, BGR input minus mea
               "affine-only, so running_mean 0 / running_var 1 are filled in, which is what detectron2 itself "
               "uses for them")
 _D2_NAME = re.compile(r"(module\.)?(stem\.|res\d\.|backbone\.|roi_heads\.|proposal_generator\.)")
-_RGB_RESNET = {"rename": torchvision_rename, "stride_in_1x1": False, "input_format": "RGB", "note": _RGB_NOTE}
+
+
+def _rgb_resnet(name: str, description: str, detect: Callable[[list[str]], bool], prefixes: tuple[str, ...],
+                outside: tuple[tuple[str, str], ...] = (), ema_entry: Optional[str] = None) -> CheckpointFormat:
+    """A row for a torchvision-style RGB ResNet (torchvision names, stride in the 3x3 conv, ImageNet mean/std)."""
+    return CheckpointFormat(name, description, detect, prefixes, torchvision_rename, outside, stride_in_1x1=False,
+                            input_format="RGB", note=_RGB_NOTE, ema_entry=ema_entry)
 
 #: Every format, in detection order (the first row whose ``detect`` accepts a file's keys is its format).
 TABLE: tuple[CheckpointFormat, ...] = (
@@ -131,25 +137,23 @@ TABLE: tuple[CheckpointFormat, ...] = (
         refusal="a CMC checkpoint (module.encoder1.* / module.encoder2.*): two half-width ResNets on the L and "
                 "ab channels of Lab images, which cannot initialise an RGB ResNet-50; use another pretrain "
                 "(InstDis, PIRL, MoCo, MoCov2, InfoMin)"),
-    CheckpointFormat(
+    _rgb_resnet(
         "moco", "MoCo: {'state_dict': {'module.encoder_q.*', 'module.encoder_k.*', 'module.queue'}, ...}",
         _has_prefix("module.encoder_q."), prefixes=("module.encoder_q.",),
-        outside=(("module.encoder_k.", "MoCo momentum (key) encoder"), ("module.queue", "MoCo negative queue")),
-        **_RGB_RESNET),
-    CheckpointFormat(
+        outside=(("module.encoder_k.", "MoCo momentum (key) encoder"), ("module.queue", "MoCo negative queue"))),
+    _rgb_resnet(
         "pycontrast", "PyContrast: {'model': {'module.encoder.*'}, ...}; with ema, {'model_ema': {'encoder.*'}}",
         _has_prefix("module.encoder.", "encoder."), prefixes=("module.encoder.", "encoder."),
         outside=(("module.head_jig.", "jigsaw projection head"), ("module.head.", "projection head"),
                  ("head.", "projection head"), ("encoder_k.", "momentum (key) encoder")),
-        ema_entry="model_ema", **_RGB_RESNET),
+        ema_entry="model_ema"),
     CheckpointFormat(
         "msra_c2", "MSRA caffe2 blobs as detectron2 ships them: conv1_w, res_conv1_bn_s, res2_0_branch2a_w, ...",
         lambda keys: any(_C2_ANY.match(k) for k in keys), rename=c2_rename, stride_in_1x1=True,
         input_format="BGR", note=_MSRA_NOTE, affine_only_norms=True),
-    CheckpointFormat(
+    _rgb_resnet(
         "torchvision", "plain torchvision ResNet state dict: conv1, bn1, layer1..4, fc",
-        lambda keys: "conv1.weight" in keys or "module.conv1.weight" in keys, prefixes=("module.", ""),
-        **_RGB_RESNET),
+        lambda keys: "conv1.weight" in keys or "module.conv1.weight" in keys, prefixes=("module.", "")),
     CheckpointFormat(
         "detectron2", "detectron2: {'model': {name: array}} (.pkl model zoo, .pth training checkpoints)",
         lambda keys: any(_D2_NAME.match(k) for k in keys), rename=d2_backbone_rename),

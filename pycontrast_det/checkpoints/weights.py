@@ -8,8 +8,9 @@ through the store's verified cache), a ``detectron2://`` name of a zoo pretrain,
 (``hf://org/repo/<entry>`` or its copy on disk: its verified ``model.safetensors``), a zoo entry name (its
 published detector; for a row without one, its pretrain) or a zoo pretrain name (:mod:`.names` says which; a file
 may end in ``#key=...`` / ``#prefix=...`` to pick a pretrain's encoder). What a file holds is decided by one
-rule, :func:`~.formats.weights_kind`; a pretrain's ResNet-50 is found by structure (:mod:`.encoders`). :func:`map_weights` puts the file onto a model given as plain data
-(:class:`ModelTarget`: this layer does not know the model class) and says what it did (:class:`LoadReport`):
+rule, :func:`~.formats.weights_kind`; a pretrain's ResNet-50 is found by structure (:mod:`.encoders`).
+:func:`map_weights` puts the file onto a model given as plain data (:class:`ModelTarget`: this layer does not know
+the model class) and says what it did (:class:`LoadReport`):
 
 - a detector file must give every weight of the model (a ``num_batches_tracked`` counter excepted);
 - the class-dependent layers (box classifier and regressor, mask predictor) are re-initialised, i.e. left as
@@ -80,6 +81,7 @@ def resolve_weights(spec: Union[str, os.PathLike], *, zoo: Optional["Zoo"] = Non
         return _detectron2_name(text, _zoo(zoo), quiet)
     if kind is Kind.PUBLISHED:
         folder = resolve_published(text, quiet=quiet)
+        assert folder.weights is not None  # asked for: PublishError when the folder has none
         return WeightsFile(text, folder.weights, origin=f"the detector of the published folder {text}")
     if kind is Kind.URL:
         from ..store import fetch_url
@@ -340,6 +342,15 @@ def map_weights(weights: OpenedWeights, target: ModelTarget) -> tuple[dict[str, 
         mismatched=tuple(differ[k] for k in reinitialised), classes=weights.classes, conversion=conversion,
         num_classes=counts)
     return state, report
+
+
+def describe_pretrain(spec: Union[str, os.PathLike], *, quiet: bool = False) -> list[str]:
+    """For a plan: where a pretrain's ResNet-50 was found, which one was taken, what is dropped and the input
+    convention (:meth:`~.report.ConversionReport.found`); converted in memory, so that errors come now."""
+    file = resolve_weights(spec, quiet=quiet)
+    if file is None:
+        return []
+    return convert_to_detectron2(file.path, format=file.format, choice=file.choice)[1].found()
 
 
 def stage_backbone(spec: Union[str, os.PathLike], dest: Union[str, os.PathLike], *, input_format: str,

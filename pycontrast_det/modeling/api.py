@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_CONFIG_SUFFIXES = (".yaml", ".yml")
 WeightsSpec = Union[str, os.PathLike, OpenedWeights]
 
 
@@ -87,37 +86,37 @@ def resolve_source(source: Union[str, os.PathLike, Mapping[str, Any]]) -> ModelS
 
     UnknownEntryError with close names for a bare name that is none of these.
     """
-    from ..checkpoints.published import is_published_folder, resolve_published
+    from ..checkpoints.names import CONFIG_SUFFIXES, Kind, parse_name
+    from ..checkpoints.published import resolve_published
     from ..config import resolve_config_path
 
     if isinstance(source, Mapping):
         return ModelSource("<config>", source, None, origin="the config given")
-    text = os.fspath(source)
-    path = Path(text).expanduser()
-    if is_published_folder(text):
+    name = parse_name(source)  # what the string names, decided in one place
+    text = name.text
+    if name.kind is Kind.PUBLISHED:
         folder = resolve_published(text, weights=False)
         return ModelSource(text, folder.config, text, origin=f"{folder.config} (published folder {text})")
-    if path.is_file() and path.suffix not in _CONFIG_SUFFIXES:
-        opened = open_weights(path)
+    if name.kind is Kind.FILE:
+        opened = open_weights(name.spec)
         assert opened is not None  # a local file is never "random init"
         stored = opened.stored_config()
-        origin = str(stored) if isinstance(stored, Path) else f"stored in {path}"
-        return ModelSource(text, stored, opened, origin=origin)
-    if not path.is_file():
+        origin = str(stored) if isinstance(stored, Path) else f"stored in {text}"
+        return ModelSource(name.spec, stored, opened, origin=origin)
+    if name.kind is Kind.ENTRY:
         from ..zoo import load_manifest
 
-        entries = load_manifest().entries
-        if text in entries:
-            entry = entries[text]
-            return ModelSource(text, entry.config_path, entry.name, entry,
-                               origin=f"{entry.config_path} (zoo entry {text})")
-        if path.suffix and path.suffix not in _CONFIG_SUFFIXES:
-            raise ConfigError(f"{text}: no such checkpoint file")
-        if os.sep not in text and not path.suffix:  # a bare name: an entry or a shipped config
-            try:
-                resolve_config_path(text)
-            except ConfigError:
-                raise _unknown_source(text, list(entries)) from None
+        entry = load_manifest().entries[text]
+        return ModelSource(text, entry.config_path, entry.name, entry, origin=f"{entry.config_path} (zoo entry {text})")
+    if name.kind is Kind.MISSING_FILE and Path(text).suffix not in CONFIG_SUFFIXES:
+        raise ConfigError(f"{text}: no such checkpoint file")
+    if name.kind in (Kind.URL, Kind.DETECTRON2):
+        raise ConfigError(f"{text}: a {name.kind.value}, which brings weights but no config; "
+                          f"load(CONFIG, weights={text!r})")
+    if name.kind in (Kind.UNKNOWN, Kind.PRETRAIN):
+        from ..zoo import load_manifest
+
+        raise _unknown_source(text, list(load_manifest().entries))
     config = resolve_config_path(text)
     return ModelSource(text, config, None, origin=str(config))
 

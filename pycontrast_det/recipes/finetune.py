@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
 from ..config import override_value
 from ..errors import ConfigError
-from ..zoo import load_manifest
 from . import commands
 
 if TYPE_CHECKING:
@@ -189,16 +188,16 @@ class FinetunePlan:
 def _source_config(source: str, config: Optional[Union[str, os.PathLike]]) -> tuple[Union[Path, Mapping], str]:
     """The config to fine-tune ``source`` with: ``config``, else the one that comes with the source (a zoo entry's,
     a published folder's, the one stored with a checkpoint; see ``modeling.resolve_source``)."""
+    from ..checkpoints.names import Kind, parse_name
     from ..config import resolve_config_path
     from ..modeling import resolve_source
 
     if config is not None:
         path = resolve_config_path(config)
         return path, str(path)
-    zoo = load_manifest()
-    url = "://" in source and not source.startswith("hf://")
-    if url or (source in zoo.pretrains and source not in zoo.entries):
-        raise ConfigError(f"{source}: a pretrain or a URL, so no config comes with it; give one with --config")
+    kind = parse_name(source).kind  # what the string names, decided in one place
+    if kind in (Kind.URL, Kind.DETECTRON2, Kind.PRETRAIN):
+        raise ConfigError(f"{source}: a {kind.value}, so no config comes with it; give one with --config")
     resolved = resolve_source(source)
     if resolved.weights is None:
         raise ConfigError(f"{source} is a config, not weights: give it as --config and the weights as SOURCE")
