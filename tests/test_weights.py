@@ -49,6 +49,8 @@ def test_one_rule_says_what_a_file_holds():
     assert weights_kind(["backbone.stem.conv1.weight", "roi_heads.res5.0.conv1.weight"]) == DETECTOR_D2  # C4
     for keys in EXAMPLE_KEYS.values():
         assert weights_kind(keys) == BACKBONE
+    # backbone.* alone is how self-supervised codebases (mmselfsup, solo-learn, DINO) name their encoder
+    assert weights_kind(["backbone.conv1.weight", "backbone.layer1.0.conv1.weight", "neck.mlp.0.weight"]) == BACKBONE
 
 
 def _manifest(tmp_path: Path, served: Path) -> Path:

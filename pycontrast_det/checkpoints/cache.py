@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Optional, Union
 
 from .. import atomic
-from ..errors import CheckpointFormatError
 from ..store import cache_dir, hash_file
 from .encoders import EncoderChoice
 from .pretrain import convert_to_detectron2
@@ -40,8 +39,8 @@ def converted_pretrain_path(source: Union[str, Path], format: Optional[str] = No
                             choice: Optional[EncoderChoice] = None) -> Path:
     """A detectron2 ``.pkl`` of ``source``'s ResNet-50 backbone, converted on first use and cached.
 
-    The conversion report is kept beside it as ``.json``. Raises CheckpointFormatError when the source lacks
-    backbone keys (a partial backbone is never cached as if it were whole).
+    The conversion report is kept beside it as ``.json``. A partial backbone is never cached: the conversion
+    refuses it (CheckpointFormatError naming what is missing).
     """
     from filelock import FileLock
 
@@ -57,10 +56,6 @@ def converted_pretrain_path(source: Union[str, Path], format: Optional[str] = No
         if target.is_file():  # another process converted it while we waited
             return target
         state, report = convert_to_detectron2(source, format=format, choice=choice)
-        if report.missing:
-            raise CheckpointFormatError(
-                f"{source}: {len(report.missing)} ResNet-50 backbone weights are missing "
-                f"(e.g. {report.missing[:4]}); run `pycontrast-zoo convert {source} OUT` to see the full report")
         atomic.write_text(folder / f"{name}.json", report.to_json())
         write_d2_pkl(state, target)
     return target

@@ -202,6 +202,4 @@ def convert_to_detectron2(source: Union[str, Path, Checkpoint, Located], format:
     report.kept = [k for k in shapes if k in out]
     report.missing = [k for k in shapes if k not in out]
     report.stride_in_1x1, report.input_format = row.stride_in_1x1, row.input_format
-    if row.note:
-        report.notes.append(row.note)
     return {k: out[k] for k in report.kept}, report

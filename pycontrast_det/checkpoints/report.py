@@ -10,7 +10,7 @@ from typing import Optional
 class ConversionReport:
     """``kept``: output (detectron2) keys; ``renamed``: source key -> output key where the name changed;
     ``dropped``: source key or top-level entry -> why; ``missing``: ResNet-50 keys the source lacks;
-    ``filled``: keys set to neutral values the source format does not store (see ``notes``). Where the encoder
+    ``filled``: keys set to neutral values the source format does not store (see ``convention``). Where the encoder
     was found: ``container`` (dotted path of the tensor set in the file), ``prefix``, ``names`` (the naming
     scheme), ``chosen`` (why this encoder), ``also`` (the other complete ResNet-50s); ``groups``: what was
     dropped, by group with counts; ``convention``: the input convention the weights need."""
@@ -25,7 +25,6 @@ class ConversionReport:
     filled: list[str] = field(default_factory=list)
     stride_in_1x1: Optional[bool] = None  # what MODEL.RESNETS.STRIDE_IN_1X1 must be; None: unknown
     input_format: Optional[str] = None  # "RGB" or "BGR": the channel order the weights were trained on
-    notes: list[str] = field(default_factory=list)
     container: str = ""
     prefix: str = ""
     names: str = ""

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 _TARGETS = ("d2-pkl", "safetensors")
 
@@ -43,7 +42,8 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Convert; write OUT only when every backbone key is present (exit 1 otherwise)."""
+    """Convert and write OUT; a partial ResNet-50, another network or an ambiguous choice is a one-line error
+    (exit 2) and nothing is written."""
     from ..checkpoints import convert_to_detectron2, resolve_weights, write_d2_pkl, write_safetensors
     from ..checkpoints.encoders import EncoderChoice
     from ..errors import ZooError
@@ -56,22 +56,15 @@ def run(args: argparse.Namespace) -> int:
                            prefix=args.prefix if args.prefix is not None else given.prefix, ema=args.ema or given.ema)
     state, report = convert_to_detectron2(source.path, format=args.source_format or source.format, choice=choice)
     target = args.target or ("safetensors" if args.output.endswith(".safetensors") else "d2-pkl")
-    written = report.ok
-    if written:
-        if target == "safetensors":
-            meta = {"format": "detectron2", "source_format": report.format,
-                    "stride_in_1x1": str(report.stride_in_1x1), "input_format": str(report.input_format)}
-            write_safetensors(state, args.output, metadata=meta)
-        else:
-            write_d2_pkl(state, args.output, author=args.author)
+    if target == "safetensors":
+        meta = {"format": "detectron2", "source_format": report.format,
+                "stride_in_1x1": str(report.stride_in_1x1), "input_format": str(report.input_format)}
+        write_safetensors(state, args.output, metadata=meta)
+    else:
+        write_d2_pkl(state, args.output, author=args.author)
     if args.json_report:
-        print(json.dumps({**report.to_dict(), "output": args.output if written else None, "to": target}, indent=2))
+        print(json.dumps({**report.to_dict(), "output": args.output, "to": target}, indent=2))
     else:
         print(report.summary(verbose=not args.quiet))
-        if written:
-            print(f"wrote {args.output} ({target}, {len(report.kept)} keys)")
-    if not written:
-        print(f"pycontrast-zoo convert: error: {len(report.missing)} ResNet-50 backbone weights are missing "
-              f"from {args.input}; nothing written", file=sys.stderr)
-        return 1
+        print(f"wrote {args.output} ({target}, {len(report.kept)} keys)")
     return 0
