@@ -326,3 +326,18 @@ def test_detectron2_loads_a_converted_layout(layout_files, tmp_path):
     checkpointer = DetectionCheckpointer(model)
     result = checkpointer._load_model(checkpointer._load_file(str(out)))
     assert not [k for k in result.missing_keys if k.startswith("backbone.bottom_up.")]
+
+
+def test_finetune_takes_a_chosen_encoder(layout_files, tmp_path):
+    from pycontrast_det.recipes.finetune import plan_finetune
+
+    spec = f"{layout_files['byol']}#key=target_network_state_dict"
+    plan = plan_finetune(spec, "shapes", config="R_50_FPN_1x_infomin", output_dir=tmp_path / "ft")
+    weights = plan.cfg().MODEL.WEIGHTS
+    assert weights == spec
+    opened = open_weights(weights)
+    assert opened is not None and opened.encoder is not None
+    assert opened.encoder.chosen.location == "target_network_state_dict.encoder"
+    assert opened.encoder.reason == "chosen by hand"
+    with pytest.raises(ConfigError, match="no config is stored with these weights"):
+        plan_finetune(str(layout_files["byol"]), "shapes", output_dir=tmp_path / "ft2")
