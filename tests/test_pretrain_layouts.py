@@ -83,6 +83,13 @@ LAYOUTS: dict[str, tuple[Callable[[dict, dict], dict], str, tuple[str, ...]]] = 
         "state_dict.module.base_encoder",
         ("module.momentum_encoder.* (320 tensors, another ResNet-50 (momentum)",
          "module.predictor.* (3 tensors, predictor)", "optimizer.* (1 tensor, optimizer state)")),
+    "moco_v2": (lambda a, b: {
+        "epoch": 200, "arch": "resnet50", "optimizer": _optimizer(),
+        "state_dict": {**_under("module.encoder_q.", a), **_mlp("module.encoder_q.fc."),
+                       **_under("module.encoder_k.", b), "module.queue": torch.randn(4, 8)}},
+        "state_dict.module.encoder_q", ("module.encoder_q.fc.* (2 tensors, classifier / projection fc)",
+                                        "module.encoder_k.* (318 tensors, MoCo momentum (key) encoder)",
+                                        "module.queue (1 tensor, MoCo negative queue)")),
     "dino": (lambda a, b: {
         "teacher": {**_under("backbone.", a), **_mlp("head.mlp.", 3), "head.last_layer.weight_g": torch.ones(1, 4)},
         "student": {**_under("module.backbone.", b), **_mlp("module.head.mlp.", 3)},

@@ -236,6 +236,26 @@ def _listing(found: list[Candidate]) -> str:
     return "; ".join(f"--key {c.location} ({c.describe()})" for c in found)
 
 
+def _choose(source: str, resnets: list[Candidate], choice: EncoderChoice) -> Candidate:
+    """The ResNet-50 taken: ``choice``'s filters, EMA copies only with ``ema``, complete over partial, then
+    :data:`CHOICE_RULE`; an error listing the candidates when they still tie."""
+    pool = [c for c in resnets if _matches(c, choice)]
+    if not pool:
+        raise CheckpointFormatError(f"{source}: {choice.options()} matches none of its ResNet-50s: {_listing(resnets)}")
+    if not choice.by_hand:
+        ema = [c for c in pool if _EMA in _words(c.location)]
+        if choice.ema and not ema:
+            raise CheckpointFormatError(f"{source}: --ema asked for, but the file has no EMA copy of the encoder "
+                                        f"(no 'ema' in any of: {', '.join(c.location for c in pool)})")
+        pool = ema if choice.ema else [c for c in pool if c not in ema] or pool
+    complete = sorted([c for c in pool if not c.missing(_affine_only(c))] or pool, key=Candidate.rank)
+    tied = [c for c in complete if c.rank() == complete[0].rank()]
+    if len(tied) > 1:
+        raise CheckpointFormatError(f"{source}: {len(tied)} ResNet-50s and no rule to choose; pick one with --key "
+                                    f"or --prefix (or FILE#key=...): {_listing(tied)}")
+    return complete[0]
+
+
 def locate(root: Mapping[str, Any], source: str, choice: EncoderChoice = EncoderChoice(),
            row: Optional[CheckpointFormat] = None) -> Located:
     """The ResNet-50 encoder of a file's top-level object (see the module docstring); ``row`` (a format named by
@@ -259,22 +279,7 @@ def locate(root: Mapping[str, Any], source: str, choice: EncoderChoice = Encoder
     resnets = [c for c in found if c.is_r50]
     if not resnets:
         raise (ArchitectureMismatchError if found else CheckpointFormatError)(_refusal(source, tree, found))
-    pool = [c for c in resnets if _matches(c, choice)]
-    if not pool:
-        raise CheckpointFormatError(f"{source}: {choice.options()} matches none of its ResNet-50s: {_listing(resnets)}")
-    if not choice.by_hand:
-        ema = [c for c in pool if _EMA in _words(c.location)]
-        if choice.ema and not ema:
-            raise CheckpointFormatError(f"{source}: --ema asked for, but the file has no EMA copy of the encoder "
-                                        f"(no 'ema' in any of: {', '.join(c.location for c in pool)})")
-        pool = ema if choice.ema else [c for c in pool if c not in ema] or pool
-    complete = [c for c in pool if not c.missing(_affine_only(c))] or pool
-    complete.sort(key=Candidate.rank)
-    chosen = complete[0]
-    if len(complete) > 1 and complete[1].rank() == chosen.rank():
-        tied = [c for c in complete if c.rank() == chosen.rank()]
-        raise CheckpointFormatError(f"{source}: {len(tied)} ResNet-50s and no rule to choose; pick one with --key "
-                                    f"or --prefix (or FILE#key=...): {_listing(tied)}")
+    chosen = _choose(source, resnets, choice)
     missing = chosen.missing(_affine_only(chosen))
     if missing:
         raise CheckpointFormatError(f"{source}: the ResNet-50 at {chosen.describe()} is partial: {len(missing)} "
