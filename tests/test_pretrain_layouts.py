@@ -208,6 +208,10 @@ def test_key_and_prefix_choose_by_hand(layout_files, r50, other, plain, tmp_path
     assert cli_main(["convert", str(layout_files["dino"]), str(out), "-q"]) == 0
     with open(out, "rb") as f:
         _same(pickle.load(f)["model"], plain)
+    # --from names the naming scheme; it no longer takes backbone.* for a detector (issue 17: mmselfsup)
+    assert cli_main(["convert", str(layout_files["mmselfsup"]), str(out), "-q", "--from", "torchvision"]) == 0
+    with open(out, "rb") as f:
+        _same(pickle.load(f)["model"], plain)
 
 
 def _plain_file(tmp_path: Path, state: dict) -> Path:

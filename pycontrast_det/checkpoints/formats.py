@@ -39,7 +39,7 @@ class CheckpointFormat:
     """One checkpoint layout.
 
     ``detect`` sees the weights' key names; ``prefixes`` are where the encoder's keys start (most specific
-    first); ``rename`` maps a key without its prefix to (detectron2 backbone name, or None and why it is
+    first; ``("",)``: anywhere, found by structure); ``rename`` maps a key without its prefix to (detectron2 backbone name, or None and why it is
     dropped); ``outside`` says why keys outside the prefix are dropped; ``stride_in_1x1`` / ``input_format``
     are what MODEL.RESNETS.STRIDE_IN_1X1 / INPUT.FORMAT must be (None: the file does not say);
     ``affine_only_norms``: norms store no running statistics (filled with detectron2's identity values);
@@ -153,7 +153,7 @@ TABLE: tuple[CheckpointFormat, ...] = (
         input_format="BGR", note=_MSRA_NOTE, affine_only_norms=True),
     _rgb_resnet(
         "torchvision", "plain torchvision ResNet state dict: conv1, bn1, layer1..4, fc",
-        lambda keys: "conv1.weight" in keys or "module.conv1.weight" in keys, prefixes=("module.", "")),
+        lambda keys: "conv1.weight" in keys or "module.conv1.weight" in keys, prefixes=("",)),
     CheckpointFormat(
         "detectron2", "detectron2: {'model': {name: array}} (.pkl model zoo, .pth training checkpoints)",
         lambda keys: any(_D2_NAME.match(k) for k in keys), rename=d2_backbone_rename),
