@@ -291,6 +291,7 @@ def test_msra_caffe2_blobs_get_detectron2s_names(tv_r50, tmp_path):
     assert "STRIDE_IN_1X1 True" in report.summary()
     assert report.dropped["fc1000_w"] == "ImageNet classifier"
     assert report.dropped["res2_0_branch2a_w_momentum"] == "SGD momentum blob"
+    assert report.groups == ["fc1000_* (2 tensors, ImageNet classifier)", "res2_* (1 tensor, SGD momentum blob)"]
     assert report.renamed["res_conv1_bn_s"] == "stem.conv1.norm.weight"
     assert report.renamed["res3_0_branch1_bn_b"] == "res3.0.shortcut.norm.bias"
 

@@ -315,12 +315,14 @@ def tensor_count(n: int) -> str:
 
 def group_of(key: str, beside: str = "") -> str:
     """A key's group for a report: the names it shares with the prefix ``beside``, then one more
-    (``module.predictor.0.weight`` beside ``module.base_encoder.`` -> ``module.predictor.*``)."""
-    parts, near = key.split("."), beside.rstrip(".").split(".") if beside else []
+    (``module.predictor.0.weight`` beside ``module.base_encoder.`` -> ``module.predictor.*``); a caffe2 blob
+    name, which has no dots, by its first ``_`` part (``fc1000_w`` -> ``fc1000_*``)."""
+    sep = "." if "." in key else "_"
+    parts, near = key.split(sep), beside.rstrip(".").split(".") if beside else []
     shared = 0
     while shared < min(len(near), len(parts) - 1) and parts[shared] == near[shared]:
         shared += 1
-    return ".".join(parts[:shared + 1]) + ".*" if len(parts) > shared + 1 else key
+    return sep.join(parts[:shared + 1]) + sep + "*" if len(parts) > shared + 1 else key
 
 
 def group_reason(group: str, others: tuple[Candidate, ...], container: tuple[str, ...] = ()) -> str:
