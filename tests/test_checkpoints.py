@@ -29,7 +29,8 @@ R50_BLOCKS = (3, 4, 6, 3)
 
 
 def _resnet_body(prefix: str, stages: range) -> list[str]:
-    """Our torchvision-style ResNet-50 names, written out from the key table of the detectron2 parity notes (not from the code)."""
+    """Our torchvision-style ResNet-50 names, written out from the key table of the detectron2 parity notes (not
+    from the code)."""
     keys = []
     if 1 in stages:
         keys += [f"{prefix}conv1.weight"] + [f"{prefix}bn1.{p}" for p in BN]
@@ -378,7 +379,8 @@ def test_html_pages_and_corrupt_files_are_format_errors_not_safety_errors(tv_r50
         read_checkpoint(page)
     assert not isinstance(err.value, UnsafeCheckpointError)
     good = tmp_path / "good.pth"
-    torch.save({"model": {f"module.encoder.{k}": v for k, v in tv_r50.items()}}, good, _use_new_zipfile_serialization=False)
+    torch.save({"model": {f"module.encoder.{k}": v for k, v in tv_r50.items()}}, good,
+               _use_new_zipfile_serialization=False)
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(good.read_bytes()[:5000])
     with pytest.raises(CheckpointFormatError, match="truncated.pth: not a readable torch checkpoint") as err:

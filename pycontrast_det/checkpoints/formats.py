@@ -39,12 +39,12 @@ class CheckpointFormat:
     """One checkpoint layout.
 
     ``detect`` sees the weights' key names; ``prefixes`` are where the encoder's keys start (most specific
-    first; ``("",)``: anywhere, found by structure); ``rename`` maps a key without its prefix to (detectron2 backbone name, or None and why it is
-    dropped); ``outside`` says why keys outside the prefix are dropped; ``stride_in_1x1`` / ``input_format``
-    are what MODEL.RESNETS.STRIDE_IN_1X1 / INPUT.FORMAT must be (None: the file does not say);
-    ``affine_only_norms``: norms store no running statistics (filled with detectron2's identity values);
-    ``ema_entry``: a top-level entry holding an EMA copy of the encoder; ``refusal``: why such a file cannot
-    initialise an RGB ResNet-50 (the format is recognised only to say so).
+    first; ``("",)``: anywhere, found by structure); ``rename`` maps a key without its prefix to (detectron2
+    backbone name, or None and why it is dropped); ``outside`` says why keys outside the prefix are dropped;
+    ``stride_in_1x1`` / ``input_format`` are what MODEL.RESNETS.STRIDE_IN_1X1 / INPUT.FORMAT must be (None: the
+    file does not say); ``affine_only_norms``: norms store no running statistics (filled with detectron2's
+    identity values); ``ema_entry``: a top-level entry holding an EMA copy of the encoder; ``refusal``: why such
+    a file cannot initialise an RGB ResNet-50 (the format is recognised only to say so).
     """
 
     name: str
