@@ -3,7 +3,6 @@ plus ``predict`` for plain images."""
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -12,22 +11,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..coco_classes import CategoryMap
-from ..images import as_rgb_array
+from ..images import ImageLike, as_rgb_array
 from .boxes import Size
 from .fuse import FastPath, clear_fold_caches
 from .postprocess import rescale
 from .preprocess import resize_shortest_edge
 
 if TYPE_CHECKING:
-    from PIL.Image import Image as PILImage
-
     from ..config import CfgNode
     from .backbone import Backbone
     from .roi_heads import ROIHeads
     from .rpn import RPN
-
-ImageLike = Union[str, Path, "PILImage", np.ndarray, Tensor]
-
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
