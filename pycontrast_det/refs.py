@@ -53,7 +53,8 @@ def url_problem(url: str) -> Optional[str]:
         except ValueError as exc:
             return f"malformed URL {url!r}: {exc}"
         if parsed.scheme not in URL_SCHEMES:
-            return f"URL scheme {parsed.scheme!r} not supported in {url!r} (use {', '.join(URL_SCHEMES)} or a local path)"
+            return (f"URL scheme {parsed.scheme!r} not supported in {url!r} (use {', '.join(URL_SCHEMES)} or a "
+                    f"local path)")
         if parsed.scheme in ("http", "https") and not parsed.hostname:
             return f"URL {url!r} has no host"
         if parsed.scheme in ("http", "https") and re.search(r"\s", url):

@@ -73,15 +73,17 @@ def read_layer(path: Path) -> Layer:
                                           f"({SCHEMA_VERSION}); upgrade pycontrast-det")
     merge = typed(ctx, "merge", data.get("merge", False), (bool,))
     base = path.parent
-    layer = Layer(path, merge, {}, {})
-    for section, parse, target in (("pretrains", parse_pretrain, layer.pretrains),
-                                   ("entries", parse_entry, layer.entries)):
-        block = data.get(section) or {}
-        if not isinstance(block, dict):
-            raise ctx.error(section, "expected a mapping of name -> record")
-        for name, record in block.items():
-            target[parse_name(ctx, f"{section}.{name}", name)] = parse(ctx, name, record, base)
-    return layer
+    pretrains = {name: parse_pretrain(ctx, name, record, base) for name, record in _section(ctx, data, "pretrains")}
+    entries = {name: parse_entry(ctx, name, record, base) for name, record in _section(ctx, data, "entries")}
+    return Layer(path, merge, entries, pretrains)
+
+
+def _section(ctx: Ctx, data: dict, section: str) -> list[tuple[str, Any]]:
+    """(checked name, record) pairs of a manifest section."""
+    block = data.get(section) or {}
+    if not isinstance(block, dict):
+        raise ctx.error(section, "expected a mapping of name -> record")
+    return [(parse_name(ctx, f"{section}.{name}", name), record) for name, record in block.items()]
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
