@@ -108,16 +108,19 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         rows = [{"name": e.name, "detector": e.detector, "schedule": e.schedule, "pretrain": e.pretrain,
                  "box_ap": e.box_ap, "mask_ap": e.mask_ap, "config": e.config, "published": e.published,
-                 "cached": _cached_roles(e, zoo)} for e in entries]
+                 "cached": _cached_roles(e, zoo), "config_fixes": list(e.config_overrides),
+                 "known_issues": [dataclasses.asdict(i) for i in e.known_issues]} for e in entries]
         print(json.dumps(rows, indent=2))
         return 0
-    header = ("entry", "det", "sched", "pretrain", "box AP", "mask AP", "files", "cached")
+    header = ("entry", "det", "sched", "pretrain", "box AP", "mask AP", "files", "cached", "issues")
     rows = [(e.name, e.detector, e.schedule, e.pretrain, f"{e.box_ap:.1f}", f"{e.mask_ap:.1f}",
-             "published" if e.published else "config only", ",".join(_cached_roles(e, zoo)) or "-")
-            for e in entries]
+             "published" if e.published else "config only", ",".join(_cached_roles(e, zoo)) or "-",
+             "!" * len(e.known_issues)) for e in entries]
     _print_table(header, rows)
     if not rows:
         print("(no entry matches)")
+    if any(e.known_issues for e in entries):
+        print("issues: '!' marks a known issue (`pycontrast-zoo info ENTRY` says what)")
     return 0
 
 
@@ -166,6 +169,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
            f"  published: {_published(entry)}"]
     if entry.note:
         out.append(f"  note: {entry.note}")
+    if entry.config_fixes:
+        out.append(f"  config fixes (every use applies them): {' '.join(entry.config_overrides)}")
+    out += [f"  known issue: {issue.text} ({issue.url})" for issue in entry.known_issues]
     out.append(f"  manifest: {entry.source}")
     out.append("files:")
     for key, file in sources.entry_files(name, store.ROLES, zoo):
