@@ -223,6 +223,7 @@ def test_reproduce_dry_run_trains_with_the_config_fixes(capsys):
     assert commands.count("MODEL.PIXEL_STD '[58.395, 57.12, 57.375]'") == 2
     supervised = plan_reproduction(SUPERVISED_1X).config()
     assert supervised.INPUT.FORMAT == "BGR"  # an entry without fixes is as its config says
+    assert plan_reproduction(RAND_1X, config="R_50_FPN_1x_rand").config().INPUT.FORMAT == "BGR"  # --config: as given
 
 
 def test_known_issues_show_in_info_list_table_and_the_model_card(tmp_path, capsys):

@@ -317,7 +317,7 @@ def plan_reproduction(entry: str, *, engine: str = "native", dataset: Optional[s
         config_path = target.config_path
     label, source, weights, d2_weights, user_path = _pretrain_plan(zoo, target, pretrain, out)
     data_overrides, data_label, data_notes = _dataset_overrides(dataset, max_iter)
-    if config_path == target.config_path:  # the entry's own config: its manifest config_fixes come first
+    if config is None and pretrain is None:  # the entry's own config: its manifest config_fixes come first
         data_overrides = [*target.config_overrides, *data_overrides]
     notes += data_notes
     command_notes: list[str] = []
