@@ -109,8 +109,11 @@ def test_audit_finds_input_format_mean_and_stride_differences_and_exits_1(tmp_pa
     assert _row(out, "MODEL.RESNETS.STRIDE_IN_1X1") == ["MODEL.RESNETS.STRIDE_IN_1X1", "True", "False",
                                                         "model-defining"]
     assert "4 model-defining and 0 other differ" in out  # format, mean, std, stride; nothing else
-    assert "OUTPUT_DIR" not in out and "MODEL.WEIGHTS" not in out and "NUM_WORKERS" not in out  # ignored keys
+    shown = [line.split()[0] for line in out.splitlines() if line.startswith("  ") and line.split()]
+    assert {"OUTPUT_DIR", "MODEL.WEIGHTS", "MODEL.DEVICE", "DATALOADER.NUM_WORKERS"}.isdisjoint(shown)  # ignored
     assert "not compared (keys this package's config does not have): FUTURE_SECTION.KEY" in out
+    assert f"{SUPERVISED_1X}: its training log ran configs/R_50_FPN_1x.yaml (command line: Namespace(" in out
+    assert "opts=['MODEL.WEIGHTS', '/checkpoint/user/pretrain.pkl']" in out
 
 
 def test_audit_of_an_identical_log_exits_0(tmp_path, capsys):

@@ -7,12 +7,11 @@ from typing import Optional
 
 from ..checkpoints import sources
 from ..config import load_config
-from ..errors import ZooError
 from ..zoo import DetectorEntry, Zoo, load_manifest, update_manifest_fixes
 from ..zoo.logconfig import IGNORED_KEYS, MODEL_KEYS, ConfigAudit, compare_configs, read_log_config_file, \
     show_value
 from ..zoo.records import FixValue
-from .zoo_cmds import target_names
+from .zoo_cmds import print_table, target_names
 
 _KEYS_HELP = (f"model-defining keys (exit 1 when one differs): {', '.join(MODEL_KEYS)}; never compared: "
               f"{', '.join(IGNORED_KEYS)} (a trailing '.' or '_' means every key it starts)")
@@ -60,6 +59,8 @@ def _audit(entry: DetectorEntry, zoo: Zoo, *, quiet: bool) -> Optional[ConfigAud
         print(f"{entry.name}: its training log says nothing comparable about its config ({why})")
         return None
     ours = load_config(entry.config_path, entry.config_overrides).to_dict()
+    print(f"{entry.name}: its training log ran {logged.config_file or 'an unnamed config file'} "
+          f"(command line: {logged.command_line or 'not logged'})")
     return compare_configs(ours, logged.full)
 
 
@@ -68,19 +69,15 @@ def _print_audit(entry: DetectorEntry, audit: ConfigAudit) -> None:
     print(f"{entry.name}: {entry.config}{fixes} against its training log: {audit.compared} keys compared, "
           f"{len(audit.model_diffs)} model-defining and {len(audit.diffs) - len(audit.model_diffs)} other differ")
     if audit.diffs:
-        rows = [("key", "entry", "log", "")] + [(d.key, show_value(d.ours), show_value(d.logged),
-                                                 "model-defining" if d.model_defining else "") for d in audit.diffs]
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        for row in rows:
-            print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        print_table(("key", "entry", "log", ""), [(d.key, show_value(d.ours), show_value(d.logged),
+                                                   "model-defining" if d.model_defining else "") for d in audit.diffs],
+                    indent="  ")
     if audit.only_in_log:
         print(f"  not compared (keys this package's config does not have): {', '.join(audit.only_in_log)}")
 
 
 def _write_fixes(entry: DetectorEntry, audit: ConfigAudit) -> None:
     """The log's values of the differing model-defining keys, written as the entry's config_fixes."""
-    if entry.source is None:
-        raise ZooError(f"{entry.name}: no manifest file defines it; cannot write its config_fixes")
     fixes: list[tuple[str, FixValue]] = []
     for diff in audit.model_diffs:
         value = _fix_value(diff.logged)

@@ -109,7 +109,7 @@ class _DuplicateKey(Exception):
 def _check_references(zoo: Zoo) -> None:
     for entry in zoo.entries.values():
         if entry.pretrain not in zoo.pretrains:
-            ctx = Ctx(entry.source or Path("?"))
+            ctx = Ctx(entry.source)
             close = difflib.get_close_matches(entry.pretrain, list(zoo.pretrains), n=3, cutoff=0.5)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ctx.error(f"entries.{entry.name}.pretrain",

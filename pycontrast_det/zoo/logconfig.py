@@ -2,7 +2,7 @@
 
 Every detectron2 ``log.txt`` (since 0.1) begins with ``Command line arguments: ...``, ``Contents of
 args.config_file=FILE:`` followed by that file, and ``Running with full config:`` followed by the whole config as
-YAML, each block ending at the next ``[MM/DD HH:MM:SS ...]`` log line. Keys are compared by class: the
+YAML, which ends at the next ``[MM/DD HH:MM:SS ...]`` log line. Keys are compared by class: the
 model-defining ones (:data:`MODEL_KEYS`: what the weights mean and how the row was trained) decide; keys that
 cannot matter (:data:`IGNORED_KEYS`: paths, output dirs, dataset roots, workers, devices) are never compared; any
 other differing key is shown. Plain text and dicts: no torch, no config module (the caller builds the config).
@@ -50,13 +50,12 @@ _FULL = re.compile(r"Running with full config:\s*$")
 
 @dataclass(frozen=True)
 class LogConfig:
-    """What a training log says about its config: the command line, the config file named and its text, the full
-    config (None when the log has no dump), and why a dump could not be read."""
+    """What a training log says about its config: the command line and the config file it names, the full config
+    (None when the log has no dump), and why a dump could not be read."""
 
     source: str
     command_line: Optional[str] = None
     config_file: Optional[str] = None
-    config_file_text: Optional[str] = None
     full: Optional[Mapping[str, Any]] = None
     problem: Optional[str] = None
 
@@ -96,30 +95,29 @@ _DumpLoader.add_constructor("tag:yaml.org,2002:python/tuple",
 def read_log_config(text: str, source: str = "log") -> LogConfig:
     """The config header of a detectron2 ``log.txt`` (``source`` names it in messages)."""
     command = config_file = None
-    blocks: dict[str, list[str]] = {}
-    current: Optional[list[str]] = None
+    dump: Optional[list[str]] = None  # the full config's lines, once its header line is seen
+    inside = False
     for raw in text.splitlines():
         line = _ANSI.sub("", raw)
         if _LOG_LINE.match(line):
-            current = None
+            inside = False
             if (m := _COMMAND.search(line)) and command is None:
                 command = m.group(1).strip()
-            elif (m := _CONFIG_FILE.search(line)) and "file" not in blocks:
-                config_file, current = m.group(1).strip(), blocks.setdefault("file", [])
-            elif _FULL.search(line) and "full" not in blocks:
-                current = blocks.setdefault("full", [])
-        elif current is not None:
-            current.append(line)
-    file_text = "\n".join(blocks["file"]).strip() + "\n" if "file" in blocks else None
-    if "full" not in blocks:
-        return LogConfig(source, command, config_file, file_text)
+            elif (m := _CONFIG_FILE.search(line)) and config_file is None:
+                config_file = m.group(1).strip()
+            elif _FULL.search(line) and dump is None:
+                dump, inside = [], True
+        elif inside and dump is not None:
+            dump.append(line)
+    if dump is None:
+        return LogConfig(source, command, config_file)
     try:
-        full = yaml.load("\n".join(blocks["full"]), Loader=_DumpLoader)  # noqa: S506 (a SafeLoader)
+        full = yaml.load("\n".join(dump), Loader=_DumpLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
-        return LogConfig(source, command, config_file, file_text, problem=yaml_problem(source, exc))
+        return LogConfig(source, command, config_file, problem=yaml_problem(source, exc))
     if not isinstance(full, dict):
-        return LogConfig(source, command, config_file, file_text, problem=f"{source}: the full config is not a mapping")
-    return LogConfig(source, command, config_file, file_text, full)
+        return LogConfig(source, command, config_file, problem=f"{source}: the full config is not a mapping")
+    return LogConfig(source, command, config_file, full)
 
 
 def read_log_config_file(path: Path) -> LogConfig:

@@ -35,10 +35,10 @@ class PretrainEntry:
     epochs: Optional[int]
     imagenet_top1: Optional[float]
     file: Optional[FileRef]
+    source: Path                 # the manifest file that defined it
     alternatives: tuple[FileRef, ...] = ()
     can_init_r50: bool = True
     note: Optional[str] = None
-    source: Optional[Path] = None  # the manifest file that defined it
 
 
 @dataclass(frozen=True)
@@ -56,9 +56,9 @@ class DetectorEntry:
     published: bool
     model: Optional[FileRef]
     log: Optional[FileRef]
+    source: Path                 # the manifest file that defined it
     model_alternatives: tuple[FileRef, ...] = ()  # the same detector in other bytes (e.g. the original .pth)
     note: Optional[str] = None
-    source: Optional[Path] = None  # the manifest file that defined it
     config_fixes: tuple[tuple[str, FixValue], ...] = ()  # (KEY, value) every use applies on top of ``config``
     known_issues: tuple[KnownIssue, ...] = ()
 
