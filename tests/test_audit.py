@@ -312,3 +312,15 @@ def test_store_does_not_import_the_manifest_package():
             "print(sorted(m for m in sys.modules if m.startswith('pycontrast_det.zoo')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
     assert out.strip() == "[]"
+
+
+def test_finetune_plans_with_the_config_fixes(tmp_path):
+    from pycontrast_det.recipes.finetune import plan_finetune
+    from test_finetune import make_dataset
+
+    plan = plan_finetune(RAND_1X, make_dataset(tmp_path / "data"), schedule="4", output_dir=tmp_path / "out")
+    cfg = plan.cfg()
+    assert cfg.INPUT.FORMAT == "RGB" and list(cfg.MODEL.PIXEL_MEAN) == TORCHVISION_MEAN
+    assert "INPUT.FORMAT RGB" in (plan.command() or "")
+    assert plan_finetune(RAND_1X, tmp_path / "data", schedule="4", config="R_50_FPN_1x_rand",
+                         output_dir=tmp_path / "out2").cfg().INPUT.FORMAT == "BGR"  # --config: as given
