@@ -235,7 +235,7 @@ def test_known_issues_show_in_info_list_table_and_the_model_card(tmp_path, capsy
 
     assert main(["info", RAND_1X]) == 0
     out = capsys.readouterr().out
-    assert f"known issue: PyContrast's config inherits BGR" in out and ISSUE_34 in out
+    assert "known issue: PyContrast's config inherits BGR" in out and ISSUE_34 in out
     assert "config fixes (every use applies them): INPUT.FORMAT RGB MODEL.PIXEL_MEAN [123.675, 116.28, 103.53]" in out
     assert main(["list", "--schedule", "1x"]) == 0
     rows = {line.split()[0]: line.split()[-1] for line in capsys.readouterr().out.splitlines()[1:]}
@@ -249,7 +249,7 @@ def test_known_issues_show_in_info_list_table_and_the_model_card(tmp_path, capsy
     entry = zoo.get_entry(RAND_1X)
     cfg = load_config(entry.config_path, entry.config_overrides)
     text = card.entry_card(entry, zoo.get_pretrain("rand"), cfg, [], parse_target(str(tmp_path)))
-    assert f"> **Known issue:** PyContrast's config inherits BGR" in text and ISSUE_34 in text
+    assert "> **Known issue:** PyContrast's config inherits BGR" in text and ISSUE_34 in text
     assert "RGB input" in text and "with the config fixes `INPUT.FORMAT RGB" in text
 
 
