@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util as _importlib_util
 import os as _os
 import sys as _sys
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING
 
 _HERE = _os.path.dirname(_os.path.abspath(__file__))
 if _importlib_util.find_spec("pycontrast_det") is None:  # imported by path, package not installed
@@ -20,7 +20,9 @@ if _importlib_util.find_spec("pycontrast_det") is None:  # imported by path, pac
 
 from pycontrast_det import zoo as _zoo  # noqa: E402  (torch-free)
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # typing names stay out of the module: torch.hub lists every public callable as an entry
+    from typing import Any, Callable
+
     from pycontrast_det.modeling import MaskRCNN
 
 # Importable names that pycontrast_det.load needs (torch.hub checks them before calling an entry).
