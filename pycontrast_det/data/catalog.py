@@ -106,7 +106,8 @@ def resolve_dataset(name_or_path: Union[str, os.PathLike], split: Optional[str] 
         text, _, rule = text.rpartition(_HOLDOUT)
         holdout = _parse_holdout(rule, text)
         spec = resolve_dataset(text, "train")
-        return DatasetSpec(name=f"{spec.name}_{split or 'val'}", split=_check_split(split or "val"),
+        split = _check_split(split or "val")
+        return DatasetSpec(name=f"{spec.name.removesuffix('_train')}_{split}", split=split,
                            json_file=spec.json_file, image_root=spec.image_root, categories=spec.categories,
                            layout=spec.layout, holdout=holdout)
     if text in _SHAPES_NAMES or text in _COCO_NAMES:

@@ -212,9 +212,10 @@ def _parse_annotation(ann: dict, to_contiguous: dict[int, int], json_file: Path,
     if category not in to_contiguous:
         report.add("unknown_category", f"{example}: category_id {category!r}")
         return {}
-    box = _clipped(bbox, size)
-    if box != [float(v) for v in bbox]:
+    box = [float(v) for v in bbox]
+    if box[0] < 0 or box[1] < 0 or box[0] + box[2] > size[0] or box[1] + box[3] > size[1]:
         report.add("outside", f"{example}: {list(bbox)} in {size[0]}x{size[1]}")
+        box = _clipped(box, size)
     if box[2] <= 0 or box[3] <= 0:
         report.add("zero_size", f"{example}: {list(bbox)}")
         return {}

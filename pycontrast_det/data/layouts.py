@@ -7,11 +7,13 @@ Tried in this order on the folder given (``S`` = the split, ``train`` or ``val``
 * ``roboflow``: Roboflow's COCO export, ``train/``, ``valid/``, ``test/`` each with ``_annotations.coco.json``
   and the images beside it (``val`` is ``valid/``);
 * ``cvat``: CVAT's COCO 1.0 export, ``annotations/instances_<name>.json`` + ``images/`` (one file: no val split);
-* ``label-studio``: Label Studio's COCO export, ``result.json`` + ``images/``;
+* ``label-studio``: Label Studio's COCO export, ``result.json`` + ``images/`` (its file names start with
+  ``images/``: then they are relative to the folder itself);
 * ``voc``: Pascal VOC, ``Annotations/*.xml`` + ``JPEGImages/`` + ``ImageSets/Main/S.txt``.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -52,8 +54,19 @@ def split_files(root: Path, split: str) -> Optional[SplitFiles]:
     """The first layout that has ``split`` under ``root``, or None."""
     for layout, path, image_root in _candidates(root, split):
         if path.is_file():
+            if layout == "label-studio" and _names_start_with_images(path):
+                image_root = root
             return SplitFiles(layout, path, image_root)
     return None
+
+
+def _names_start_with_images(json_file: Path) -> bool:
+    """Whether the first image's ``file_name`` in ``json_file`` starts with ``images/`` (Label Studio's exports)."""
+    try:
+        images = json.loads(json_file.read_text(encoding="utf-8")).get("images") or [{}]
+    except (OSError, ValueError, AttributeError):
+        return False  # reported with its reason when the file is read as the dataset's
+    return str(images[0].get("file_name", "")).replace("\\", "/").startswith("images/")
 
 
 def _candidates(root: Path, split: str) -> list[tuple[str, Path, Path]]:

@@ -73,9 +73,9 @@ def choose_data(datasets: Sequence[PathLike], base: "CfgNode", overrides: Sequen
         rule = Holdout(DEFAULT_HOLDOUT if holdout is None else float(holdout), seed)
         names[0] = test_name = names[0] + rule.suffix()
         val_spec = resolve_dataset(test_name, split="val")
-        notes.append(f"validation: {rule.fraction:g} of {Path(datasets[0]).name}'s images held out (it has no val "
-                     f"split), chosen by seed {seed} (SEED {base.SEED}); --holdout F changes the fraction, "
-                     "--val PATH names a validation set")
+        notes.append(f"validation: {rule.fraction:g} of the images of {val_spec.json_file} held out (no val split), "
+                     f"chosen by seed {seed} (SEED {base.SEED}); --holdout F changes the fraction, --val PATH "
+                     "names a validation set")
     if holdout is not None and val is None and not notes:
         raise ConfigError(f"--holdout {holdout}: {names[0]} has a val split of its own; drop --holdout (or give "
                           "--val PATH)")
