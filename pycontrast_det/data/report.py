@@ -66,9 +66,11 @@ class DatasetReport:
             if kind in self.problems:
                 return (f"{where}: {self.problems[kind]} {PROBLEMS[kind]} (e.g. {self.examples[kind][0]}); add the "
                         "images or remove them from the annotations")
-        if self.images == 0:
-            return f"{where}: no images; the annotations list none (or none with objects)"
+        if self.images == 0 and not self.problems.get("empty"):
+            return f"{where}: no images; the annotations list none"
         if self.num_objects == 0:
+            if self.images == 0:
+                return f"{where}: no objects in its {self.problems['empty']} images; annotate some"
             return f"{where}: no objects in its {self.images} images; annotate some (every box was unusable or absent)"
         return None
 
