@@ -214,8 +214,9 @@ def runs(tmp_path_factory, shapes, d2_fixtures):
 def test_finetune_on_each_layout(kind, runs, tmp_path):
     root, plan, result, printed, log = runs(kind)
     box_only = kind in ("boxes", "voc")  # VOC has boxes only
-    assert f"  train {root.name}" in printed or f"train labels" in printed
-    assert LAYOUT_FOUND[kind] in printed  # the dry run and the plan name the layout and each split's file
+    for spec in (plan.data.train, plan.data.val):  # the plan (as the dry run) names the layout and each split's file
+        assert spec.layout == LAYOUT_FOUND[kind]
+        assert f"{spec.split} {spec.name}: {spec.layout} {spec.json_file}" in printed
     cfg = plan.cfg()
     assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 3 and cfg.MODEL.MASK_ON is (not box_only)
     assert cfg.INPUT.MASK_FORMAT == ("bitmask" if kind == "rle" else "polygon")

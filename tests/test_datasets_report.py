@@ -99,7 +99,10 @@ def test_val_and_the_held_out_fraction(tmp_path, source):
     assert (train.images, val.images) == (9, 1)
     assert plan.cfg().DATASETS.TEST[0].endswith("ann.json#holdout=0.1,seed=3")
     assert "0.1 of the images of" in plan.render() and "chosen by seed 3 (SEED 3)" in plan.render()
-    ids = lambda spec: {r["image_id"] for r in scan_dataset(spec)[0]}  # noqa: E731
+
+    def ids(spec):
+        return {r["image_id"] for r in scan_dataset(spec)[0]}
+
     held, rest = ids(plan.data.val), ids(plan.data.train)
     assert held == held_out_ids(range(1, 11), 0.1, 3) and held.isdisjoint(rest) and held | rest == set(range(1, 11))
     again = plan_finetune(source, str(data), overrides=["SEED", "3"], holdout=0.3)
@@ -164,3 +167,34 @@ def test_a_worker_error_is_the_one_line_error_and_workers_fit_the_machine(tmp_pa
                 next(batches)
     assert str(caught.value).startswith("cannot read image ") and "2.png" in str(caught.value)
     assert "\n" not in str(caught.value) and "Traceback" not in str(caught.value)
+
+
+def _voc(root: Path, objects: list[tuple[str, tuple[int, int, int, int], int]]) -> Path:
+    """A one-image VOC folder: ``objects`` as (name, 1-based inclusive xmin, ymin, xmax, ymax, difficult)."""
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (60, 40), (10, 10, 10)).save(root / "JPEGImages" / "a.jpg")
+    xml = "".join(f"<object><name>{n}</name><difficult>{d}</difficult><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}"
+                  f"</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for n, b, d in objects)
+    (root / "Annotations" / "a.xml").write_text(f"<annotation><filename>a.jpg</filename><size><width>60</width>"
+                                                f"<height>40</height></size>{xml}</annotation>")
+    for split in ("train", "val"):
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("a\n")
+    return root
+
+
+def test_voc_boxes_converted_and_difficult_objects_ignored_in_evaluation(tmp_path):
+    from pycontrast_det.evaluation.coco import score_results
+
+    root = _voc(tmp_path / "voc", [("owl", (11, 6, 30, 25), 0), ("owl", (36, 6, 55, 30), 1), ("bat", (2, 2, 8, 9), 0)])
+    spec = resolve_dataset(root, "val")
+    assert spec.layout == "voc" and spec.category_names == ("bat", "owl")
+    records, _ = scan_dataset(spec)
+    assert [a["bbox"] for a in records[0]["annotations"]] == [[10.0, 5.0, 20.0, 20.0], [35.0, 5.0, 20.0, 25.0],
+                                                              [1.0, 1.0, 7.0, 8.0]]
+    hits = [{"image_id": 1, "category_id": 2, "bbox": [10.0, 5.0, 20.0, 20.0], "score": 0.9},
+            {"image_id": 1, "category_id": 1, "bbox": [1.0, 1.0, 7.0, 8.0], "score": 0.9}]
+    on_difficult = {"image_id": 1, "category_id": 2, "bbox": [35.0, 5.0, 20.0, 25.0], "score": 0.95}
+    for results in (hits, hits + [on_difficult]):  # the difficult owl: neither missed nor a true positive
+        scored = score_results(spec, [1], results, ["bbox"], "pycocotools", None)
+        assert scored.bbox["AP-owl"] == pytest.approx(100.0) and scored.bbox["AP-bat"] == pytest.approx(100.0)
