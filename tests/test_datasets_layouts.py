@@ -232,3 +232,17 @@ def test_finetune_on_each_layout(kind, runs, tmp_path):
     found = model.predict(image, score_thresh=0.0)
     assert len(found["label_names"]) > 0 and set(found["label_names"]) <= set(NAMES)
     assert ("masks" in found) is (not box_only)
+
+
+@pytest.mark.parametrize("format", ["onnx", "torchscript"])
+def test_a_box_only_run_exports_without_masks(format, runs, tmp_path):
+    from pycontrast_det.export import export, load_exported
+
+    root, plan, _, _, _ = runs("boxes")
+    model = pcd.load(plan.output_dir / "model_final.pth", overrides=["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"])
+    exported = load_exported(export(model, tmp_path / f"boxes.{format}", format=format))
+    assert exported.metadata.outputs == ["boxes", "scores", "labels"] and exported.class_names == NAMES
+    image = root / "val" / "000000.png"
+    found, direct = exported.predict(image), model.predict(image)
+    assert "masks" not in found and "masks" not in direct and len(found["boxes"]) == len(direct["boxes"]) > 0
+    assert found["label_names"] == direct["label_names"]

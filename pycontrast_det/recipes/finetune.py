@@ -264,8 +264,8 @@ def _worker(plan: FinetunePlan, log_period: int, evaluate_at_end: bool) -> "Trai
 
     result = train(plan.cfg(), output_dir=plan.output_dir, resume=plan.resume, overwrite=plan.overwrite,
                    device=plan.device, amp=plan.amp, export_detectron2=plan.export_detectron2,
-                   notes=(f"fine-tuning {plan.source}: {plan.schedule.describe()}",), log_period=log_period,
-                   evaluate_at_end=evaluate_at_end)
+                   notes=(f"fine-tuning {plan.source}: {plan.schedule.describe()}", *plan.data.lines()),
+                   log_period=log_period, evaluate_at_end=evaluate_at_end)
     result.model = None  # returned across processes: results only
     return result
 
