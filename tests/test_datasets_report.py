@@ -198,3 +198,16 @@ def test_voc_boxes_converted_and_difficult_objects_ignored_in_evaluation(tmp_pat
     for results in (hits, hits + [on_difficult]):  # the difficult owl: neither missed nor a true positive
         scored = score_results(spec, [1], results, ["bbox"], "pycocotools", None)
         assert scored.bbox["AP-owl"] == pytest.approx(100.0) and scored.bbox["AP-bat"] == pytest.approx(100.0)
+
+
+def test_a_single_file_export_as_the_validation_set(tmp_path, source):
+    """A CVAT folder given as --val: all its images validate; without --val, its images are split."""
+    train = write_json(tmp_path / "train", _objects(6), num_images=6)
+    cvat = tmp_path / "cvat"
+    (cvat / "annotations").mkdir(parents=True)
+    write_json(cvat / "images", _objects(3), num_images=3, name="../annotations/instances_default.json")
+    plan = plan_finetune(source, str(train), val=str(cvat))
+    assert plan.data.val.layout == "cvat" and plan.data.reports[1].images == 3
+    assert resolve_dataset(cvat, "val").json_file == resolve_dataset(cvat, "train").json_file
+    alone = plan_finetune(source, str(cvat), overrides=["SEED", "1"])
+    assert (alone.data.reports[0].images, alone.data.reports[1].images) == (2, 1)

@@ -6,7 +6,8 @@ Tried in this order on the folder given (``S`` = the split, ``train`` or ``val``
   (or ``S2017/``);
 * ``roboflow``: Roboflow's COCO export, ``train/``, ``valid/``, ``test/`` each with ``_annotations.coco.json``
   and the images beside it (``val`` is ``valid/``);
-* ``cvat``: CVAT's COCO 1.0 export, ``annotations/instances_<name>.json`` + ``images/`` (one file: no val split);
+* ``cvat``: CVAT's COCO 1.0 export, ``annotations/instances_<name>.json`` + ``images/`` (one file: it is also
+  the ``val`` split, as a json given directly is; :func:`has_val` is False);
 * ``label-studio``: Label Studio's COCO export, ``result.json`` + ``images/`` (its file names start with
   ``images/``: then they are relative to the folder itself);
 * ``voc``: Pascal VOC, ``Annotations/*.xml`` + ``JPEGImages/`` + ``ImageSets/Main/S.txt``.
@@ -21,6 +22,7 @@ from typing import Optional
 from ..errors import DatasetError
 
 COCO_JSON, VOC = "coco json", "voc"  # the layout of a json given directly; the one layout that is not json
+SINGLE_FILE = ("cvat", "label-studio")  # exports of one file: it is the val split too, as a json given directly
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,10 @@ def find_split(root: Path, split: str) -> SplitFiles:
     found = split_files(root, split)
     if found is not None:
         return found
-    if split == "val" and split_files(root, "train") is not None:
+    train = split_files(root, "train") if split == "val" else None
+    if train is not None and train.layout in SINGLE_FILE:  # as a json given directly: its one file serves both
+        return train
+    if train is not None:
         raise DatasetError(f"{root}: no val annotations in a known layout (it has a train split only: looked "
                            f"for {', '.join(_names(root, 'val'))}); give a validation set with --val PATH or hold out "
                            "part of the train images")
