@@ -198,9 +198,12 @@ def runs(tmp_path_factory, shapes, d2_fixtures):
 
     def run(kind: str) -> tuple:
         if kind not in done:
-            root = MAKERS[kind](shapes, tmp_path_factory.mktemp(kind) / kind)
+            kinds = kind.split("+")  # several datasets trained on as one
+            roots = [MAKERS[k](shapes, tmp_path_factory.mktemp(k) / k) for k in kinds]
+            root = roots[0]
             out = tmp_path_factory.mktemp(f"run-{kind}")
-            plan = plan_finetune(d2_fixtures / "fpn" / "weights_fp16.pth", dataset_arg(kind, root), schedule="2",
+            plan = plan_finetune(d2_fixtures / "fpn" / "weights_fp16.pth",
+                                 [dataset_arg(k, r) for k, r in zip(kinds, roots)], schedule="2",
                                  output_dir=out, overrides=RUN)
             printed = io.StringIO()
             result = finetune(plan, log_period=1, stream=printed)
@@ -246,3 +249,12 @@ def test_a_box_only_run_exports_without_masks(format, runs, tmp_path):
     found, direct = exported.predict(image), model.predict(image)
     assert "masks" not in found and "masks" not in direct and len(found["boxes"]) == len(direct["boxes"]) > 0
     assert found["label_names"] == direct["label_names"]
+
+
+def test_several_datasets_train_as_one(runs):
+    """Roboflow's export (ids 1-3) and Label Studio's (ids 0-2, the same names): one class list, merged by name."""
+    root, plan, result, printed, _ = runs("roboflow+label-studio")
+    assert len(plan.cfg().DATASETS.TRAIN) == 2 and plan.data.train.category_ids == (1, 2, 3)
+    assert plan.data.reports[0].images == 4 + 6  # roboflow's train split, all of label studio's images
+    assert plan.data.val.layout == "roboflow" and {f"AP-{n}" for n in NAMES} <= set(result.metrics["bbox"])
+    assert pcd.load(plan.output_dir / "model_final.pth").class_names == NAMES
