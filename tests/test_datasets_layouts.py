@@ -16,6 +16,7 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 import pycontrast_det as pcd
+from pycontrast_det.cli import main
 from pycontrast_det.data import ShapesParams
 from pycontrast_det.data.shapes import write_shapes
 from pycontrast_det.recipes.finetune import finetune, plan_finetune
@@ -235,6 +236,12 @@ def test_finetune_on_each_layout(kind, runs, tmp_path):
     found = model.predict(image, score_thresh=0.0)
     assert len(found["label_names"]) > 0 and set(found["label_names"]) <= set(NAMES)
     assert ("masks" in found) is (not box_only)
+    if kind == "boxes":  # the command line: boxes, the dataset's own category ids, no masks
+        assert main(["predict", str(plan.output_dir / "model_final.pth"), str(image), "--out", str(tmp_path),
+                     "--score-thresh", "0.0", "--device", "cpu"]) == 0
+        records = json.loads((tmp_path / "results.json").read_text())
+        assert records and {r["category_id"] for r in records} <= {1, 2, 3}
+        assert not any("segmentation" in r for r in records)
 
 
 @pytest.mark.parametrize("format", ["onnx", "torchscript"])
