@@ -226,6 +226,7 @@ def test_finetune_on_each_layout(kind, runs, tmp_path):
     assert cfg.INPUT.MASK_FORMAT == ("bitmask" if kind == "rle" else "polygon")
     if box_only:  # the source's mask head is dropped, and said so
         assert "the file's 24 mask-head weights are not loaded" in log
+    assert result.evaluation.num_images == plan.data.reports[1].images  # the val split (held out where none)
     # metrics name the classes; box-only: no mask AP
     assert {f"AP-{n}" for n in NAMES} <= set(result.metrics["bbox"])
     assert ("segm" in result.metrics) is (not box_only)
