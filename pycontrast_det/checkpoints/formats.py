@@ -3,7 +3,8 @@
 A row says how to recognise the format from key names, where its encoder's keys start, how one of its keys
 becomes detectron2's backbone name, and what the weights need from the config (stride placement, input
 channel order). Adding a pretrain format is one row of :data:`TABLE` (its name also goes into
-``zoo.FORMATS``, which a test keeps equal to :data:`MANIFEST_NAMES`) plus a test. Torch-free.
+``refs.WEIGHT_FORMATS``, the one list of names a manifest may use; a test checks each row is there) plus a test.
+Torch-free.
 
 **What a file holds** (:func:`weights_kind`), decided from the names of its weights (inside ``model`` /
 ``state_dict`` / ``blobs`` when present, ``module.`` stripped), in this order:
@@ -154,8 +155,6 @@ _BY_NAME = {f.name: f for f in TABLE}
 
 #: The zoo manifest's names for the same layouts (None: the file type only, detect the layout).
 ALIASES: dict[str, Optional[str]] = {"detectron2_pkl": "detectron2", "safetensors": None}
-#: Every ``format`` a manifest file may name for weights (``zoo.FORMATS`` adds ``text`` for logs).
-MANIFEST_NAMES = frozenset(_BY_NAME) | frozenset(ALIASES)
 #: Formats that can be converted into a ResNet-50 backbone, with a line each (``convert --from``).
 CONVERTIBLE: dict[str, str] = {f.name: f.description for f in TABLE if not f.refusal}
 

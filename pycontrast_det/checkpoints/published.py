@@ -17,7 +17,7 @@ from typing import Iterable, Optional, Union
 
 from .. import store
 from ..errors import ChecksumError, PublishError
-from ..zoo import url_problem
+from ..refs import url_problem
 
 __all__ = ["CHECKSUMS", "CONFIG", "WEIGHTS", "PublishedFolder", "is_published_folder", "resolve_published",
            "format_checksums", "read_checksums"]

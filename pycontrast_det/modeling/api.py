@@ -56,6 +56,29 @@ def _warn(message: str) -> None:
     log.warning(message)
 
 
+_WARNED: set[str] = set()
+
+
+def _entry_warnings(entry: "DetectorEntry") -> list[str]:
+    """What to warn about an entry, each line once per process: its known issues, and a cached training log whose
+    config differs from the entry's (with its config_fixes) on a model-defining key (the cache only: no network)."""
+    from ..config import load_config
+    from ..store import cache_path
+    from ..zoo import issue_line
+    from ..zoo.logconfig import compare_configs, drift_line, read_log_config_file
+
+    lines = [issue_line(entry)] if entry.known_issues else []
+    cached = cache_path(entry.log, f"{entry.name}/log") if entry.log is not None else None
+    if cached is not None and cached.is_file():
+        logged = read_log_config_file(cached).full
+        ours = load_config(entry.config_path, entry.config_overrides).to_dict()
+        drift = drift_line(entry, compare_configs(ours, logged)) if logged is not None else None
+        lines += [drift] if drift else []
+    new = [line for line in lines if line not in _WARNED]
+    _WARNED.update(new)
+    return new
+
+
 def _unknown_source(text: str, entries: Sequence[str]) -> UnknownEntryError:
     from ..resources import configs_dir
 
@@ -77,6 +100,11 @@ class ModelSource:
     weights: Optional[WeightsSpec]
     entry: Optional["DetectorEntry"] = None
     origin: str = ""                 # where the config comes from, for messages and plans
+
+    @property
+    def fixes(self) -> tuple[str, ...]:
+        """KEY VALUE words every use applies on top of ``config``: a zoo entry's manifest config_fixes."""
+        return self.entry.config_overrides if self.entry is not None else ()
 
 
 def resolve_source(source: Union[str, os.PathLike, Mapping[str, Any]]) -> ModelSource:
@@ -134,7 +162,7 @@ def _config(source: ModelSource, overrides: Sequence[str]) -> "CfgNode":
         cfg.defrost()
         cfg.merge_from_list(list(overrides))
         return cfg.freeze()
-    return load_config(source.config, overrides)
+    return load_config(source.config, [*source.fixes, *overrides])
 
 
 def load(entry_or_config: Union[str, os.PathLike, Mapping[str, Any], ModelSource],
@@ -165,6 +193,8 @@ def load(entry_or_config: Union[str, os.PathLike, Mapping[str, Any], ModelSource
     target = resolve_device(requested_device(device, overrides, default="cpu"))
     source = entry_or_config if isinstance(entry_or_config, ModelSource) else resolve_source(entry_or_config)
     cfg = _config(source, overrides)
+    for line in _entry_warnings(source.entry) if source.entry is not None else ():
+        _warn(line)
     model = build_model(cfg)
     spec = weights if weights is not None else (source.weights if pretrained else None)
     report = load_weights(model, spec) if spec is not None else None

@@ -183,15 +183,17 @@ class FinetunePlan:
         return "\n".join(lines)
 
 
-def _source_config(source: str, config: Optional[Union[str, os.PathLike]]) -> tuple[Union[Path, Mapping], str]:
-    """The config to fine-tune ``source`` with: ``config``, else the one that comes with the source (a zoo entry's,
-    a published folder's, the one stored with a checkpoint; see ``modeling.resolve_source``)."""
+def _source_config(source: str, config: Optional[Union[str, os.PathLike]]
+                   ) -> tuple[Union[Path, Mapping], str, tuple[str, ...]]:
+    """The config to fine-tune ``source`` with, where it comes from and the KEY VALUE fixes that come with it:
+    ``config``, else the one that comes with the source (a zoo entry's with its config_fixes, a published folder's,
+    the one stored with a checkpoint; see ``modeling.resolve_source``)."""
     from ..config import resolve_config_path
     from ..modeling import resolve_source
 
     if config is not None:
         path = resolve_config_path(os.fspath(config))
-        return path, str(path)
+        return path, str(path), ()
     zoo = load_manifest()
     url = "://" in source and not source.startswith("hf://")
     if url or (source in zoo.pretrains and source not in zoo.entries):
@@ -202,7 +204,7 @@ def _source_config(source: str, config: Optional[Union[str, os.PathLike]]) -> tu
     if resolved.config is None:
         raise ConfigError(f"{source}: no config is stored with these weights (nor a config.yaml beside them); "
                           "give one with --config")
-    return resolved.config, resolved.origin
+    return resolved.config, resolved.origin, resolved.fixes
 
 
 def plan_finetune(source: Union[str, os.PathLike], dataset: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
@@ -235,10 +237,10 @@ def plan_finetune(source: Union[str, os.PathLike], dataset: Union[str, os.PathLi
     source, user = os.fspath(source), [str(o) for o in overrides]
     if Path(source).exists():  # a checkpoint, a published folder on disk
         source = str(Path(source).resolve())  # the printed command works from any folder
-    config_path, origin = _source_config(source, config)
+    config_path, origin, fixes = _source_config(source, config)
     from ..config import load_config
 
-    base = load_config(config_path, user)
+    base = load_config(config_path, [*fixes, *user])
     datasets = [dataset] if isinstance(dataset, (str, os.PathLike)) else list(dataset)
     data = choose_data(datasets, base, user, val=val, holdout=holdout)
     sched = finetune_schedule(schedule or DEFAULT_SCHEDULE, data.images, base, num_gpus * num_machines, user,
@@ -246,8 +248,8 @@ def plan_finetune(source: Union[str, os.PathLike], dataset: Union[str, os.PathLi
     name = " + ".join(absolute_name(d) for d in datasets)
     out = Path(output_dir) if output_dir is not None else DEFAULT_OUTPUT_ROOT / (
         f"finetune_{Path(source).stem}_{Path(absolute_name(datasets[0])).name}")
-    ours = [*data.overrides, "MODEL.WEIGHTS", source, "DATASETS.TRAIN", repr(data.train_names), "DATASETS.TEST",
-            repr((data.test_name,)), *sched.overrides(), "OUTPUT_DIR", str(out.resolve())]
+    ours = [*fixes, *data.overrides, "MODEL.WEIGHTS", source, "DATASETS.TRAIN", repr(data.train_names),
+            "DATASETS.TEST", repr((data.test_name,)), *sched.overrides(), "OUTPUT_DIR", str(out.resolve())]
     plan = FinetunePlan(source=source, config=config_path, config_origin=origin, dataset=name, data=data,
                         categories=data.train.categories, schedule=sched, overrides=tuple(ours + user),
                         output_dir=out.resolve(), device=device, num_gpus=int(num_gpus),

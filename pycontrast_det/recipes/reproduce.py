@@ -86,7 +86,7 @@ class ReproducePlan:
     weights: str                     # MODEL.WEIGHTS the training uses (a file in output_dir, or "")
     detectron2_weights: str          # MODEL.WEIGHTS for stock detectron2
     dataset: str                     # "coco" (the published protocol) or the dataset given
-    protocol_overrides: tuple[str, ...]  # KEY VALUE pairs for the dataset protocol (shapes, --max-iter)
+    protocol_overrides: tuple[str, ...]  # KEY VALUE pairs: the entry's config_fixes, the dataset protocol, --max-iter
     user_overrides: tuple[str, ...]      # the user's KEY VALUE pairs, applied last
     output_dir: Path
     device: str
@@ -317,6 +317,8 @@ def plan_reproduction(entry: str, *, engine: str = "native", dataset: Optional[s
         config_path = target.config_path
     label, source, weights, d2_weights, user_path = _pretrain_plan(zoo, target, pretrain, out)
     data_overrides, data_label, data_notes = _dataset_overrides(dataset, max_iter)
+    if config is None and pretrain is None:  # the entry's own config: its manifest config_fixes come first
+        data_overrides = [*target.config_overrides, *data_overrides]
     notes += data_notes
     command_notes: list[str] = []
     if data_label != "coco":
