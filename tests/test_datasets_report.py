@@ -111,8 +111,11 @@ def test_val_and_the_held_out_fraction(tmp_path, source):
     assert ids(plan_finetune(source, str(data), overrides=["SEED", "4"], holdout=0.3).data.val) != ids(again.data.val)
     with pytest.raises(Exception, match="--val .* and --holdout 0.2 both"):
         plan_finetune(source, str(data), val=str(other), holdout=0.2)
+    one = write_json(tmp_path / "one", _objects(1), num_images=1)  # nothing to hold out: said, not hidden
+    assert "validation on " + str(one.resolve()) + ", the images the model trains on" in plan_finetune(
+        source, str(one)).render()
     with pytest.raises(DatasetError, match="cannot hold out validation images from 1 image"):
-        plan_finetune(source, str(write_json(tmp_path / "one", _objects(1), num_images=1)))
+        plan_finetune(source, str(one), holdout=0.5)
 
 
 def test_several_training_sets_one_class_list(tmp_path, source, capsys):

@@ -54,7 +54,7 @@ def choose_data(datasets: Sequence[PathLike], base: "CfgNode", overrides: Sequen
     random); ``base`` is the config with the user's overrides, ``overrides`` the user's own."""
     from ..data import has_val_split, resolve_dataset, resolve_datasets
     from ..data.catalog import Holdout
-    from ..data.coco import scan_dataset
+    from ..data.coco import coco_dict, scan_dataset
 
     if not datasets:
         raise ConfigError("no dataset given; name one with --dataset")
@@ -68,6 +68,9 @@ def choose_data(datasets: Sequence[PathLike], base: "CfgNode", overrides: Sequen
     elif has_val_split(names[0]):
         test_name = names[0]
         val_spec = resolve_dataset(test_name, split="val")
+    elif holdout is None and len(coco_dict(resolve_dataset(names[0], split="train")).get("images", [])) < 2:
+        test_name = names[0]  # nothing to hold out: validated on its one image, as the note below says
+        val_spec = resolve_dataset(test_name, split="train")
     else:
         seed = max(int(base.SEED), 0)
         rule = Holdout(DEFAULT_HOLDOUT if holdout is None else float(holdout), seed)
@@ -76,7 +79,7 @@ def choose_data(datasets: Sequence[PathLike], base: "CfgNode", overrides: Sequen
         notes.append(f"validation: {rule.fraction:g} of the images of {val_spec.json_file} held out (no val split), "
                      f"chosen by seed {seed} (SEED {base.SEED}); --holdout F changes the fraction, --val PATH "
                      "names a validation set")
-    if holdout is not None and val is None and not notes:
+    if holdout is not None and val_spec.holdout is None:
         raise ConfigError(f"--holdout {holdout}: {names[0]} has a val split of its own; drop --holdout (or give "
                           "--val PATH)")
     train = resolve_datasets(names, split="train")
@@ -86,7 +89,7 @@ def choose_data(datasets: Sequence[PathLike], base: "CfgNode", overrides: Sequen
         report.check()
     if val_spec.shares_images_with(train) or any(val_spec.shares_images_with(p) for p in train.parts):
         notes.append(f"validation on {val_spec.json_file}, the images the model trains on (AP on them overstates "
-                     "the model); give --val PATH")
+                     "the model); give --val PATH (a single image cannot be split)")
     ours, mask_notes = _mask_overrides(train_report, overrides)
     classes, class_note = class_overrides(train, overrides)
     return DataChoice(train_names=tuple(names), test_name=test_name, train=train, val=val_spec,
