@@ -17,7 +17,7 @@ from ..errors import ZooError
 from ..zoo import manifests_in_use
 
 _TOPICS = ("zoo_cmds", "convert_cmd", "predict_cmd", "eval_cmds", "train_cmds", "finetune_cmd", "publish_cmd",
-           "export_cmd", "push_cmd")
+           "export_cmd", "audit_cmd", "push_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,7 +25,7 @@ class EvaluableExport:
         cfg.defrost()
         cfg.INPUT.FORMAT = "RGB"
         cfg.INPUT.MIN_SIZE_TEST = 0  # the loader keeps the original size: the file resizes as it was exported to
-        cfg.MODEL.MASK_ON = True
+        cfg.MODEL.MASK_ON = "masks" in self.exported.metadata.outputs  # a box-only export is scored on boxes
         cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(self.classes.names)
         return cfg.freeze()
 
@@ -35,5 +35,5 @@ class EvaluableExport:
             found = self.exported.predict(item["image"].permute(1, 2, 0).contiguous().numpy())
             assert isinstance(found, dict)
             outputs.append({"boxes": found["boxes"], "scores": found["scores"], "classes": found["labels"],
-                            "masks": found["masks"]})
+                            **({"masks": found["masks"]} if "masks" in found else {})})
         return outputs

@@ -13,6 +13,8 @@ from .. import atomic
 from ..errors import ExportError
 from .metadata import FORMATS, METADATA_KEY, OUTPUTS, describe, require
 
+_AXES = {name: {0: "detections"} for name in OUTPUTS} | {"masks": {0: "detections", 1: "height", 2: "width"}}
+
 if TYPE_CHECKING:
     from ..modeling import MaskRCNN
 
@@ -29,7 +31,7 @@ def example_image(height: int = 256, width: int = 320) -> np.ndarray:
     return image.astype(np.uint8)
 
 
-def export(model: "MaskRCNN", file: Union[str, os.PathLike], format: str = "onnx") -> Path:
+def export(model: "MaskRCNN", file: Union[str, os.PathLike[str]], format: str = "onnx") -> Path:
     """Write ``model`` as one self-contained file that detects objects in one image (see the package docstring).
 
     Args:
@@ -46,8 +48,6 @@ def export(model: "MaskRCNN", file: Union[str, os.PathLike], format: str = "onnx
 
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
-    if not model.roi_heads.mask_on:
-        raise ExportError("export needs a Mask R-CNN with its mask head (MODEL.MASK_ON True)")
     onnx = require("onnx", "export to ONNX") if format == "onnx" else None
     path = Path(file)
     meta = describe(model)
@@ -63,12 +63,11 @@ def export(model: "MaskRCNN", file: Union[str, os.PathLike], format: str = "onnx
             frozen = torch.jit.freeze(traced, optimize_numerics=False)
             torch.jit.save(frozen, str(tmp), _extra_files={f"{METADATA_KEY}.json": meta.to_json()})
         else:
+            assert onnx is not None  # required above for this format
             torch.onnx.export(detector, (image,), str(tmp), dynamo=False, opset_version=ONNX_OPSET,
-                              input_names=["image"], output_names=list(OUTPUTS),
-                              dynamic_axes={"image": {0: "height", 1: "width"}, "boxes": {0: "detections"},
-                                            "scores": {0: "detections"}, "labels": {0: "detections"},
-                                            "masks": {0: "detections", 1: "height", 2: "width"}})
-            assert onnx is not None
+                              input_names=["image"], output_names=meta.outputs,
+                              dynamic_axes={"image": {0: "height", 1: "width"},
+                                            **{name: _AXES[name] for name in meta.outputs}})
             proto = onnx.load(str(tmp))
             entry = proto.metadata_props.add()
             entry.key, entry.value = METADATA_KEY, meta.to_json()

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from ..errors import ZooError
-from ..zoo import FileRef
+from ..refs import FileRef
 
 ENV_HOME = "PYCONTRAST_ZOO_HOME"
 #: The roles a zoo entry's files can have: the second part of a cache key ``<entry>/<role>``.
