@@ -159,12 +159,12 @@ def read_checkpoint(path: Union[str, Path], format: Optional[str] = None, ema: b
     others = [str(k) for k in obj if k != name] if name else []
     metadata = {str(k): v for k, v in obj.items() if k != name and _is_plain(v)} if name else {}
     if path.name.endswith(".safetensors"):
-        metadata = _safetensors_metadata(path)
+        metadata = safetensors_metadata(path)
     return Checkpoint(path=path, format=fmt.name, state=state, prefix=_prefix(fmt, keys), ema=ema,
                       other_entries=tuple(others + skipped), metadata=metadata)
 
 
-def _safetensors_metadata(path: Path) -> dict[str, Any]:
+def safetensors_metadata(path: Path) -> dict[str, Any]:
     """The plain entries of the JSON object this package stores in a safetensors header (none in other files)."""
     import json
 

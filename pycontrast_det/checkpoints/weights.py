@@ -43,7 +43,7 @@ from .encoders import EncoderChoice, Located, is_detector
 from .names import Kind, parse_name
 from .pretrain import convert_to_detectron2, encoder_of, load_tree
 from .published import resolve_published
-from .readers import Checkpoint, _is_plain
+from .readers import Checkpoint, _is_plain, safetensors_metadata
 from .report import ConversionReport
 
 if TYPE_CHECKING:
@@ -174,6 +174,8 @@ def open_weights(spec: Union[str, os.PathLike], *, zoo: Optional["Zoo"] = None,
         return None
     root = load_tree(file.path)
     metadata = {str(k): v for k, v in root.items() if _is_plain(v)}
+    if file.path.name.endswith(".safetensors"):  # plain data lives in its header (e.g. a saved model's classes)
+        metadata.update(safetensors_metadata(file.path))
     detector = is_detector(root)
     if detector is not None:
         path, state, kind = detector
