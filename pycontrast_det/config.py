@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, yaml_problem
 from .resources import configs_dir
 
 _DEFAULTS_FILE = Path(__file__).with_name("config_defaults.yaml")
@@ -206,7 +206,7 @@ def _read_yaml_chain(path: Path, depth: int = 0) -> list[tuple[Path, dict]]:
         with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"not valid YAML: {yaml_problem(path, exc)}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc}") from exc
     if not isinstance(data, dict):

@@ -206,8 +206,8 @@ def _open(session: "requests.Session", url: str, headers: dict[str, str], policy
             if not done.is_set():
                 box["abandoned"] = True
     if not finished:
-        raise SlowDownloadError(f"{redact(url)}: no complete answer (status and headers) within "
-                                f"{policy.grace_s:g} s; the server is too slow")
+        raise SlowDownloadError(f"no complete answer (status and headers) within {policy.grace_s:g} s; the server "
+                                f"is too slow")
     if "exc" in box:
         raise box["exc"]  # type: ignore[misc]
     return box["resp"]  # type: ignore[return-value]
@@ -341,10 +341,10 @@ def _receive(resp: "requests.Response", partial: Partial, start: int, fresh: Opt
                 if body and any(type(e).__name__ == "IncompleteRead" for e in _chain(exc)):
                     raise _Retry(f"connection closed after {received} of {body} bytes") from None
                 raise
-            clock.check(received)
+            clock.check(received + len(head))
             if fresh is not None:  # look at the first bytes before anything replaces the partial
                 head += chunk
-                if chunk and len(head) < SNIFF_BYTES:
+                if chunk and len(head) < SNIFF_BYTES and not _plainly_no_markup(head):
                     continue
                 _check_head(head, wrong_size, expected_size)
                 partial.reset()
@@ -373,6 +373,14 @@ def _receive(resp: "requests.Response", partial: Partial, start: int, fresh: Opt
     body = resp.headers.get("Content-Length", "").strip()
     if body.isdigit() and received < int(body):
         raise _Retry(f"connection closed after {received} of {body} bytes")
+
+
+def _plainly_no_markup(head: bytes) -> bool:
+    """Whether the first bytes already show that the body is no web page (its first visible byte is not '<')."""
+    for bom in (codecs.BOM_UTF8, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        head = head[len(bom):] if head.startswith(bom) else head
+    visible = head.lstrip(b" \t\r\n\x00")
+    return bool(visible) and not visible.startswith(b"<")
 
 
 def _check_head(head: bytes, wrong_size: Optional[str], expected_size: Optional[int]) -> None:
