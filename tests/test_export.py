@@ -150,8 +150,10 @@ def test_score_threshold_and_unreadable_files(models, exported, images, tmp_path
         pcd.load_exported(tmp_path / "missing.onnx")
     not_exported = tmp_path / "weights.pt"
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(not_exported))
+    with pytest.raises(ExportError, match="can run code when it is loaded"):
+        pcd.load_exported(not_exported)  # not exported here: untrusted
     with pytest.raises(ExportError, match="without pycontrast_det metadata"):
-        pcd.load_exported(not_exported)
+        pcd.load_exported(not_exported, trusted=True)
     with pytest.raises(ExportError, match="unknown export format"):
         pcd.export(models["fpn"], tmp_path / "x.bin", format="tflite")
 

@@ -63,8 +63,9 @@ def test_ctrl_c_with_parallel_jobs_keeps_partials_and_the_next_run_resumes_them(
     for route in server.routes.values():
         route.mode = "ok"
     assert main(argv) == 0
-    for path, data in urls.items():
-        assert server.ranges(path)[-1] == resume_range(kept[f"my_det/{'model' if 'model' in path else 'log'}"].size_bytes)
+    for path in urls:
+        role = "model" if "model" in path else "log"
+        assert server.ranges(path)[-1] == resume_range(kept[f"my_det/{role}"].size_bytes)
     assert (root / "model" / "model_final.pth").read_bytes() == model
     assert (root / "log" / "log.txt").read_bytes() == log
     assert [c.kind for c in store.cached_files()] == ["file", "file"]

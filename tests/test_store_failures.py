@@ -120,7 +120,8 @@ def _read_only(monkeypatch, root: Path, code: int = errno.EROFS) -> None:
     monkeypatch.setattr(os, "mkdir", fake_mkdir)
     for name in ("replace", "rename", "unlink", "chmod", "utime", "truncate"):
         real = getattr(os, name)
-        monkeypatch.setattr(os, name, lambda path, *a, _real=real, **k: refuse(path) if under(path) else _real(path, *a, **k))
+        monkeypatch.setattr(os, name, lambda path, *a, _real=real, **k: refuse(path) if under(path)
+                            else _real(path, *a, **k))
 
 
 @pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES], ids=["read-only", "permission"])
@@ -165,7 +166,8 @@ def test_a_full_disk_is_one_named_error_and_leaves_nothing(server, monkeypatch):
         real_write(self, chunk)
 
     monkeypatch.setattr(store.partials.Partial, "write", write)
-    with pytest.raises(FilesystemError, match="no space left on the device; free space there, or set PYCONTRAST_ZOO_HOME"):
+    with pytest.raises(FilesystemError,
+                       match="no space left on the device; free space there, or set PYCONTRAST_ZOO_HOME"):
         store.fetch_file(file, KEY, quiet=True)
     assert store.cached_files() == []
 

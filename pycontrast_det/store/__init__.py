@@ -14,11 +14,12 @@ from .fetch import candidate_urls, fetch_file, fetch_url, fetch_whole, hf_file, 
 from .layout import ROLES, CachedFile, cache_dir, cache_path, cached_files, files_dir, mirror_path, remove_cached
 from .partials import DownloadInterrupted, interrupt_downloads
 from .pins import Pin, checksum_status, load_pins
+from .redact import redact
 from .verify import Verification, hash_file, verify_file
 
 __all__ = [
     "cache_dir", "files_dir", "cache_path", "fetch_file", "fetch_url", "fetch_whole", "import_from_dir", "hash_file",
     "verify_file", "pin_file", "load_pins", "checksum_status", "cached_files", "remove_cached", "candidate_urls",
     "is_offline", "interrupt_downloads", "DownloadInterrupted", "Pin", "Verification", "CachedFile", "NetPolicy",
-    "net_policy", "ROLES", "mirror_path", "mirror_url", "proven_checksum", "hf_file",
+    "net_policy", "ROLES", "mirror_path", "mirror_url", "proven_checksum", "hf_file", "redact",
 ]

@@ -176,10 +176,12 @@ def download(session: "requests.Session", url: str, partial: Partial, expected_s
         time.sleep(delay)
 
 
-def _open(session: "requests.Session", url: str, headers: dict[str, str], policy: NetPolicy) -> "requests.Response":
+def _open(session: "requests.Session", url: str, headers: dict[str, str], policy: NetPolicy,
+          partial: Partial) -> "requests.Response":
     """``session.get`` whose status line and headers must all arrive within the policy's grace (a server
-    trickling header bytes is never silent for the read timeout); run on a helper thread so that Ctrl-C and
-    the bound act at once. An abandoned request's response is closed when it comes."""
+    trickling header bytes is never silent for the read timeout); run on a helper thread so that Ctrl-C,
+    :func:`~.partials.interrupt_downloads` and the bound act at once. An abandoned request's response is closed
+    when it comes."""
     box: dict[str, object] = {}
     done = threading.Event()
     lock = threading.Lock()
@@ -199,8 +201,12 @@ def _open(session: "requests.Session", url: str, headers: dict[str, str], policy
             resp.close()
 
     threading.Thread(target=run, name="http-open", daemon=True).start()
+    deadline = time.monotonic() + policy.grace_s
     try:
-        finished = done.wait(policy.grace_s)
+        while not (finished := done.wait(min(0.1, max(0.0, deadline - time.monotonic())))):
+            partial.check_interrupted()
+            if time.monotonic() >= deadline:
+                break
     finally:
         with lock:
             if not done.is_set():
@@ -236,7 +242,7 @@ def _attempt(session: "requests.Session", url: str, partial: Partial, expected_s
         if_range = kept.etag if kept.etag and not kept.etag.startswith("W/") else kept.last_modified
         if if_range:
             headers["If-Range"] = if_range
-    with _open(session, url, headers, policy) as resp:
+    with _open(session, url, headers, policy, partial) as resp:
         _check_status(resp.status_code, bool(partial.size))
         encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):

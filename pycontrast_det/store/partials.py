@@ -192,9 +192,13 @@ class Partial:
         self.fh.flush()
         return os.pread(self.fh.fileno(), n, self.size - n)
 
-    def write(self, data: bytes) -> None:
+    def check_interrupted(self) -> None:
+        """DownloadInterrupted once :func:`interrupt_downloads` was called after this Partial was made."""
         if _generation[0] != self._generation:
             raise DownloadInterrupted("download interrupted")
+
+    def write(self, data: bytes) -> None:
+        self.check_interrupted()
         self.fh.write(data)
         self.size += len(data)  # counted before hashed: an interruption between them leaves no uncounted bytes
         self.sha.update(data)
