@@ -20,6 +20,7 @@ from PIL import Image
 import pycontrast_det as pcd
 from pycontrast_det.cli import main
 from pycontrast_det.errors import ExportError, MissingDependencyError
+from pycontrast_det.export.trust import record_export
 from pycontrast_det.modeling.preprocess import (resize_shortest_edge, resize_shortest_edge_tensor, scaled_size,
                                                 traced_scaled_size)
 
@@ -80,6 +81,8 @@ def exported(models, d2_fixtures: Path, tmp_path_factory):
                 pcd.export(models[arch], path, format=format)
                 printed = ""
             files[arch, format] = path, printed
+        if format == "torchscript":  # exported here: trusted, as recorded in each test's own cache
+            record_export(files[arch, format][0])
         return files[arch, format]
 
     yield get
