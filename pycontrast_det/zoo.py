@@ -33,7 +33,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from . import atomic, resources
+from . import atomic, resources, settings
 from .errors import ManifestError, UnknownEntryError
 
 __all__ = [
@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-ENV_MANIFEST = "PYCONTRAST_ZOO_MANIFEST"
+ENV_MANIFEST = settings.MANIFEST
 #: Markers around the generated results table in README.md.
 TABLE_START = "<!-- zoo-table:start -->"
 TABLE_END = "<!-- zoo-table:end -->"
@@ -421,8 +421,7 @@ def _check_references(zoo: Zoo) -> None:
 
 def _manifest_paths(paths: Optional[Sequence[Union[str, os.PathLike]]]) -> tuple[Path, ...]:
     if paths is None:
-        env = os.environ.get(ENV_MANIFEST, "")
-        paths = [p for p in env.split(os.pathsep) if p.strip()]
+        paths = settings.manifest_paths()
     return tuple(Path(os.path.expanduser(str(p))).resolve() for p in paths)
 
 

@@ -18,7 +18,8 @@ from pycontrast_det.errors import ConfigError, SettingsError, ZooError
 from pycontrast_det.store.layout import lock_path, partial_path, record_path, validators_path
 
 from hostile_helpers import assert_cache_holds_only, cli, download, manifest, outside, snapshot  # noqa: F401
-from store_helpers import fast_net, partials, payload, ref, resume_range, server, sigint_reaches_children  # noqa: F401
+from store_helpers import (fast_net, partials, payload, ref, resume_range, server,  # noqa: F401
+                           sigint_reaches_children, wait_for_temps)
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "my_det/model"
@@ -126,9 +127,7 @@ def test_cache_rm_during_a_download_leaves_its_temp_file_and_lock_alone(server, 
     proc = subprocess.Popen([sys.executable, "-c", _CHILD, *argv], env=dict(os.environ, PYTHONPATH=str(REPO)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     folder = store.files_dir() / "my_det" / "model"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (folder.is_dir() and list(folder.glob("*.tmp"))):
-        time.sleep(0.02)
+    wait_for_temps([folder], 1, proc)
     assert cli(["--manifest", str(path), "cache", "rm", "--partial"], capsys)[0] == 0
     assert cli(["--manifest", str(path), "cache", "rm", "--all"], capsys)[0] == 0
     assert list(folder.glob("*.tmp")) and (folder / ".model_final.pth.lock").exists()

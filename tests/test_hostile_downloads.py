@@ -18,7 +18,7 @@ from pycontrast_det.zoo import FileRef
 
 from hostile_helpers import assert_cache_holds_only, digest, download, manifest, outside, snapshot  # noqa: F401
 from http_server import HTML_PAGE
-from store_helpers import fast_net, partials, payload, ref, resume_range, server  # noqa: F401
+from store_helpers import fast_net, partials, payload, ref, resume_range, server, wait_for_temps  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE_PREFIXES = {"utf8-bom": codecs.BOM_UTF8, "comment": b"<!-- served by the CDN -->\n",
@@ -190,16 +190,7 @@ def test_9_sigterm_keeps_a_resumable_partial_and_leaves_no_temp_file(server, tmp
     argv = [sys.executable, "-c", _CHILD, "--manifest", str(path), "download", "my_det", "--what", "model", "--quiet"]
     proc = subprocess.Popen(argv, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    folder = store.files_dir() / "my_det" / "model"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        temps = list(folder.glob(".model_final.pth.*.tmp")) if folder.is_dir() else []
-        if temps and temps[0].stat().st_size > 100_000:
-            break
-        time.sleep(0.02)
-    else:
-        proc.kill()
-        pytest.fail("the child never started writing")
+    wait_for_temps([store.files_dir() / "my_det" / "model"], 100_000, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err

@@ -12,7 +12,7 @@ from pathlib import Path
 from .. import atomic
 from ..errors import UntrustedExportError
 from ..store import cache_dir
-from ..store.layout import CACHE_ELSEWHERE
+from ..store.layout import CACHE_ELSEWHERE, planted
 
 
 def trust_record() -> Path:
@@ -35,6 +35,7 @@ def record_export(path: Path) -> None:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     record = trust_record()
     atomic.make_dirs(record.parent, CACHE_ELSEWHERE)
+    planted(record.with_name(record.name + ".lock"))  # a planted symlink is removed, never opened (O_TRUNC)
     with atomic.guard(record, CACHE_ELSEWHERE), FileLock(str(record) + ".lock"):
         known = _recorded()
         known[digest] = {"path": str(path.resolve()), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
