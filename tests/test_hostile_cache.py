@@ -144,11 +144,12 @@ def test_cache_rm_on_a_read_only_cache_is_one_line(server, tmp_path, capsys, mon
     def refuse(self, missing_ok=False):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
 
-    monkeypatch.setattr(Path, "unlink", refuse)
-    code, line = cli(["--manifest", str(path), "cache", "rm", "--all"], capsys)
+    with monkeypatch.context() as patched:
+        patched.setattr(Path, "unlink", refuse)
+        code, line = cli(["--manifest", str(path), "cache", "rm", "--all"], capsys)
     assert code == 2 and "read-only file system" in line
-    monkeypatch.undo()
     assert_cache_holds_only([data])
+    assert [c.kind for c in store.cached_files()] == ["file"]
 
 
 def test_an_offline_hf_path_with_dotdot_is_one_line(tmp_path, capsys, monkeypatch):
