@@ -4,7 +4,8 @@ The promise: no call returns, verifies or pins a file whose bytes differ from th
 ``layout`` (where the cache keeps what; ls / rm), ``fetch`` (the entry points), ``_http`` (transfer, resume,
 retries, named failures), ``partials`` (bytes in flight and their validators), ``local`` (paths, ``file://``,
 ``hf://``), ``verify`` (what was verified about each file; cache hits; ``verify``), ``pins`` (checksums recorded
-on this machine). Settings are read from the environment at each call (see ``fetch`` and ``_http``).
+on this machine), ``redact`` (credentials out of URLs). Settings are read at each call through
+:mod:`pycontrast_det.settings`.
 """
 from __future__ import annotations
 
