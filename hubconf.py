@@ -7,9 +7,12 @@
 Importing this file reads the manifest only: no torch, no network. Each entry function calls
 ``pycontrast_det.load`` when it is called.
 """
+from __future__ import annotations
+
 import importlib.util as _importlib_util
 import os as _os
 import sys as _sys
+from typing import TYPE_CHECKING
 
 _HERE = _os.path.dirname(_os.path.abspath(__file__))
 if _importlib_util.find_spec("pycontrast_det") is None:  # imported by path, package not installed
@@ -17,13 +20,18 @@ if _importlib_util.find_spec("pycontrast_det") is None:  # imported by path, pac
 
 from pycontrast_det import zoo as _zoo  # noqa: E402  (torch-free)
 
+if TYPE_CHECKING:  # typing names stay out of the module: torch.hub lists every public callable as an entry
+    from typing import Any, Callable
+
+    from pycontrast_det.modeling import MaskRCNN
+
 # Importable names that pycontrast_det.load needs (torch.hub checks them before calling an entry).
 dependencies = ["torch", "torchvision", "numpy", "PIL", "yaml", "requests", "filelock", "tqdm", "pycocotools"]
 
 
-def _weights_note(entry, pretrain):
+def _weights_note(entry: _zoo.DetectorEntry, pretrain: _zoo.PretrainEntry) -> str:
     """What ``pretrained=True`` loads for this entry, in a sentence or two."""
-    if entry.published:
+    if entry.published and entry.model is not None:  # the manifest gives every published entry a model
         return (f"pretrained=True downloads the published detector ({entry.model.filename}), verifies it, "
                 "converts it and loads it (cached after the first call).")
     if pretrain.file is None:
@@ -34,7 +42,7 @@ def _weights_note(entry, pretrain):
             "initialised, so fine-tune it on COCO before use (a warning says so when it loads).")
 
 
-def _docstring(entry, pretrain):
+def _docstring(entry: _zoo.DetectorEntry, pretrain: _zoo.PretrainEntry) -> str:
     """The help text of one entry: reported AP, config, pretrain, schedule, weights and an example."""
     epochs = f", {pretrain.epochs} epochs" if pretrain.epochs else ""
     top1 = f", ImageNet linear top-1 {pretrain.imagenet_top1:.1f}%" if pretrain.imagenet_top1 else ""
@@ -66,11 +74,11 @@ def _docstring(entry, pretrain):
 """
 
 
-def _make_entrypoint(entry, pretrain):
+def _make_entrypoint(entry: _zoo.DetectorEntry, pretrain: _zoo.PretrainEntry) -> Callable[..., MaskRCNN]:
     """A hub function for ``entry`` that loads it lazily through ``pycontrast_det.load``."""
     name = entry.name
 
-    def entrypoint(pretrained=True, **kwargs):
+    def entrypoint(pretrained: bool = True, **kwargs: Any) -> MaskRCNN:
         import pycontrast_det
 
         return pycontrast_det.load(name, pretrained=pretrained, **kwargs)
@@ -81,7 +89,7 @@ def _make_entrypoint(entry, pretrain):
     return entrypoint
 
 
-def _register_entrypoints():
+def _register_entrypoints() -> None:
     """One module-level function per detector entry of the manifest."""
     zoo = _zoo.load_manifest()
     for entry in zoo.entries.values():

@@ -291,7 +291,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime row")
     parser.add_argument("--onnx-python", default=None,
                         help="interpreter for the onnxruntime worker, when this one lacks onnxruntime")
-    parser.add_argument("--worker", choices=("ours", "detectron2", "torchvision", "onnxruntime"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("ours", "detectron2", "torchvision", "onnxruntime"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         args.arch = args.arch[0]
@@ -300,9 +301,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     import torch
 
     load = os.getloadavg()[0]
-    print(f"pycontrast_det from {PACKAGE}; torch {torch.__version__}, {args.threads} thread(s), device {args.device}, {args.size}/{args.max_size} px, "
-          f"batch 1, {args.images} image(s) x {args.rounds} round(s), best round; load average {load:.1f} on "
-          f"{os.cpu_count()} CPUs{' (under load: wall times are not final)' if load > 0.5 * (os.cpu_count() or 1) else ''}")
+    busy = " (under load: wall times are not final)" if load > 0.5 * (os.cpu_count() or 1) else ""
+    print(f"pycontrast_det from {PACKAGE}; torch {torch.__version__}, {args.threads} thread(s), device {args.device}, "
+          f"{args.size}/{args.max_size} px, batch 1, {args.images} image(s) x {args.rounds} round(s), best round; "
+          f"load average {load:.1f} on {os.cpu_count()} CPUs{busy}")
     for arch in args.arch:
         print(f"\nR50-{arch.upper()} (detectron2 parity fixture weights)")
         ok = _run_arch(argparse.Namespace(**{**vars(args), "arch": arch}))

@@ -207,7 +207,8 @@ def main() -> int:
     if not workers.required_started(started, (baseline, "ours")):
         return 1
     replies = workers.take_turns({n: p for n, p in started.items() if p is not None}, args.rounds)
-    best = {name: {key: min(r[key] for r in rounds) for key in ("s_it", "cpu_s_it")} for name, rounds in replies.items()}
+    best = {name: {key: min(r[key] for r in rounds) for key in ("s_it", "cpu_s_it")}
+            for name, rounds in replies.items()}
     print(f"{'model':<46}{'s/it':>8}{'CPU s/it':>10}{'peak MiB':>10}{'x base (CPU)':>14}{'x base (wall)':>15}"
           f"{'mean loss':>11}")
     for name, rounds in replies.items():

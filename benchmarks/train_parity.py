@@ -99,7 +99,8 @@ def train(engine: str, seed: int, folder: Path, iters: Optional[int], threads: i
     (folder / "seconds.txt").write_text(f"{seconds:.1f}\n")
     run = read_run(engine, seed, folder)
     if run is None:
-        raise SystemExit(f"[{engine} seed {seed}] finished without a final evaluation in {metrics_file(engine, folder)}")
+        raise SystemExit(f"[{engine} seed {seed}] finished without a final evaluation in "
+                         f"{metrics_file(engine, folder)}")
     print(f"[{engine} seed {seed}] box AP {run.box_ap:.1f}, mask AP {run.mask_ap:.1f} ({seconds:.0f} s)", flush=True)
     return run
 

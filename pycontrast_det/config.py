@@ -10,19 +10,22 @@ import ast
 import copy
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, Union
 
 import yaml
 
 from .errors import ConfigError, yaml_problem
 from .resources import configs_dir
 
+if TYPE_CHECKING:
+    import torch  # annotations only: this module never imports torch
+
 _DEFAULTS_FILE = Path(__file__).with_name("config_defaults.yaml")
 _BASE_KEY = "_BASE_"
 _MAX_BASE_DEPTH = 10
 
 
-class CfgNode(dict):
+class CfgNode(dict[str, Any]):
     """A nested dict with attribute access and a freeze switch, detectron2's ``CfgNode`` in spirit."""
 
     def __init__(self, init: Optional[Mapping[str, Any]] = None) -> None:
@@ -46,7 +49,7 @@ class CfgNode(dict):
         super().__setitem__(key, CfgNode(value) if isinstance(value, Mapping) and not isinstance(value, CfgNode)
                             else value)
 
-    def __deepcopy__(self, memo: dict) -> "CfgNode":
+    def __deepcopy__(self, memo: dict[int, Any]) -> "CfgNode":
         return CfgNode({k: copy.deepcopy(v, memo) for k, v in self.items()})
 
     def freeze(self) -> "CfgNode":
@@ -72,7 +75,7 @@ class CfgNode(dict):
         """A deep, writable copy."""
         return copy.deepcopy(self)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """Plain nested dicts and lists (tuples become lists), e.g. for YAML or JSON."""
         def plain(value: Any) -> Any:
             if isinstance(value, Mapping):
@@ -198,7 +201,7 @@ def resolve_config_path(config: Union[str, Path]) -> Path:
                       f"shipped configs: {', '.join(shipped) or 'none'}")
 
 
-def _read_yaml_chain(path: Path, depth: int = 0) -> list[tuple[Path, dict]]:
+def _read_yaml_chain(path: Path, depth: int = 0) -> list[tuple[Path, dict[str, Any]]]:
     """The file and its ``_BASE_`` ancestors, base first."""
     if depth > _MAX_BASE_DEPTH:
         raise ConfigError(f"{path}: _BASE_ chain deeper than {_MAX_BASE_DEPTH} (a cycle?)")
@@ -212,7 +215,7 @@ def _read_yaml_chain(path: Path, depth: int = 0) -> list[tuple[Path, dict]]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a YAML mapping of sections, got {type(data).__name__}")
     base = data.pop(_BASE_KEY, None)
-    chain: list[tuple[Path, dict]] = []
+    chain: list[tuple[Path, dict[str, Any]]] = []
     if base:
         base_path = (path.parent / str(base)) if not Path(str(base)).is_absolute() else Path(str(base))
         if not base_path.is_file():
@@ -240,7 +243,7 @@ def override_value(overrides: Sequence[str], key: str) -> Optional[str]:
     return str(values[-1]) if values else None
 
 
-def requested_device(device: Optional[str], overrides: Sequence[str], default: str) -> str:
+def requested_device(device: Union[str, torch.device, None], overrides: Sequence[str], default: str) -> str:
     """The device asked for: ``device`` (a --device flag), else MODEL.DEVICE among ``overrides``, else
     ``default``; ``auto`` (cuda when available, else cpu) gives way to the other. MODEL.DEVICE in a config file
     is a record of where that config ran and asks for nothing. ConfigError when the flag and the override name

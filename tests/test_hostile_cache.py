@@ -78,10 +78,11 @@ def test_6_an_interrupt_between_write_and_count_leaves_a_consistent_partial(serv
     real_write = store.partials.Partial.write
 
     def interrupted(self, chunk):  # Ctrl-C lands after the bytes reached the file, before they were counted
-        if self.size > 200_000:
-            self.fh.write(chunk)
-            raise KeyboardInterrupt
-        real_write(self, chunk)
+        if self.size == 0:  # the first bytes are written and counted, whatever size the chunks come in
+            real_write(self, chunk[:50_000])
+            chunk = chunk[50_000:]
+        self.fh.write(chunk)
+        raise KeyboardInterrupt
 
     monkeypatch.setattr(store.partials.Partial, "write", interrupted)
     with pytest.raises(KeyboardInterrupt):
@@ -121,7 +122,7 @@ sys.exit(main(sys.argv[1:]))
 
 def test_cache_rm_during_a_download_leaves_its_temp_file_and_lock_alone(server, tmp_path, capsys):
     data = payload(600_000)
-    url = server.add("/s/x/model_final.pth", data, mode="slow", chunk=16_384, delay=0.03)
+    url = server.add("/s/x/model_final.pth", data, mode="slow", chunk=8192, delay=0.1)  # about 7 s in all
     path = manifest(tmp_path, [url])
     argv = ["--manifest", str(path), "download", "my_det", "--what", "model", "--quiet"]
     proc = subprocess.Popen([sys.executable, "-c", _CHILD, *argv], env=dict(os.environ, PYTHONPATH=str(REPO)),

@@ -184,7 +184,7 @@ sys.exit(main(sys.argv[1:]))
 
 def test_9_sigterm_keeps_a_resumable_partial_and_leaves_no_temp_file(server, tmp_path):
     data = payload(1_000_000)
-    url = server.add("/s/x/model_final.pth", data, mode="slow", chunk=16_384, delay=0.03, validators=True)
+    url = server.add("/s/x/model_final.pth", data, mode="slow", chunk=16_384, delay=0.1, validators=True)  # 6 s
     path = manifest(tmp_path, [url])
     before = snapshot(tmp_path)
     argv = [sys.executable, "-c", _CHILD, "--manifest", str(path), "download", "my_det", "--what", "model", "--quiet"]

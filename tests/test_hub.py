@@ -134,7 +134,7 @@ def test_load_without_weights_builds_every_entry(name, monkeypatch, d2_fixtures)
     entry = pcd.get_entry(name)
     model = torch.hub.load(str(REPO), name, source="local", pretrained=False)
     assert not model.training
-    expected_cfg = pcd.load_config(entry.config_path)
+    expected_cfg = pcd.load_config(entry.config_path, entry.config_overrides)  # the effective config (with fixes)
     for key in ("INPUT.FORMAT", "MODEL.RESNETS.STRIDE_IN_1X1", "MODEL.PIXEL_MEAN", "MODEL.ROI_HEADS.NAME",
                 "MODEL.RESNETS.NORM"):
         ours, expected = model.cfg, expected_cfg

@@ -13,10 +13,11 @@ import pycontrast_det as pcd
 from pycontrast_det import zoo
 from pycontrast_det.checkpoints import TABLE, read_checkpoint, resolve_weights, weights_kind
 from pycontrast_det.checkpoints.formats import (
-    BACKBONE, DETECTOR_D2, DETECTOR_OURS, MANIFEST_NAMES, canonical_name, detect_format,
+    ALIASES, BACKBONE, DETECTOR_D2, DETECTOR_OURS, canonical_name, detect_format,
 )
 from pycontrast_det.cli import main
 from pycontrast_det.errors import CheckpointFormatError, ConfigError, UnknownEntryError
+from pycontrast_det.refs import WEIGHT_FORMATS
 
 # key names each row of the format table must recognise (a new row adds its own here)
 EXAMPLE_KEYS = {
@@ -33,7 +34,8 @@ def test_format_table_rows_detect_their_files_and_match_the_manifest_names():
     assert {row.name for row in TABLE} == set(EXAMPLE_KEYS)
     for name, keys in EXAMPLE_KEYS.items():
         assert detect_format(keys).name == name, name
-    assert zoo.FORMATS == MANIFEST_NAMES | {"text"}  # zoo stays torch-free and keeps only the names
+    assert {row.name for row in TABLE} | set(ALIASES) == WEIGHT_FORMATS  # the manifest's one list of names
+    assert zoo.FORMATS == WEIGHT_FORMATS | {"text"}
     assert canonical_name("detectron2_pkl") == "detectron2" and canonical_name("safetensors") is None
     rgb = [row for row in TABLE if row.input_format == "RGB"]
     assert {row.name for row in rgb} == {"moco", "pycontrast", "torchvision"}
@@ -49,6 +51,8 @@ def test_one_rule_says_what_a_file_holds():
     assert weights_kind(["backbone.stem.conv1.weight", "roi_heads.res5.0.conv1.weight"]) == DETECTOR_D2  # C4
     for keys in EXAMPLE_KEYS.values():
         assert weights_kind(keys) == BACKBONE
+    # backbone.* alone is how self-supervised codebases (mmselfsup, solo-learn, DINO) name their encoder
+    assert weights_kind(["backbone.conv1.weight", "backbone.layer1.0.conv1.weight", "neck.mlp.0.weight"]) == BACKBONE
 
 
 def _manifest(tmp_path: Path, served: Path) -> Path:

@@ -166,7 +166,10 @@ def test_readme_contains_the_generated_table():
 
 def test_render_table_rows():
     lines = zoo.render_table().splitlines()
-    assert len(lines) == 2 + 22
+    assert len(lines) == 2 + 22 + 3  # header, 22 rows, a blank line and the two random-init rows' known issues
+    assert lines[2].startswith("| `mask_rcnn_fpn_1x_rand` [!1] |") and lines[-2].startswith("- [!1] mask_rcnn_fpn_1x")
+    assert "issues/34" in lines[-1] and "mask_rcnn_fpn_2x_rand" in lines[-1]
+    lines = lines[:-3]
     assert lines[2 + 12] == ("| `mask_rcnn_fpn_2x_infomin` | FPN | 2x | InfoMin | 42.5 | 38.4 | "
                              "[R_50_FPN_2x_infomin](configs/R_50_FPN_2x_infomin.yaml) | "
                              "[model](https://www.dropbox.com/s/oh0ke3sdil40kge/model_final.pth?dl=0) | "

@@ -1,5 +1,6 @@
-"""Read pre-trained and detectron2 checkpoints safely, rename their keys between formats, and load any weights
-spec onto a model (:mod:`.weights`, the one loading path).
+"""Read pre-trained and detectron2 checkpoints safely, find a pretrain's ResNet-50 by structure (:mod:`.encoders`),
+rename keys between formats, say what a string names (:mod:`.names`) and load any weights spec onto a model
+(:mod:`.weights`, the one loading path).
 
 No torch import at package import time; each function imports what it needs.
 """
@@ -11,16 +12,18 @@ from .formats import TABLE, CheckpointFormat, weights_kind
 from .pretrain import convert_to_detectron2
 from .readers import FORMATS, Checkpoint, read_checkpoint
 from .report import ConversionReport
+from .encoders import EncoderChoice
+from .names import Kind, Name, parse_name
 from .weights import (
-    LoadReport, ModelTarget, OpenedWeights, WeightsFile, classes_entry, map_weights, open_weights, resolve_weights,
-    stage_backbone,
+    LoadReport, ModelTarget, OpenedWeights, WeightsFile, classes_entry, describe_pretrain, map_weights, open_weights,
+    resolve_weights, stage_backbone,
 )
 from .writers import write_d2_pkl, write_safetensors
 
 __all__ = [
-    "CONVERTER_VERSION", "Checkpoint", "CheckpointFormat", "ConversionReport", "FORMATS", "LoadReport",
-    "MappingReport", "ModelTarget", "OpenedWeights", "TABLE", "WeightsFile", "backbone_to_detector", "classes_entry",
-    "convert_to_detectron2", "converted_pretrain", "converted_pretrain_path", "d2_to_model", "map_weights",
-    "model_to_d2", "open_weights", "read_checkpoint", "resolve_weights", "stage_backbone", "weights_kind",
-    "write_d2_pkl", "write_safetensors",
+    "CONVERTER_VERSION", "Checkpoint", "CheckpointFormat", "ConversionReport", "EncoderChoice", "FORMATS", "Kind",
+    "LoadReport", "MappingReport", "ModelTarget", "Name", "OpenedWeights", "TABLE", "WeightsFile",
+    "backbone_to_detector", "classes_entry", "convert_to_detectron2", "converted_pretrain", "converted_pretrain_path",
+    "d2_to_model", "describe_pretrain", "map_weights", "model_to_d2", "open_weights", "parse_name", "read_checkpoint",
+    "resolve_weights", "stage_backbone", "weights_kind", "write_d2_pkl", "write_safetensors",
 ]

@@ -3,16 +3,19 @@
 A row says how to recognise the format from key names, where its encoder's keys start, how one of its keys
 becomes detectron2's backbone name, and what the weights need from the config (stride placement, input
 channel order). Adding a pretrain format is one row of :data:`TABLE` (its name also goes into
-``zoo.FORMATS``, which a test keeps equal to :data:`MANIFEST_NAMES`) plus a test. Torch-free.
+``refs.WEIGHT_FORMATS``, the one list of names a manifest may use; a test checks each row is there) plus a test.
+Torch-free.
 
 **What a file holds** (:func:`weights_kind`), decided from the names of its weights (inside ``model`` /
 ``state_dict`` / ``blobs`` when present, ``module.`` stripped), in this order:
 
 1. a whole detector under this package's names when any key starts with ``backbone.body.``,
    ``backbone.fpn.`` or ``rpn.head.``;
-2. a whole detector under detectron2's names when any key starts with ``backbone.``, ``proposal_generator.``
-   or ``roi_heads.``;
-3. otherwise a backbone pretrain, whose format is the first row of :data:`TABLE` that recognises it.
+2. a whole detector under detectron2's names when any key starts with ``proposal_generator.`` or
+   ``roi_heads.`` (detector parts: ``backbone.*`` alone is how self-supervised codebases name their encoder);
+3. otherwise a backbone pretrain. Where its ResNet-50 is and under which names is found by structure
+   (:mod:`.encoders`); the first row of :data:`TABLE` that recognises the weights' container adds what it
+   knows (MoCo's key encoder, PyContrast's EMA entry, caffe2's affine-only norms, the input convention).
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ DETECTOR_D2 = "detector (detectron2 names)"
 BACKBONE = "backbone pretrain"
 
 _OUR_PREFIXES = ("backbone.body.", "backbone.fpn.", "rpn.head.")
-_D2_DETECTOR_PREFIXES = ("backbone.", "proposal_generator.", "roi_heads.")
+_D2_DETECTOR_PREFIXES = ("proposal_generator.", "roi_heads.")
 
 Renamer = Callable[[str], tuple[Optional[str], str]]
 
@@ -37,12 +40,12 @@ class CheckpointFormat:
     """One checkpoint layout.
 
     ``detect`` sees the weights' key names; ``prefixes`` are where the encoder's keys start (most specific
-    first); ``rename`` maps a key without its prefix to (detectron2 backbone name, or None and why it is
-    dropped); ``outside`` says why keys outside the prefix are dropped; ``stride_in_1x1`` / ``input_format``
-    are what MODEL.RESNETS.STRIDE_IN_1X1 / INPUT.FORMAT must be (None: the file does not say);
-    ``affine_only_norms``: norms store no running statistics (filled with detectron2's identity values);
-    ``ema_entry``: a top-level entry holding an EMA copy of the encoder; ``refusal``: why such a file cannot
-    initialise an RGB ResNet-50 (the format is recognised only to say so).
+    first; ``("",)``: anywhere, found by structure); ``rename`` maps a key without its prefix to (detectron2
+    backbone name, or None and why it is dropped); ``outside`` says why keys outside the prefix are dropped;
+    ``stride_in_1x1`` / ``input_format`` are what MODEL.RESNETS.STRIDE_IN_1X1 / INPUT.FORMAT must be (None: the
+    file does not say); ``affine_only_norms``: norms store no running statistics (filled with detectron2's
+    identity values); ``ema_entry``: a top-level entry holding an EMA copy of the encoder; ``refusal``: why such
+    a file cannot initialise an RGB ResNet-50 (the format is recognised only to say so).
     """
 
     name: str
@@ -66,7 +69,8 @@ def _has_prefix(*prefixes: str) -> Callable[[list[str]], bool]:
 _TORCHVISION_NAMES = resnet_rules("", "")  # detectron2 backbone names <-> torchvision ResNet names
 
 
-def _torchvision_rename(name: str) -> tuple[Optional[str], str]:
+def torchvision_rename(name: str) -> tuple[Optional[str], str]:
+    """detectron2's name for a torchvision ResNet key (``layer1.0.bn1.weight``), or None and why it is dropped."""
     if name.startswith("fc.") or name == "fc":
         return None, "classifier / projection fc"
     return rename(name, _TORCHVISION_NAMES, to_ours=False), "not a ResNet-50 backbone key"
@@ -81,7 +85,7 @@ _C2_BLOCK = re.compile(r"res(?P<s>\d+)_(?P<b>\d+)_branch(?P<branch>1|2a|2b|2c)\Z
 _C2_BRANCH = {"1": "shortcut", "2a": "conv1", "2b": "conv2", "2c": "conv3"}
 
 
-def _c2_rename(name: str) -> tuple[Optional[str], str]:
+def c2_rename(name: str) -> tuple[Optional[str], str]:
     """detectron2's name for an MSRA caffe2 blob (as detectron2 renames them on load), or why it is dropped."""
     if name.endswith("_momentum"):
         return None, "SGD momentum blob"
@@ -104,7 +108,8 @@ def _c2_rename(name: str) -> tuple[Optional[str], str]:
     return (f"{module}.norm.{param}" if norm else f"{module}.{param}"), why
 
 
-def _d2_backbone_rename(name: str) -> tuple[Optional[str], str]:
+def d2_backbone_rename(name: str) -> tuple[Optional[str], str]:
+    """A detectron2 backbone key keeps its name; MoCo's converted projection MLP (``stem.fc.*``) is dropped."""
     if name.startswith("stem.fc."):
         return None, "classifier / projection fc (MoCo's converter keeps it as stem.fc)"
     return name, ""
@@ -117,7 +122,13 @@ _MSRA_NOTE = ("MSRA caffe2 ResNet (stride 2 in the 1x1 conv, BGR input minus mea
               "affine-only, so running_mean 0 / running_var 1 are filled in, which is what detectron2 itself "
               "uses for them")
 _D2_NAME = re.compile(r"(module\.)?(stem\.|res\d\.|backbone\.|roi_heads\.|proposal_generator\.)")
-_RGB_RESNET = {"rename": _torchvision_rename, "stride_in_1x1": False, "input_format": "RGB", "note": _RGB_NOTE}
+
+
+def _rgb_resnet(name: str, description: str, detect: Callable[[list[str]], bool], prefixes: tuple[str, ...],
+                outside: tuple[tuple[str, str], ...] = (), ema_entry: Optional[str] = None) -> CheckpointFormat:
+    """A row for a torchvision-style RGB ResNet (torchvision names, stride in the 3x3 conv, ImageNet mean/std)."""
+    return CheckpointFormat(name, description, detect, prefixes, torchvision_rename, outside, stride_in_1x1=False,
+                            input_format="RGB", note=_RGB_NOTE, ema_entry=ema_entry)
 
 #: Every format, in detection order (the first row whose ``detect`` accepts a file's keys is its format).
 TABLE: tuple[CheckpointFormat, ...] = (
@@ -127,35 +138,31 @@ TABLE: tuple[CheckpointFormat, ...] = (
         refusal="a CMC checkpoint (module.encoder1.* / module.encoder2.*): two half-width ResNets on the L and "
                 "ab channels of Lab images, which cannot initialise an RGB ResNet-50; use another pretrain "
                 "(InstDis, PIRL, MoCo, MoCov2, InfoMin)"),
-    CheckpointFormat(
+    _rgb_resnet(
         "moco", "MoCo: {'state_dict': {'module.encoder_q.*', 'module.encoder_k.*', 'module.queue'}, ...}",
         _has_prefix("module.encoder_q."), prefixes=("module.encoder_q.",),
-        outside=(("module.encoder_k.", "MoCo momentum (key) encoder"), ("module.queue", "MoCo negative queue")),
-        **_RGB_RESNET),
-    CheckpointFormat(
+        outside=(("module.encoder_k.", "MoCo momentum (key) encoder"), ("module.queue", "MoCo negative queue"))),
+    _rgb_resnet(
         "pycontrast", "PyContrast: {'model': {'module.encoder.*'}, ...}; with ema, {'model_ema': {'encoder.*'}}",
         _has_prefix("module.encoder.", "encoder."), prefixes=("module.encoder.", "encoder."),
         outside=(("module.head_jig.", "jigsaw projection head"), ("module.head.", "projection head"),
                  ("head.", "projection head"), ("encoder_k.", "momentum (key) encoder")),
-        ema_entry="model_ema", **_RGB_RESNET),
+        ema_entry="model_ema"),
     CheckpointFormat(
         "msra_c2", "MSRA caffe2 blobs as detectron2 ships them: conv1_w, res_conv1_bn_s, res2_0_branch2a_w, ...",
-        lambda keys: any(_C2_ANY.match(k) for k in keys), rename=_c2_rename, stride_in_1x1=True,
+        lambda keys: any(_C2_ANY.match(k) for k in keys), rename=c2_rename, stride_in_1x1=True,
         input_format="BGR", note=_MSRA_NOTE, affine_only_norms=True),
-    CheckpointFormat(
+    _rgb_resnet(
         "torchvision", "plain torchvision ResNet state dict: conv1, bn1, layer1..4, fc",
-        lambda keys: "conv1.weight" in keys or "module.conv1.weight" in keys, prefixes=("module.", ""),
-        **_RGB_RESNET),
+        lambda keys: "conv1.weight" in keys or "module.conv1.weight" in keys, prefixes=("",)),
     CheckpointFormat(
         "detectron2", "detectron2: {'model': {name: array}} (.pkl model zoo, .pth training checkpoints)",
-        lambda keys: any(_D2_NAME.match(k) for k in keys), rename=_d2_backbone_rename),
+        lambda keys: any(_D2_NAME.match(k) for k in keys), rename=d2_backbone_rename),
 )
 _BY_NAME = {f.name: f for f in TABLE}
 
 #: The zoo manifest's names for the same layouts (None: the file type only, detect the layout).
 ALIASES: dict[str, Optional[str]] = {"detectron2_pkl": "detectron2", "safetensors": None}
-#: Every ``format`` a manifest file may name for weights (``zoo.FORMATS`` adds ``text`` for logs).
-MANIFEST_NAMES = frozenset(_BY_NAME) | frozenset(ALIASES)
 #: Formats that can be converted into a ResNet-50 backbone, with a line each (``convert --from``).
 CONVERTIBLE: dict[str, str] = {f.name: f.description for f in TABLE if not f.refusal}
 

@@ -11,41 +11,37 @@ buffer, so all 318 keys match. A source without it (MSRA blobs) gets 0, which no
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 from ..errors import ArchitectureMismatchError, CheckpointFormatError
 from .arrays import as_numpy
-from .formats import BACKBONE, CheckpointFormat, weights_kind
+from .encoders import (
+    EncoderChoice, Located, containers, group_of, group_reason, is_detector, locate, tensor_count,
+)
+from .formats import CheckpointFormat, canonical_name, format_named
 from .r50 import r50_d2_shapes
-from .readers import Checkpoint, read_checkpoint
+from .readers import Checkpoint, _load_object
 from .report import ConversionReport
 
 _ENTRY_REASONS = {
     "model_ema": "EMA (momentum) encoder: pass ema=True / --ema to convert it instead",
     "model": "online encoder (the EMA encoder was converted)",
 }
+_UNKNOWN_CONVENTION = "detectron2 names: the file does not say its input convention; the config's is used"
 
 
-def _source_name(ckpt: Checkpoint, key: str) -> tuple[Optional[str], str]:
-    """(detectron2 backbone name or None, why it was dropped when None), by the format's row."""
-    layout = ckpt.layout
-    if not key.startswith(ckpt.prefix):
-        return None, next((why for p, why in layout.outside if key.startswith(p)), "outside the encoder")
-    return layout.rename(key[len(ckpt.prefix):])
-
-
-def _check_shapes(ckpt: Checkpoint, out: dict[str, Any], source_of: dict[str, str]) -> None:
+def _check_shapes(source: str, out: dict[str, Any], source_of: dict[str, str]) -> None:
     shapes = r50_d2_shapes()
     conv1 = out.get("stem.conv1.weight")
     if conv1 is not None and tuple(conv1.shape)[1:2] != (3,):
         raise ArchitectureMismatchError(
-            f"{ckpt.path}: conv1 takes {tuple(conv1.shape)[1]} input channels ({source_of['stem.conv1.weight']} "
+            f"{source}: conv1 takes {tuple(conv1.shape)[1]} input channels ({source_of['stem.conv1.weight']} "
             f"has shape {tuple(conv1.shape)}); an RGB ResNet-50 needs 3")
     wrong = [(k, tuple(v.shape), shapes[k]) for k, v in out.items() if tuple(v.shape) != shapes[k]]
     if wrong:
         listed = "; ".join(f"{source_of[k]} has {got}, ResNet-50 needs {need}" for k, got, need in wrong[:4])
         raise ArchitectureMismatchError(
-            f"{ckpt.path}: {len(wrong)} weights have the wrong shape for a ResNet-50 ({listed}); "
+            f"{source}: {len(wrong)} weights have the wrong shape for a ResNet-50 ({listed}); "
             "is it another width or depth (e.g. ResNet-18/34, a wide ResNet)?")
 
 
@@ -66,55 +62,144 @@ def _fill(out: dict[str, Any], report: ConversionReport, fmt: CheckpointFormat) 
         report.filled.append(key)
 
 
-def convert_to_detectron2(source: Union[str, Path, Checkpoint], format: Optional[str] = None,
-                          ema: bool = False) -> tuple[dict[str, Any], ConversionReport]:
-    """Pretrain file (or read Checkpoint) -> ({detectron2 backbone key: numpy array}, report).
+def _row(format: Optional[str], source: str) -> Optional[CheckpointFormat]:
+    """The row a format name (a table name or a manifest alias) stands for; None: find the encoder by structure."""
+    try:
+        name = canonical_name(format) if format is not None else None
+    except KeyError:
+        from .formats import CONVERTIBLE
+
+        raise CheckpointFormatError(
+            f"unknown checkpoint format {format!r}; choose one of {sorted(CONVERTIBLE)}") from None
+    row = format_named(name) if name is not None else None
+    if row is not None and row.refusal:
+        raise CheckpointFormatError(f"{source}: this is {row.refusal}")
+    return row
+
+
+def find_encoder(source: Union[str, Path, Checkpoint], format: Optional[str] = None,
+                 choice: Optional[EncoderChoice] = None) -> Located:
+    """The ResNet-50 encoder of a pretrain file (or of a read Checkpoint's tensors), found by structure
+    (:mod:`.encoders`); CheckpointFormatError for a detector, which is no backbone pretrain."""
+    if isinstance(source, Checkpoint):
+        return encoder_of(source.state, source.path, format or source.format, choice)
+    path = Path(source)
+    if not path.is_file():
+        raise CheckpointFormatError(f"{path}: no such checkpoint file")
+    _row(format, str(path))  # a refused format is refused before the file is read
+    return encoder_of(load_tree(path), path, format, choice)
+
+
+def load_tree(path: Path) -> dict[str, Any]:
+    """A checkpoint file's top-level dict, read without running code from it (:mod:`.readers`)."""
+    root = _load_object(path)
+    if not isinstance(root, dict):
+        raise CheckpointFormatError(f"{path}: expected a dict of weights, found a {type(root).__name__}")
+    return root
+
+
+def encoder_of(root: Mapping[str, Any], path: Path, format: Optional[str] = None,
+               choice: Optional[EncoderChoice] = None) -> Located:
+    """:func:`~.encoders.locate` on a file's top-level dict, refusing detectors and refused formats first."""
+    row = _row(format, str(path))
+    detector = is_detector(root)
+    if detector is not None:
+        raise CheckpointFormatError(
+            f"{path}: a detector checkpoint ({detector[2]}: {next(iter(detector[1]))}, ...), not a backbone "
+            "pretrain; use it as detector weights (load(..., weights=...) / MODEL.WEIGHTS)")
+    return locate(root, str(path), choice or EncoderChoice(), row)
+
+
+def _dropped(found: Located, report: ConversionReport) -> None:
+    """Everything outside the chosen encoder, per key of its tensor set and per top-level entry of the file
+    (``report.dropped``), and by group with counts (``report.groups``)."""
+    chosen = found.chosen
+    counts: dict[str, list[Any]] = {}
+
+    def count(group: str, why: str, n: int = 1) -> None:
+        counts.setdefault(group, [0, why])[0] += n
+
+    inside = set(chosen.names.values())
+    for key in found.state:
+        if key in inside:
+            continue
+        if key.startswith(chosen.prefix):
+            group = chosen.prefix + group_of(key[len(chosen.prefix):])
+            why = chosen.scheme.rename(key[len(chosen.prefix):])[1]
+            if why.startswith("not a ResNet-50"):  # nothing the scheme knows: say what the group is
+                why = group_reason(group, found.others, chosen.container)
+        else:
+            group = next((c.prefix + "*" for c in found.others if c.container == chosen.container
+                          and c.prefix and key.startswith(c.prefix)), group_of(key, chosen.prefix))
+            why = next((w for p, w in found.row.outside if key.startswith(p)),
+                       group_reason(group, found.others, chosen.container))
+        report.dropped[key] = why
+        count(group, why)
+    for path, arrays in containers(found.root):
+        if path == chosen.container:
+            continue
+        shared = next((i for i, (a, b) in enumerate(zip(path, chosen.container)) if a != b),
+                      min(len(path), len(chosen.container)))
+        for key in arrays:
+            group = (".".join(path[:shared + 1]) + ".*" if len(path) > shared
+                     else ".".join([*path, group_of(key)]))
+            count(group, group_reason(group, found.others))
+    top = chosen.container[0] if chosen.container else None
+    for entry, value in found.root.items():
+        name = str(entry)
+        if name == top or (top is None and hasattr(value, "shape")):
+            continue
+        tensors = _count_arrays(value)
+        report.dropped[name] = _ENTRY_REASONS.get(name, "") if tensors and name in _ENTRY_REASONS else (
+            group_reason(f"{name}.*", found.others) if tensors else "not tensors")
+        if not isinstance(value, Mapping) or not tensors:
+            counts[f"{name}.*" if tensors else name] = [tensors, report.dropped[name]]
+    report.groups = [f"{g} ({tensor_count(n)}, {why})" if n else f"{g} ({why})" for g, (n, why) in counts.items()]
+
+
+def _count_arrays(value: Any) -> int:
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return 1
+    if isinstance(value, Mapping):
+        return sum(_count_arrays(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_count_arrays(v) for v in value)
+    return 0
+
+
+def convert_to_detectron2(source: Union[str, Path, Checkpoint, Located], format: Optional[str] = None,
+                          ema: bool = False, choice: Optional[EncoderChoice] = None
+                          ) -> tuple[dict[str, Any], ConversionReport]:
+    """Pretrain file (or read Checkpoint, or an encoder already found) -> ({detectron2 backbone key: numpy
+    array}, report). ``choice`` picks among several encoders (``ema`` is a shorthand for its ``ema``).
 
     Raises CheckpointFormatError / ArchitectureMismatchError when the weights cannot initialise an RGB
-    ResNet-50 (CMC, other depths or widths, no backbone keys at all). Keys that are merely absent are
-    listed in ``report.missing``.
+    ResNet-50 (CMC, other depths or widths, ViTs, a partial ResNet-50, a detector).
     """
-    ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source, format=format, ema=ema)
-    kind = weights_kind(ckpt.state)
-    if kind != BACKBONE:
-        raise CheckpointFormatError(
-            f"{ckpt.path}: a detector checkpoint ({kind}: {next(iter(ckpt.state))}, ...), not a backbone "
-            "pretrain; use it as detector weights (load(..., weights=...) / MODEL.WEIGHTS)")
-    report = ConversionReport(source=str(ckpt.path), format=ckpt.format, ema=ckpt.ema)
-    report.dropped.update({entry: _ENTRY_REASONS.get(entry, "not backbone weights (top-level entry)")
-                           for entry in ckpt.other_entries})
+    choice = choice or EncoderChoice(ema=ema)
+    found = source if isinstance(source, Located) else find_encoder(source, format, choice)
+    chosen, row = found.chosen, found.row
+    report = ConversionReport(source=found.source, format=row.name, ema=choice.ema,
+                              container=".".join(chosen.container), prefix=chosen.prefix, names=chosen.scheme.name,
+                              chosen=found.reason, also=[c.describe() for c in found.others],
+                              convention=row.note or _UNKNOWN_CONVENTION)
+    _dropped(found, report)
     shapes = r50_d2_shapes()
     out: dict[str, Any] = {}
     source_of: dict[str, str] = {}
-    foreign: list[str] = []
-    for key, value in ckpt.state.items():
-        name, why = _source_name(ckpt, key)
-        if name is None:
-            if why.startswith("not a ResNet-50"):
-                foreign.append(key)
-            report.dropped[key] = why
-            continue
-        if name not in shapes:
-            foreign.append(key)
-            continue
-        out[name] = as_numpy(value)
+    foreign = [key for name, key in chosen.names.items() if name not in shapes]
+    if foreign:
+        raise ArchitectureMismatchError(
+            f"{found.source}: {len(foreign)} encoder weights have no place in a ResNet-50 (e.g. {foreign[:4]}); "
+            "is it another network?")
+    for name, key in chosen.names.items():
+        out[name] = as_numpy(found.state[key])
         source_of[name] = key
         if name != key:
             report.renamed[key] = name
-    if not out:
-        raise CheckpointFormatError(
-            f"{ckpt.path}: no ResNet-50 backbone weights found as format {ckpt.format!r} (encoder prefix "
-            f"{ckpt.prefix!r}, first keys {list(ckpt.state)[:5]}); choose the right --from format")
-    if foreign:
-        raise ArchitectureMismatchError(
-            f"{ckpt.path}: {len(foreign)} encoder weights have no place in a ResNet-50 (e.g. {foreign[:4]}); "
-            "is it a deeper ResNet or another network?")
-    _check_shapes(ckpt, out, source_of)
-    _fill(out, report, ckpt.layout)
+    _check_shapes(found.source, out, source_of)
+    _fill(out, report, row)
     report.kept = [k for k in shapes if k in out]
     report.missing = [k for k in shapes if k not in out]
-    ordered = {k: out[k] for k in report.kept}
-    report.stride_in_1x1, report.input_format = ckpt.layout.stride_in_1x1, ckpt.layout.input_format
-    if ckpt.layout.note:
-        report.notes.append(ckpt.layout.note)
-    return ordered, report
+    report.stride_in_1x1, report.input_format = row.stride_in_1x1, row.input_format
+    return {k: out[k] for k in report.kept}, report

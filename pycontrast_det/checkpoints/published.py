@@ -17,7 +17,7 @@ from typing import Iterable, Optional, Union
 
 from .. import store
 from ..errors import ChecksumError, PublishError
-from ..zoo import url_problem
+from ..refs import url_problem
 
 __all__ = ["CHECKSUMS", "CONFIG", "WEIGHTS", "PublishedFolder", "is_published_folder", "resolve_published",
            "format_checksums", "read_checksums"]
@@ -38,11 +38,11 @@ class PublishedFolder:
 
 
 def is_published_folder(spec: Union[str, Path]) -> bool:
-    """Whether ``spec`` names a published folder: an ``hf://`` name, or a folder on disk holding SHA256SUMS."""
-    text = str(spec)
-    if text.startswith("hf://"):
-        return True
-    return "://" not in text and (Path(text).expanduser() / CHECKSUMS).is_file()
+    """Whether ``spec`` names a published folder: an ``hf://`` name (not ending in a weights file's suffix), or a
+    folder on disk holding SHA256SUMS (see :func:`~.names.parse_name`)."""
+    from .names import Kind, parse_name
+
+    return parse_name(spec).kind is Kind.PUBLISHED
 
 
 def format_checksums(items: Iterable[tuple[str, str]]) -> str:

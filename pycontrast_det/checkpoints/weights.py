@@ -6,9 +6,11 @@ Every way of giving weights goes through here: ``load(cfg, weights=...)``, MODEL
 A spec (:func:`resolve_weights`) is a local path (or ``file://``), an ``http(s)://`` / ``hf://`` URL (fetched
 through the store's verified cache), a ``detectron2://`` name of a zoo pretrain, a published folder
 (``hf://org/repo/<entry>`` or its copy on disk: its verified ``model.safetensors``), a zoo entry name (its
-published detector; for a row without one, its pretrain) or a zoo pretrain name. What a file holds is decided by one
-rule, :func:`~.formats.weights_kind`. :func:`map_weights` puts the file onto a model given as plain data
-(:class:`ModelTarget`: this layer does not know the model class) and says what it did (:class:`LoadReport`):
+published detector; for a row without one, its pretrain) or a zoo pretrain name (:mod:`.names` says which; a file
+may end in ``#key=...`` / ``#prefix=...`` to pick a pretrain's encoder). What a file holds is decided by one
+rule, :func:`~.formats.weights_kind`; a pretrain's ResNet-50 is found by structure (:mod:`.encoders`).
+:func:`map_weights` puts the file onto a model given as plain data (:class:`ModelTarget`: this layer does not know
+the model class) and says what it did (:class:`LoadReport`):
 
 - a detector file must give every weight of the model (a ``num_batches_tracked`` counter excepted);
 - the class-dependent layers (box classifier and regressor, mask predictor) are re-initialised, i.e. left as
@@ -36,10 +38,12 @@ from ..errors import ArchitectureMismatchError, CheckpointFormatError, ConfigErr
 from .arrays import as_float32_tensor
 from .cache import converted_pretrain
 from .detectron2 import CLASS_DEPENDENT, backbone_to_detector, d2_to_model
-from .formats import BACKBONE, DETECTOR_D2, DETECTOR_OURS, weights_kind
-from .pretrain import convert_to_detectron2
-from .published import is_published_folder, resolve_published
-from .readers import Checkpoint, read_checkpoint
+from .formats import BACKBONE, DETECTOR_D2, DETECTOR_OURS, detect_format
+from .encoders import EncoderChoice, Located, is_detector
+from .names import Kind, parse_name
+from .pretrain import convert_to_detectron2, encoder_of, load_tree
+from .published import resolve_published
+from .readers import Checkpoint, _is_plain
 from .report import ConversionReport
 
 if TYPE_CHECKING:
@@ -49,48 +53,47 @@ CLASSES_KEY = "classes"  # {"names": [...], "ids": [...]}: contiguous class i is
 CONFIG_KEY = "config"  # the training config as YAML text
 CONFIG_BESIDE = "config.yaml"  # what a training run writes beside its checkpoints
 _COUNTER = "num_batches_tracked"
-_PATH_SUFFIXES = (".pth", ".pkl", ".pt", ".tar", ".safetensors", ".pickle", ".bin")
 
 
 @dataclass(frozen=True)
 class WeightsFile:
-    """A weights spec resolved to a verified local file; ``format`` is the manifest's (None: detect it)."""
+    """A weights spec resolved to a verified local file; ``format`` is the manifest's (None: detect it);
+    ``choice``: which encoder of a pretrain to take (``FILE#key=...``, see :mod:`.names`)."""
 
     spec: str
     path: Path
     format: Optional[str] = None
     origin: str = "file"  # what it is, for messages: a file, a URL, a zoo entry's detector, a pretrain
+    choice: EncoderChoice = EncoderChoice()
 
 
 def resolve_weights(spec: Union[str, os.PathLike], *, zoo: Optional["Zoo"] = None,
                     quiet: bool = False) -> Optional[WeightsFile]:
-    """The local, verified file of a weights spec (see the module docstring); None when the spec names a zoo
-    entry or pretrain whose weights are random initialisation. Downloads go through the store's cache."""
-    text = os.fspath(spec)
-    path = Path(text).expanduser()
-    if path.is_file():
-        return WeightsFile(text, path)
-    if text.startswith("file://"):
-        local = Path(text[len("file://"):])
-        if not local.is_file():
-            raise ConfigError(f"weights {text}: no such file")
-        return WeightsFile(text, local)
-    if text.startswith("detectron2://"):
+    """The local, verified file of a weights spec (what it names: :func:`~.names.parse_name`); None when the spec
+    names a zoo entry or pretrain whose weights are random initialisation. Downloads go through the store's cache."""
+    name = parse_name(spec, zoo=zoo)
+    text, kind = name.text, name.kind
+    if kind is Kind.FILE and name.path is not None:
+        return WeightsFile(name.spec, name.path, choice=name.choice)
+    if kind is Kind.MISSING_FILE:
+        raise ConfigError(f"weights {text!r}: no such file")
+    if kind is Kind.DETECTRON2:
         return _detectron2_name(text, _zoo(zoo), quiet)
-    if is_published_folder(text) and Path(text).suffix not in _PATH_SUFFIXES:
+    if kind is Kind.PUBLISHED:
         folder = resolve_published(text, quiet=quiet)
+        assert folder.weights is not None  # asked for: PublishError when the folder has none
         return WeightsFile(text, folder.weights, origin=f"the detector of the published folder {text}")
-    if "://" in text:
+    if kind is Kind.URL:
         from ..store import fetch_url
 
-        return WeightsFile(text, fetch_url(text, quiet=quiet), origin="URL")
-    if path.suffix in _PATH_SUFFIXES or os.sep in text or not text:
-        raise ConfigError(f"weights {text!r}: no such file")
+        return WeightsFile(name.spec, fetch_url(text, quiet=quiet), origin="URL", choice=name.choice)
+    if kind is Kind.ENTRY:
+        return _entry_weights(_zoo(zoo), text, quiet)
+    if kind is Kind.PRETRAIN:
+        return _pretrain_weights(_zoo(zoo), text, quiet, f"pretrain {text}")
+    if kind is Kind.CONFIG:
+        raise ConfigError(f"weights {text!r}: a config, not weights; give it as the config and the weights apart")
     zoo = _zoo(zoo)
-    if text in zoo.entries:
-        return _entry_weights(zoo, text, quiet)
-    if text in zoo.pretrains:
-        return _pretrain_weights(zoo, text, quiet, f"pretrain {text}")
     close = difflib.get_close_matches(text, [*zoo.entries, *zoo.pretrains], n=3, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise UnknownEntryError(f"unknown entry or pretrain {text!r}, and no such file.{hint} Weights are a file, a URL, "
@@ -137,6 +140,7 @@ class OpenedWeights:
     file: WeightsFile
     checkpoint: Checkpoint
     kind: str
+    encoder: Optional[Located] = None  # a backbone pretrain's ResNet-50, found by structure
 
     @property
     def classes(self) -> Optional[CategoryMap]:
@@ -162,12 +166,27 @@ class OpenedWeights:
 
 def open_weights(spec: Union[str, os.PathLike], *, zoo: Optional["Zoo"] = None,
                  quiet: bool = False) -> Optional[OpenedWeights]:
-    """:func:`resolve_weights`, then the file read (never running code from it) and classified."""
+    """:func:`resolve_weights`, then the file read (never running code from it) and classified: a detector (its
+    tensor set with detector parts), else a backbone pretrain whose ResNet-50 is found now (errors come early)."""
     file = resolve_weights(spec, zoo=zoo, quiet=quiet)
     if file is None:
         return None
-    checkpoint = read_checkpoint(file.path, format=file.format)
-    return OpenedWeights(file, checkpoint, weights_kind(checkpoint.state))
+    root = load_tree(file.path)
+    metadata = {str(k): v for k, v in root.items() if _is_plain(v)}
+    detector = is_detector(root)
+    if detector is not None:
+        path, state, kind = detector
+        row = detect_format(state)
+        others = tuple(str(k) for k in root if not path or k != path[0])
+        checkpoint = Checkpoint(file.path, row.name if row is not None else "detectron2", state, "", False, others,
+                                metadata)
+        return OpenedWeights(file, checkpoint, kind)
+    found = encoder_of(root, file.path, file.format, file.choice)
+    container = found.chosen.container
+    others = tuple(str(k) for k in root if not container or k != container[0])
+    checkpoint = Checkpoint(file.path, found.row.name, dict(found.state), found.chosen.prefix, file.choice.ema,
+                            others, metadata)
+    return OpenedWeights(file, checkpoint, BACKBONE, found)
 
 
 def classes_entry(classes: CategoryMap) -> dict[str, dict[str, list]]:
@@ -274,11 +293,7 @@ def check_fit(report: ConversionReport, input_format: str, stride_in_1x1: bool, 
 
 def _backbone_state(weights: OpenedWeights, target: ModelTarget) -> tuple[dict[str, Any], ConversionReport]:
     """A backbone pretrain converted (the formats table), checked against the config, under our detector's names."""
-    backbone, conversion = convert_to_detectron2(weights.checkpoint)
-    if conversion.missing:
-        raise CheckpointFormatError(
-            f"{weights.file.path}: {len(conversion.missing)} ResNet-50 backbone weights are missing (e.g. "
-            f"{conversion.missing[:4]}); run `pycontrast-zoo convert {weights.file.path} OUT` to see the full report")
+    backbone, conversion = convert_to_detectron2(weights.encoder or weights.checkpoint)
     check_fit(conversion, target.input_format, target.stride_in_1x1, f"{weights.file.spec} ({weights.file.origin})")
     state, _ = d2_to_model(backbone_to_detector(backbone, target.arch), target.arch)
     return state, conversion
@@ -329,6 +344,15 @@ def map_weights(weights: OpenedWeights, target: ModelTarget) -> tuple[dict[str, 
     return state, report
 
 
+def describe_pretrain(spec: Union[str, os.PathLike], *, quiet: bool = False) -> list[str]:
+    """For a plan: where a pretrain's ResNet-50 was found, which one was taken, what is dropped and the input
+    convention (:meth:`~.report.ConversionReport.found`); converted in memory, so that errors come now."""
+    file = resolve_weights(spec, quiet=quiet)
+    if file is None:
+        return []
+    return convert_to_detectron2(file.path, format=file.format, choice=file.choice)[1].found()
+
+
 def stage_backbone(spec: Union[str, os.PathLike], dest: Union[str, os.PathLike], *, input_format: str,
                    stride_in_1x1: bool, hint: str = "", quiet: bool = False) -> Optional[ConversionReport]:
     """Write the detectron2 ``.pkl`` of ``spec``'s backbone pretrain to ``dest`` (converted once, cached) after
@@ -340,7 +364,7 @@ def stage_backbone(spec: Union[str, os.PathLike], dest: Union[str, os.PathLike],
     file = resolve_weights(spec, quiet=quiet)
     if file is None:
         return None
-    converted, report = converted_pretrain(file.path, format=file.format)
+    converted, report = converted_pretrain(file.path, format=file.format, choice=file.choice)
     check_fit(report, input_format, stride_in_1x1, f"{file.path}{hint}")
     target = Path(dest)
     target.parent.mkdir(parents=True, exist_ok=True)

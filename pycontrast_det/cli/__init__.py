@@ -18,7 +18,7 @@ from ..store.partials import terminate_as_interrupt
 from ..zoo import manifests_in_use
 
 _TOPICS = ("zoo_cmds", "convert_cmd", "predict_cmd", "eval_cmds", "train_cmds", "finetune_cmd", "publish_cmd",
-           "export_cmd")
+           "export_cmd", "audit_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:

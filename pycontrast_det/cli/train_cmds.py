@@ -28,7 +28,8 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     rp.add_argument("--max-iter", metavar="N", type=int, default=None, help="stop after N iterations")
     rp.add_argument("--dry-run", action="store_true", help="print the plan and commands; fetch and train nothing")
     rp.add_argument("--pretrain", metavar="PATH", default=None,
-                    help="your own pre-trained ResNet-50 (PyContrast, MoCo, torchvision) instead of the entry's")
+                    help="your own pre-trained ResNet-50 instead of the entry's, in any self-supervised codebase's "
+                         "layout (found by structure); PATH#key=K or PATH#prefix=P picks one of several encoders")
     rp.add_argument("--config", metavar="CFG", default=None, help="a config instead of the entry's")
     rp.add_argument("--schedule", metavar="1x|2x|6x", default=None, help="the same row with another schedule")
     rp.add_argument("--seeds", metavar="N", type=int, default=1,

@@ -12,7 +12,7 @@ import queue
 import sys
 import threading
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from .. import store
 from ..checkpoints import sources
@@ -106,25 +106,30 @@ def _cmd_list(args: argparse.Namespace) -> int:
     entries = list_entries(detector=args.detector, schedule=args.schedule, pretrain=args.pretrain,
                            min_box_ap=args.min_box_ap, zoo=zoo)
     if args.json:
-        rows = [{"name": e.name, "detector": e.detector, "schedule": e.schedule, "pretrain": e.pretrain,
+        records = [{"name": e.name, "detector": e.detector, "schedule": e.schedule, "pretrain": e.pretrain,
                  "box_ap": e.box_ap, "mask_ap": e.mask_ap, "config": e.config, "published": e.published,
-                 "cached": _cached_roles(e, zoo)} for e in entries]
-        print(json.dumps(rows, indent=2))
+                 "cached": _cached_roles(e, zoo), "config_fixes": list(e.config_overrides),
+                 "known_issues": [dataclasses.asdict(i) for i in e.known_issues]} for e in entries]
+        print(json.dumps(records, indent=2))
         return 0
-    header = ("entry", "det", "sched", "pretrain", "box AP", "mask AP", "files", "cached")
+    header = ("entry", "det", "sched", "pretrain", "box AP", "mask AP", "files", "cached", "issues")
     rows = [(e.name, e.detector, e.schedule, e.pretrain, f"{e.box_ap:.1f}", f"{e.mask_ap:.1f}",
-             "published" if e.published else "config only", ",".join(_cached_roles(e, zoo)) or "-")
-            for e in entries]
-    _print_table(header, rows)
+             "published" if e.published else "config only", ",".join(_cached_roles(e, zoo)) or "-",
+             "!" * len(e.known_issues)) for e in entries]
+    print_table(header, rows)
     if not rows:
         print("(no entry matches)")
+    if any(e.known_issues for e in entries):
+        print("issues: '!' marks a known issue (`pycontrast-zoo info ENTRY` says what)")
     return 0
 
 
-def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
-    for row in [header] + rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "") -> None:
+    """Rows under a header, in columns two spaces apart."""
+    lines = [header, *rows]
+    widths = [max(len(str(r[i])) for r in lines) for i in range(len(header))]
+    for row in lines:
+        print(indent + "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
 
 
 def _describe_file(key: str, file: FileRef) -> list[str]:
@@ -166,6 +171,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
            f"  published: {_published(entry)}"]
     if entry.note:
         out.append(f"  note: {entry.note}")
+    if entry.config_fixes:
+        out.append(f"  config fixes (every use applies them): {' '.join(entry.config_overrides)}")
+    out += [f"  known issue: {issue.text} ({issue.url})" for issue in entry.known_issues]
     out.append(f"  manifest: {entry.source}")
     out.append("files:")
     for key, file in sources.entry_files(name, store.ROLES, zoo):
@@ -414,19 +422,21 @@ def _merge_published(args: argparse.Namespace) -> int:
     checks: list[tuple[str, FileRef, Path]] = []
     for entry in (e for e in published.entries.values() if e.source == fragment):
         where = f"{fragment}: entries.{entry.name}"
-        fields = {"model": _reachable(entry.model, f"{where}.model"), "log": _reachable(entry.log, f"{where}.log"),
+        model, log_file = _reachable(entry.model, f"{where}.model"), _reachable(entry.log, f"{where}.log")
+        fields = {"model": model, "log": log_file,
                   "model_alternatives": tuple(_reachable(a, f"{where}.model_alternatives")
                                               for a in entry.model_alternatives)}
         updates.setdefault(zoo.entry(entry.name).source, {})[("entries", entry.name)] = fields
-        checks += [(f"{entry.name}/{role}", fields[role], zoo.entry(entry.name).source) for role in ("model", "log")
-                   if fields[role] is not None]
+        checks += [(f"{entry.name}/{role}", file, zoo.entry(entry.name).source)
+                   for role, file in (("model", model), ("log", log_file)) if file is not None]
     for pretrain in (p for p in published.pretrains.values() if p.source == fragment):
         where = f"{fragment}: pretrains.{pretrain.name}"
-        fields = {"file": _reachable(pretrain.file, f"{where}.file"),
+        file = _reachable(pretrain.file, f"{where}.file")
+        fields = {"file": file,
                   "alternatives": tuple(_reachable(a, f"{where}.alternatives") for a in pretrain.alternatives)}
         updates.setdefault(zoo.pretrain(pretrain.name).source, {})[("pretrains", pretrain.name)] = fields
-        if fields["file"] is not None:
-            checks.append((f"{pretrain.name}/pretrain", fields["file"], zoo.pretrain(pretrain.name).source))
+        if file is not None:
+            checks.append((f"{pretrain.name}/pretrain", file, zoo.pretrain(pretrain.name).source))
     if not updates:
         raise ZooError(f"--merge {fragment}: defines no entry or pretrain")
     for key, file, manifest in checks:
@@ -448,7 +458,7 @@ def _cmd_cache_ls(args: argparse.Namespace) -> int:
     if not items:
         print(f"cache is empty ({store.files_dir()})")
         return 0
-    _print_table(("key", "kind", "bytes", "path"), [(c.key, c.kind, _size(c), str(c.path)) for c in items])
+    print_table(("key", "kind", "bytes", "path"), [(c.key, c.kind, _size(c), str(c.path)) for c in items])
     total = sum(c.size_bytes for c in items)
     print(f"{len(items)} file(s), {total / 2**20:.1f} MiB")
     return 0

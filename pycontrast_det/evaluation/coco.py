@@ -14,11 +14,16 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
 from .. import atomic
 from ..errors import ConfigError
 from ..utils.events import strict_json
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..data.catalog import DatasetSpec
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +70,9 @@ def pick_backend(backend: str) -> str:
     return backend
 
 
-def score_results(spec: Any, image_ids: list[int], results: list[dict], tasks: Sequence[str], backend: str,
-                  output_dir: Optional[Union[str, os.PathLike]], log: Optional[logging.Logger] = None) -> EvalResult:
+def score_results(spec: DatasetSpec, image_ids: list[int], results: list[dict[str, Any]], tasks: Sequence[str],
+                  backend: str, output_dir: Optional[Union[str, os.PathLike[str]]],
+                  log: Optional[logging.Logger] = None) -> EvalResult:
     """COCOeval per task (``bbox``, ``segm``) of COCO ``results`` on ``image_ids`` of ``spec``; writes the results
     and metrics files (strict JSON: NaN as null) to ``output_dir`` when given. The scoring half of :func:`evaluate`."""
     log = log or logger
@@ -98,7 +104,7 @@ def score_results(spec: Any, image_ids: list[int], results: list[dict], tasks: S
     return result
 
 
-def _load_gt(json_file: Path, backend: str) -> Any:
+def _load_gt(json_file: Path, backend: str) -> Any:  # a COCO object of the untyped backend
     if backend == "faster-coco-eval":
         from faster_coco_eval import COCO
     else:
@@ -121,8 +127,8 @@ class _LogLines(io.TextIOBase):
         return len(text)
 
 
-def _coco_eval(gt: Any, results: list[dict], iou_type: str, image_ids: list[int], backend: str,
-               log: logging.Logger) -> tuple:
+def _coco_eval(gt: Any, results: list[dict[str, Any]], iou_type: str, image_ids: list[int], backend: str,
+               log: logging.Logger) -> tuple[list[float], np.ndarray, str]:
     """(stats[:6], precision array [T,R,K,A,M], printed summary) of COCOeval on ``image_ids``; its progress
     prints go to ``log``."""
     if backend == "faster-coco-eval":
@@ -155,7 +161,7 @@ def _empty_results(gt: Any) -> Any:
     return empty
 
 
-def _per_category_ap(precision: Any, category_ids: Sequence[int], names: Mapping[int, str]) -> dict[str, float]:
+def _per_category_ap(precision: np.ndarray, category_ids: Sequence[int], names: Mapping[int, str]) -> dict[str, float]:
     """AP (percent, IoU .50:.95, all areas, 100 dets) per category name; NaN where a category has no gt."""
     out = {}
     for k, cid in enumerate(category_ids):

@@ -1,29 +1,33 @@
 """Inference of a detector over a dataset (one process or every rank of a group), scored by :mod:`.coco`."""
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import io
-import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, Union
 
-from .. import atomic
 from ..errors import ConfigError
 from ..utils import comm
 from ..utils.events import progress
 from .coco import EvalResult, pick_backend, score_results
 
+if TYPE_CHECKING:
+    from ..coco_classes import CategoryMap
+    from ..config import CfgNode
+    from ..data.catalog import DatasetSpec
+    from ..modeling.meta_arch import MaskRCNN
+
 logger = logging.getLogger(__name__)
 
-def evaluate(model_or_entry: Union[str, Callable[[list[dict]], list[dict]]], dataset: Any = "shapes", *,
-             split: str = "val", device: str = "cpu", output_dir: Optional[Union[str, os.PathLike]] = None,
+# a model in eval mode, or any callable like one: batched inputs -> per-image output dicts in original pixels
+Predictor = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+
+
+def evaluate(model_or_entry: Union[str, Predictor], dataset: Union[str, os.PathLike[str], DatasetSpec] = "shapes",
+             *, split: str = "val", device: str = "cpu", output_dir: Optional[Union[str, os.PathLike[str]]] = None,
              backend: str = "auto", max_images: Optional[int] = None, rank: int = 0, world_size: int = 1,
-             cfg: Any = None, num_workers: int = 0, log: Optional[logging.Logger] = None) -> EvalResult:
+             cfg: Optional[CfgNode] = None, num_workers: int = 0, log: Optional[logging.Logger] = None
+             ) -> EvalResult:
     """Run ``model_or_entry`` over ``dataset`` (name, path or DatasetSpec) and score it with COCOeval.
 
     ``model_or_entry``: a zoo entry name (loaded on ``device``), or a model / callable taking
@@ -37,13 +41,13 @@ def evaluate(model_or_entry: Union[str, Callable[[list[dict]], list[dict]]], dat
     """
     import torch
 
-    from ..data import build_test_loader, check_num_classes, resolve_dataset
+    from ..data import DatasetSpec, build_test_loader, check_num_classes, resolve_dataset
 
     backend = pick_backend(backend)
     if world_size > 1 and not (comm.is_distributed() and comm.get_world_size() == world_size):
         raise ConfigError(f"world_size {world_size} needs an initialised torch.distributed process group of "
                           f"that size (found {comm.get_world_size()} process(es))")
-    spec = dataset if hasattr(dataset, "json_file") else resolve_dataset(dataset, split)
+    spec = dataset if isinstance(dataset, DatasetSpec) else resolve_dataset(dataset, split)
     model = _load_model(model_or_entry, device) if isinstance(model_or_entry, str) else model_or_entry
     cfg = cfg if cfg is not None else getattr(model, "cfg", None)
     if cfg is None:
@@ -61,7 +65,7 @@ def evaluate(model_or_entry: Union[str, Callable[[list[dict]], list[dict]]], dat
     if hasattr(model, "eval"):
         model.eval()
     image_ids: list[int] = []
-    results: list[dict] = []
+    results: list[dict[str, Any]] = []
     try:
         with torch.no_grad():
             for batch in progress(loader, len(loader), f"Inference on {spec.name}{share}", log):
@@ -69,7 +73,7 @@ def evaluate(model_or_entry: Union[str, Callable[[list[dict]], list[dict]]], dat
                     image_ids.append(inputs["image_id"])
                     results.extend(instances_to_coco(inputs["image_id"], outputs, spec.category_ids))
     finally:
-        if was_training:
+        if was_training and hasattr(model, "train"):
             model.train()
     image_ids, results, shards = _gather(image_ids, results, world_size)
 
@@ -81,10 +85,12 @@ def evaluate(model_or_entry: Union[str, Callable[[list[dict]], list[dict]]], dat
         outcome = score_results(spec, image_ids, results, tasks, backend, output_dir, log=log)
         outcome.seconds = time.perf_counter() - started
         outcome.shards = shards
-    return comm.broadcast_object(outcome) if world_size > 1 else outcome
+    result = comm.broadcast_object(outcome) if world_size > 1 else outcome
+    assert result is not None, "rank 0 scores; a single process is rank 0"
+    return result
 
 
-def _check_class_names(classes: Any, spec: Any) -> None:
+def _check_class_names(classes: Optional[CategoryMap], spec: DatasetSpec) -> None:
     """Warn when a model whose classes have names is scored on a dataset that names them otherwise: classes are
     matched by position, so the AP would measure the wrong pairs."""
     from ..coco_classes import CategoryMap
@@ -95,7 +101,8 @@ def _check_class_names(classes: Any, spec: Any) -> None:
                    f"({', '.join(spec.category_names[:5])}, ...); they are scored by position")
 
 
-def instances_to_coco(image_id: int, outputs: Mapping[str, Any], category_ids: Sequence[int]) -> list[dict]:
+def instances_to_coco(image_id: int, outputs: Mapping[str, Any], category_ids: Sequence[int]
+                      ) -> list[dict[str, Any]]:
     """One image's predictions -> COCO result dicts (XYWH boxes, dataset category ids, RLE masks).
 
     Boxes go XYXY -> XYWH in float32 as detectron2 does; masks are encoded one at a time (bool, or
@@ -122,13 +129,14 @@ def instances_to_coco(image_id: int, outputs: Mapping[str, Any], category_ids: S
     return out
 
 
-def _load_model(entry: str, device: str) -> Any:
+def _load_model(entry: str, device: str) -> MaskRCNN:
     from ..modeling import load
 
     return load(entry, device=device)
 
 
-def _gather(image_ids: list[int], results: list[dict], world_size: int) -> tuple[list[int], list[dict], list[int]]:
+def _gather(image_ids: list[int], results: list[dict[str, Any]], world_size: int
+            ) -> tuple[list[int], list[dict[str, Any]], list[int]]:
     """Every rank's image ids and results, concatenated in rank order, and each rank's image count (identity in
     one process)."""
     if world_size == 1:

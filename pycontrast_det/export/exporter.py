@@ -30,7 +30,7 @@ def example_image(height: int = 256, width: int = 320) -> np.ndarray:
     return image.astype(np.uint8)
 
 
-def export(model: "MaskRCNN", file: Union[str, os.PathLike], format: str = "onnx") -> Path:
+def export(model: "MaskRCNN", file: Union[str, os.PathLike[str]], format: str = "onnx") -> Path:
     """Write ``model`` as one self-contained file that detects objects in one image (see the package docstring).
 
     Args:
@@ -64,6 +64,7 @@ def export(model: "MaskRCNN", file: Union[str, os.PathLike], format: str = "onnx
             frozen = torch.jit.freeze(traced, optimize_numerics=False)
             torch.jit.save(frozen, str(tmp), _extra_files={f"{METADATA_KEY}.json": meta.to_json()})
         else:
+            assert onnx is not None  # required above for this format
             torch.onnx.export(detector, (image,), str(tmp), dynamo=False, opset_version=ONNX_OPSET,
                               input_names=["image"], output_names=list(OUTPUTS),
                               dynamic_axes={"image": {0: "height", 1: "width"}, "boxes": {0: "detections"},

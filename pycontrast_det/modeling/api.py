@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_CONFIG_SUFFIXES = (".yaml", ".yml")
 WeightsSpec = Union[str, os.PathLike, OpenedWeights]
 
 
@@ -56,6 +55,29 @@ def _warn(message: str) -> None:
     log.warning(message)
 
 
+_WARNED: set[str] = set()
+
+
+def _entry_warnings(entry: "DetectorEntry") -> list[str]:
+    """What to warn about an entry, each line once per process: its known issues, and a cached training log whose
+    config differs from the entry's (with its config_fixes) on a model-defining key (the cache only: no network)."""
+    from ..config import load_config
+    from ..store import cache_path
+    from ..zoo import issue_line
+    from ..zoo.logconfig import compare_configs, drift_line, read_log_config_file
+
+    lines = [issue_line(entry)] if entry.known_issues else []
+    cached = cache_path(entry.log, f"{entry.name}/log") if entry.log is not None else None
+    if cached is not None and cached.is_file():
+        logged = read_log_config_file(cached).full
+        ours = load_config(entry.config_path, entry.config_overrides).to_dict()
+        drift = drift_line(entry, compare_configs(ours, logged)) if logged is not None else None
+        lines += [drift] if drift else []
+    new = [line for line in lines if line not in _WARNED]
+    _WARNED.update(new)
+    return new
+
+
 def _unknown_source(text: str, entries: Sequence[str]) -> UnknownEntryError:
     from ..resources import configs_dir
 
@@ -78,6 +100,11 @@ class ModelSource:
     entry: Optional["DetectorEntry"] = None
     origin: str = ""                 # where the config comes from, for messages and plans
 
+    @property
+    def fixes(self) -> tuple[str, ...]:
+        """KEY VALUE words every use applies on top of ``config``: a zoo entry's manifest config_fixes."""
+        return self.entry.config_overrides if self.entry is not None else ()
+
 
 def resolve_source(source: Union[str, os.PathLike, Mapping[str, Any]]) -> ModelSource:
     """The config and weights of a source, as :func:`load` takes it: a config (path, name under configs/, CfgNode,
@@ -87,37 +114,37 @@ def resolve_source(source: Union[str, os.PathLike, Mapping[str, Any]]) -> ModelS
 
     UnknownEntryError with close names for a bare name that is none of these.
     """
-    from ..checkpoints.published import is_published_folder, resolve_published
+    from ..checkpoints.names import CONFIG_SUFFIXES, Kind, parse_name
+    from ..checkpoints.published import resolve_published
     from ..config import resolve_config_path
 
     if isinstance(source, Mapping):
         return ModelSource("<config>", source, None, origin="the config given")
-    text = os.fspath(source)
-    path = Path(text).expanduser()
-    if is_published_folder(text):
+    name = parse_name(source)  # what the string names, decided in one place
+    text = name.text
+    if name.kind is Kind.PUBLISHED:
         folder = resolve_published(text, weights=False)
         return ModelSource(text, folder.config, text, origin=f"{folder.config} (published folder {text})")
-    if path.is_file() and path.suffix not in _CONFIG_SUFFIXES:
-        opened = open_weights(path)
+    if name.kind is Kind.FILE:
+        opened = open_weights(name.spec)
         assert opened is not None  # a local file is never "random init"
         stored = opened.stored_config()
-        origin = str(stored) if isinstance(stored, Path) else f"stored in {path}"
-        return ModelSource(text, stored, opened, origin=origin)
-    if not path.is_file():
+        origin = str(stored) if isinstance(stored, Path) else f"stored in {text}"
+        return ModelSource(name.spec, stored, opened, origin=origin)
+    if name.kind is Kind.ENTRY:
         from ..zoo import load_manifest
 
-        entries = load_manifest().entries
-        if text in entries:
-            entry = entries[text]
-            return ModelSource(text, entry.config_path, entry.name, entry,
-                               origin=f"{entry.config_path} (zoo entry {text})")
-        if path.suffix and path.suffix not in _CONFIG_SUFFIXES:
-            raise ConfigError(f"{text}: no such checkpoint file")
-        if os.sep not in text and not path.suffix:  # a bare name: an entry or a shipped config
-            try:
-                resolve_config_path(text)
-            except ConfigError:
-                raise _unknown_source(text, list(entries)) from None
+        entry = load_manifest().entries[text]
+        return ModelSource(text, entry.config_path, entry.name, entry, origin=f"{entry.config_path} (zoo entry {text})")
+    if name.kind is Kind.MISSING_FILE and Path(text).suffix not in CONFIG_SUFFIXES:
+        raise ConfigError(f"{text}: no such checkpoint file")
+    if name.kind in (Kind.URL, Kind.DETECTRON2):
+        raise ConfigError(f"{text}: a {name.kind.value}, which brings weights but no config; "
+                          f"load(CONFIG, weights={text!r})")
+    if name.kind in (Kind.UNKNOWN, Kind.PRETRAIN):
+        from ..zoo import load_manifest
+
+        raise _unknown_source(text, list(load_manifest().entries))
     config = resolve_config_path(text)
     return ModelSource(text, config, None, origin=str(config))
 
@@ -134,7 +161,7 @@ def _config(source: ModelSource, overrides: Sequence[str]) -> "CfgNode":
         cfg.defrost()
         cfg.merge_from_list(list(overrides))
         return cfg.freeze()
-    return load_config(source.config, overrides)
+    return load_config(source.config, [*source.fixes, *overrides])
 
 
 def load(entry_or_config: Union[str, os.PathLike, Mapping[str, Any], ModelSource],
@@ -165,6 +192,8 @@ def load(entry_or_config: Union[str, os.PathLike, Mapping[str, Any], ModelSource
     target = resolve_device(requested_device(device, overrides, default="cpu"))
     source = entry_or_config if isinstance(entry_or_config, ModelSource) else resolve_source(entry_or_config)
     cfg = _config(source, overrides)
+    for line in _entry_warnings(source.entry) if source.entry is not None else ():
+        _warn(line)
     model = build_model(cfg)
     spec = weights if weights is not None else (source.weights if pretrained else None)
     report = load_weights(model, spec) if spec is not None else None

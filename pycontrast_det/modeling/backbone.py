@@ -6,6 +6,7 @@ converted detectron2 checkpoints load by the project's key contract.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TYPE_CHECKING, Union
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -15,6 +16,9 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from .fuse import ConvNormAct, conv_norm
 from .norms import FrozenBatchNorm2d, get_norm
 
+if TYPE_CHECKING:
+    from ..config import CfgNode
+
 BLOCKS_PER_STAGE = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 
@@ -23,14 +27,17 @@ def _norm_or_identity(norm: str, channels: int) -> nn.Module:
     return nn.Identity() if layer is None else layer
 
 
-def c2_msra_fill(module: nn.Module) -> None:
+Filled = Union[nn.Conv2d, nn.ConvTranspose2d, nn.Linear]  # the layers detectron2's weight fills apply to
+
+
+def c2_msra_fill(module: Filled) -> None:
     """Kaiming normal (fan_out, relu) weights and zero bias, as detectron2 initialises convs."""
     nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
     if module.bias is not None:
         nn.init.zeros_(module.bias)
 
 
-def c2_xavier_fill(module: nn.Module) -> None:
+def c2_xavier_fill(module: Filled) -> None:
     """Kaiming uniform (a=1) weights and zero bias, detectron2's "xavier" fill."""
     nn.init.kaiming_uniform_(module.weight, a=1)
     if module.bias is not None:
@@ -55,14 +62,14 @@ class Bottleneck(nn.Module):
         self.bn2 = _norm_or_identity(norm, bottleneck_channels)
         self.conv3 = nn.Conv2d(bottleneck_channels, out_channels, 1, bias=False)
         self.bn3 = _norm_or_identity(norm, out_channels)
-        self.downsample: nn.Module | None = None
+        self.downsample: ConvNormAct | None = None
         if in_channels != out_channels:
             self.downsample = ConvNormAct(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
                                           _norm_or_identity(norm, out_channels))
         for conv in (self.conv1, self.conv2, self.conv3):
             c2_msra_fill(conv)
         if self.downsample is not None:
-            c2_msra_fill(self.downsample[0])
+            c2_msra_fill(self.downsample.conv)
 
     def forward(self, x: Tensor) -> Tensor:
         out = conv_norm(self.conv1, self.bn1, x, relu=True)
@@ -86,7 +93,7 @@ def make_stage(num_blocks: int, in_channels: int, bottleneck_channels: int, out_
 class ResNetBody(nn.Module):
     """Stem (7x7 conv, norm, ReLU, 3x3 max-pool) and stages res2..res{num_stages+1}; returns each stage."""
 
-    def __init__(self, resnets_cfg, num_stages: int) -> None:
+    def __init__(self, resnets_cfg: CfgNode, num_stages: int) -> None:
         super().__init__()
         norm = resnets_cfg.NORM
         stem_channels = resnets_cfg.STEM_OUT_CHANNELS
@@ -133,7 +140,7 @@ class FPNBackbone(nn.Module):
 
     size_divisibility = 32
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg: CfgNode) -> None:
         super().__init__()
         self.body = ResNetBody(cfg.MODEL.RESNETS, num_stages=4)
         self.body.freeze(cfg.MODEL.BACKBONE.FREEZE_AT)
@@ -160,7 +167,7 @@ class C4Backbone(nn.Module):
 
     size_divisibility = 0
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg: CfgNode) -> None:
         super().__init__()
         self.body = ResNetBody(cfg.MODEL.RESNETS, num_stages=3)
         self.body.freeze(cfg.MODEL.BACKBONE.FREEZE_AT)
@@ -169,3 +176,6 @@ class C4Backbone(nn.Module):
 
     def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
         return OrderedDict(res4=self.body(x)["res4"])
+
+
+Backbone = Union[FPNBackbone, C4Backbone]

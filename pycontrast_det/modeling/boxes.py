@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Sequence, Union
 
 import torch
 from torch import Tensor
 
 SCALE_CLAMP = math.log(1000.0 / 16)
+Size = Union[int, Tensor]  # an image dimension: a 0-dim tensor while traced
 
 
 def decode_boxes(deltas: Tensor, boxes: Tensor, weights: Sequence[float]) -> Tensor:
@@ -34,12 +35,12 @@ def decode_boxes(deltas: Tensor, boxes: Tensor, weights: Sequence[float]) -> Ten
     return torch.stack((x1, y1, x2, y2), dim=-1).reshape(deltas.shape)
 
 
-def size_tensor(value, device: torch.device) -> Tensor:
+def size_tensor(value: Size, device: torch.device) -> Tensor:
     """An image dimension as a 0-dim tensor: a traced one as it is (``torch.tensor`` would freeze it)."""
     return value if isinstance(value, Tensor) else torch.tensor(value, device=device)
 
 
-def clip_boxes(boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
+def clip_boxes(boxes: Tensor, image_size: tuple[Size, Size]) -> Tensor:
     """Clamp XYXY boxes (..., 4) to an (h, w) image: x to [0, w], y to [0, h] (sizes may be traced tensors)."""
     h, w = image_size
     if isinstance(h, Tensor) or isinstance(w, Tensor):

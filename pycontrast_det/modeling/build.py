@@ -2,15 +2,18 @@
 (randomly initialised by detectron2's rules; no weights loaded)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..coco_classes import COCO, CategoryMap
 from ..errors import ConfigError
-from .backbone import BLOCKS_PER_STAGE, C4Backbone, FPNBackbone
+from .backbone import BLOCKS_PER_STAGE, Backbone, C4Backbone, FPNBackbone
 from .meta_arch import MaskRCNN
 from .norms import check_norm
-from .roi_heads import Res5ROIHeads, StandardROIHeads
+from .roi_heads import Res5ROIHeads, ROIHeads, StandardROIHeads
 from .rpn import RPN
+
+if TYPE_CHECKING:
+    from ..config import CfgNode
 
 FPN_BACKBONE = "build_resnet_fpn_backbone"
 C4_BACKBONE = "build_resnet_backbone"
@@ -57,14 +60,14 @@ _C4_REQUIRED: dict[str, tuple[Any, ...]] = {
 }
 
 
-def _get(cfg, key: str) -> Any:
-    node = cfg
+def _get(cfg: CfgNode, key: str) -> Any:
+    node: Any = cfg
     for part in key.split("."):
         node = node[part]
     return node
 
 
-def _check(cfg, required: dict[str, tuple[Any, ...]], context: str) -> None:
+def _check(cfg: CfgNode, required: dict[str, tuple[Any, ...]], context: str) -> None:
     for key, allowed in required.items():
         value = _get(cfg, key)
         if isinstance(value, tuple):
@@ -74,7 +77,7 @@ def _check(cfg, required: dict[str, tuple[Any, ...]], context: str) -> None:
                               f"{', '.join(repr(a) for a in allowed)}")
 
 
-def check_config(cfg) -> str:
+def check_config(cfg: CfgNode) -> str:
     """Raise ConfigError naming the first unsupported setting; return the layout, "fpn" or "c4"."""
     _check(cfg, _REQUIRED, "")
     fpn = cfg.MODEL.BACKBONE.NAME == FPN_BACKBONE
@@ -100,9 +103,11 @@ def default_classes(num_classes: int) -> CategoryMap:
     return COCO if num_classes == 80 else CategoryMap.placeholder(num_classes)
 
 
-def build_model(cfg) -> MaskRCNN:
+def build_model(cfg: CfgNode) -> MaskRCNN:
     """A randomly initialised MaskRCNN for ``cfg`` (detectron2 init rules; pretrained weights not loaded)."""
     arch = check_config(cfg)
+    backbone: Backbone
+    roi_heads: ROIHeads
     if arch == "fpn":
         backbone = FPNBackbone(cfg)
         roi_heads = StandardROIHeads(cfg, backbone.out_channels, backbone.strides)

@@ -14,7 +14,7 @@ import contextlib
 import functools
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Iterator, Optional, cast
 
 import torch
 from torch import Tensor, nn
@@ -53,12 +53,13 @@ class FastPath:
             _ACTIVE.reset(token)
 
 
-_ACTIVE: ContextVar[FastPath] = ContextVar("pycontrast_det_fast_path", default=FastPath())
+_ACTIVE: ContextVar[Optional[FastPath]] = ContextVar("pycontrast_det_fast_path", default=None)
 
 
 def active_fast_path() -> FastPath:
     """The settings in force: the running model's, else the defaults (everything on)."""
-    return _ACTIVE.get()
+    path = _ACTIVE.get()
+    return path if path is not None else FastPath()
 
 
 def _is_affine(norm: nn.Module) -> bool:
@@ -78,10 +79,20 @@ def _foldable(conv: nn.Conv2d, norm: nn.Module) -> bool:
     return not (torch.is_grad_enabled() and conv.weight.requires_grad)
 
 
+def _statistics(norm: nn.Module) -> tuple[Tensor, Tensor, float]:
+    """(running mean, running variance, eps) of a norm that :func:`_is_affine` accepts."""
+    if isinstance(norm, FrozenBatchNorm2d):
+        return norm.running_mean, norm.running_var, norm.eps
+    assert isinstance(norm, nn.modules.batchnorm._BatchNorm)
+    assert norm.running_mean is not None and norm.running_var is not None
+    return norm.running_mean, norm.running_var, norm.eps
+
+
 def _sources(conv: nn.Conv2d, norm: nn.Module) -> list[Optional[Tensor]]:
     weight = getattr(norm, "weight", None)
     bias = getattr(norm, "bias", None)
-    return [conv.weight, conv.bias, weight, bias, norm.running_mean, norm.running_var]
+    mean, var, _ = _statistics(norm)
+    return [conv.weight, conv.bias, weight, bias, mean, var]
 
 
 def _signature(tensors: list[Optional[Tensor]], channels_last: bool) -> Optional[_Signature]:
@@ -100,10 +111,12 @@ def _signature(tensors: list[Optional[Tensor]], channels_last: bool) -> Optional
 
 def _affine64(norm: nn.Module) -> tuple[Tensor, Tensor]:
     """(scale, shift) in float64 of an affine norm: ``norm(x) = x * scale + shift`` per channel."""
-    gamma = norm.weight if getattr(norm, "weight", None) is not None else torch.ones_like(norm.running_var)
-    beta = norm.bias if getattr(norm, "bias", None) is not None else torch.zeros_like(norm.running_var)
-    scale = gamma.detach().double() / torch.sqrt(norm.running_var.double() + norm.eps)
-    return scale, beta.detach().double() - norm.running_mean.double() * scale
+    mean, var, eps = _statistics(norm)
+    weight, bias = getattr(norm, "weight", None), getattr(norm, "bias", None)
+    gamma = weight if weight is not None else torch.ones_like(var)
+    beta = bias if bias is not None else torch.zeros_like(var)
+    scale = gamma.detach().double() / torch.sqrt(var.double() + eps)
+    return scale, beta.detach().double() - mean.double() * scale
 
 
 def foldable_affine(norm: nn.Module) -> bool:
@@ -116,7 +129,8 @@ def affine_of(norm: nn.Module) -> tuple[Tensor, Tensor]:
     """(scale, shift) of an affine norm, in its dtype, for applying it to a (N, C) tensor."""
     with torch.inference_mode(False), torch.no_grad():
         scale, shift = _affine64(norm)
-        return scale.to(norm.running_var.dtype), shift.to(norm.running_var.dtype)
+        dtype = _statistics(norm)[1].dtype
+        return scale.to(dtype), shift.to(dtype)
 
 
 def fold(conv: nn.Conv2d, norm: nn.Module, channels_last: bool = False) -> tuple[Tensor, Tensor]:
@@ -157,14 +171,15 @@ def conv_norm(conv: nn.Conv2d, norm: Optional[nn.Module], x: Tensor, relu: bool 
     if path.channels_last and not conv.training and not x.is_contiguous(memory_format=torch.channels_last):
         x = x.contiguous(memory_format=torch.channels_last)  # e.g. RoIAlign's NCHW output entering a head
     weight, bias = conv.weight, conv.bias
-    has_norm = norm is not None and not isinstance(norm, nn.Identity)
-    if has_norm and path.fold_norms and _foldable(conv, norm):
+    if isinstance(norm, nn.Identity):
+        norm = None
+    if norm is not None and path.fold_norms and _foldable(conv, norm):
         weight, bias = _folded(conv, norm, path.channels_last and x.is_contiguous(memory_format=torch.channels_last))
-        has_norm = False
-    if not has_norm and path.fuse_activations and (relu or residual is not None) and _can_fuse(conv, x, weight,
+        norm = None
+    if norm is None and path.fuse_activations and (relu or residual is not None) and _can_fuse(conv, x, weight,
                                                                                                residual):
         return _fused_conv(conv, x, weight, bias, relu, residual)
-    y = norm(conv._conv_forward(x, weight, bias)) if has_norm else conv._conv_forward(x, weight, bias)
+    y = norm(conv._conv_forward(x, weight, bias)) if norm is not None else conv._conv_forward(x, weight, bias)
     if residual is not None:
         y = y.add_(residual)  # y is this call's own tensor; no backward formula needs it
     return y.relu_() if relu else y
@@ -236,6 +251,11 @@ class ConvNormAct(nn.Sequential):
             raise ValueError(f"expected a convolution and at most a norm, got {block}")
         return cls(layers[0], layers[1] if len(layers) == 2 else None)
 
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        return conv_norm(self[0], self[1] if self.has_norm else None, x, relu=self.has_activation)
+    @property
+    def conv(self) -> nn.Conv2d:
+        """The convolution (child ``0``)."""
+        return cast(nn.Conv2d, self[0])  # the constructor puts it first
+
+    def forward(self, x: Tensor) -> Tensor:
+        return conv_norm(self.conv, self[1] if self.has_norm else None, x, relu=self.has_activation)
 

@@ -3,8 +3,7 @@ plus ``predict`` for plain images."""
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -12,21 +11,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..coco_classes import CategoryMap
-from ..images import as_rgb_array
+from ..images import ImageLike, as_rgb_array
+from .boxes import Size
 from .fuse import FastPath, clear_fold_caches
 from .postprocess import rescale
 from .preprocess import resize_shortest_edge
 
 if TYPE_CHECKING:
-    from PIL.Image import Image as PILImage
-
-ImageLike = Union[str, Path, "PILImage", np.ndarray, Tensor]
-
+    from ..config import CfgNode
+    from .backbone import Backbone
+    from .roi_heads import ROIHeads
+    from .rpn import RPN
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager[None]:
     """The autocast context for ``precision`` on ``device`` (a no-op for fp32); ValueError for fp16 off CUDA."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -38,16 +38,20 @@ def precision_context(precision: str, device: torch.device) -> contextlib.Abstra
     return torch.autocast(device.type, dtype=dtype)
 
 
-def _output_size(item: dict, key: str, default):
+def _output_size(item: Mapping[str, Any], key: str, default: int) -> Size:
     """The requested output height or width (an int; a traced 0-dim tensor stays one)."""
     value = item.get(key, default)
     return value if isinstance(value, Tensor) and torch.jit.is_tracing() else int(value)
 
 
 class MaskRCNN(nn.Module):
-    """Mask R-CNN taking detectron2-style batched inputs (``image``, ``height``, ``width``, ``instances`` in training)."""
+    """Mask R-CNN taking detectron2-style batched inputs (``image``, ``height``, ``width``, ``instances`` in
+    training)."""
 
-    def __init__(self, cfg, arch: str, backbone: nn.Module, rpn: nn.Module, roi_heads: nn.Module,
+    pixel_mean: Tensor
+    pixel_std: Tensor
+
+    def __init__(self, cfg: CfgNode, arch: str, backbone: Backbone, rpn: RPN, roi_heads: ROIHeads,
                  classes: CategoryMap) -> None:
         super().__init__()
         self.cfg = cfg
@@ -70,7 +74,7 @@ class MaskRCNN(nn.Module):
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
-    def preprocess(self, batched_inputs: Sequence[dict]) -> tuple[Tensor, list[tuple[int, int]]]:
+    def preprocess(self, batched_inputs: Sequence[Mapping[str, Any]]) -> tuple[Tensor, list[tuple[int, int]]]:
         """Normalised images padded (zeros, bottom/right) to the batch maximum, rounded up to the
         backbone's size divisibility; and each image's unpadded (h, w) (0-dim tensors when traced)."""
         images = [x["image"].to(self.device, non_blocking=True) for x in batched_inputs]
@@ -94,16 +98,18 @@ class MaskRCNN(nn.Module):
             clear_fold_caches(self)
         return super().train(mode)
 
-    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> "MaskRCNN":
         clear_fold_caches(self)  # .to() / .half() / ...: the folds refer to the old tensors
         return super()._apply(fn, recurse)
 
-    def forward(self, batched_inputs: Sequence[dict]) -> Union[dict[str, Tensor], list[dict[str, Tensor]]]:
+    def forward(self, batched_inputs: Sequence[Mapping[str, Any]]
+                ) -> Union[dict[str, Tensor], list[dict[str, Tensor]]]:
         """Training: the five losses. Eval: per image boxes/scores/classes(/masks) in original pixels."""
         with self.fast_path.active():
             return self._forward(batched_inputs)
 
-    def _forward(self, batched_inputs: Sequence[dict]) -> Union[dict[str, Tensor], list[dict[str, Tensor]]]:
+    def _forward(self, batched_inputs: Sequence[Mapping[str, Any]]
+                 ) -> Union[dict[str, Tensor], list[dict[str, Tensor]]]:
         images, sizes = self.preprocess(batched_inputs)
         if self.training:
             features = self.backbone(images)
@@ -119,7 +125,7 @@ class MaskRCNN(nn.Module):
         return [rescale(det, size, _output_size(x, "height", size[0]), _output_size(x, "width", size[1]))
                 for det, size, x in zip(detections, sizes, batched_inputs)]
 
-    def _target(self, item: dict) -> dict:
+    def _target(self, item: Mapping[str, Any]) -> dict[str, Any]:
         if "instances" not in item:
             raise ValueError("training inputs need an 'instances' dict with boxes, classes and masks")
         inst = dict(item["instances"])
@@ -129,7 +135,7 @@ class MaskRCNN(nn.Module):
             inst["masks"] = inst["masks"].to(self.device)
         return inst
 
-    def to_input(self, image: ImageLike) -> dict:
+    def to_input(self, image: ImageLike) -> dict[str, Any]:
         """A batched-input dict for one image: RGB uint8 -> config channel order -> detectron2's test resize."""
         rgb = as_rgb_array(image)
         array = rgb[:, :, ::-1] if self.cfg.INPUT.FORMAT == "BGR" else rgb
@@ -139,8 +145,8 @@ class MaskRCNN(nn.Module):
         return {"image": tensor, "height": rgb.shape[0], "width": rgb.shape[1]}
 
     @torch.inference_mode()
-    def predict(self, images: Union[ImageLike, Sequence[ImageLike]], score_thresh: float | None = None,
-                batch_size: Optional[int] = None, precision: str = "fp32"
+    def predict(self, images: Union[ImageLike, list[ImageLike], tuple[ImageLike, ...]],
+                score_thresh: float | None = None, batch_size: Optional[int] = None, precision: str = "fp32"
                 ) -> Union[dict[str, Any], list[dict[str, Any]]]:
         """Detect objects in one image or a list (paths, PIL images, HWC uint8 RGB arrays, CHW tensors).
 
@@ -154,7 +160,7 @@ class MaskRCNN(nn.Module):
         if batch_size is None:
             batch_size = 1 if self.device.type == "cpu" else 4
         single = not isinstance(images, (list, tuple))
-        items = [images] if single else list(images)
+        items: list[ImageLike] = list(images) if isinstance(images, (list, tuple)) else [images]
         was_training = self.training
         saved_thresh = self.roi_heads.score_thresh
         self.eval()

@@ -5,7 +5,7 @@ bit-level parity with detectron2; the variants differ only in how training stati
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -27,8 +27,11 @@ def _all_reduce_mean(x: Tensor) -> Tensor:
     return all_reduce(x) / _world_size()
 
 
-def _synced_batch_norm(bn: nn.BatchNorm2d, x: Tensor) -> Tensor:
+def _synced_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
     """Batch norm whose batch statistics are averaged over all processes (each process weighs equally)."""
+    # both synced norms are built with running statistics, affine parameters and a fixed momentum
+    assert bn.running_mean is not None and bn.running_var is not None and bn.num_batches_tracked is not None
+    assert bn.momentum is not None
     channels = x.shape[1]
     x32 = x.float()
     mean = x32.mean(dim=(0, 2, 3))
@@ -73,6 +76,11 @@ class FrozenBatchNorm2d(nn.Module):
     Buffers only (no gradients); loads checkpoints that carry ``num_batches_tracked`` by ignoring it.
     """
 
+    weight: Tensor
+    bias: Tensor
+    running_mean: Tensor
+    running_var: Tensor
+
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.num_features = num_features
@@ -87,9 +95,12 @@ class FrozenBatchNorm2d(nn.Module):
         shift = self.bias - self.running_mean * scale
         return x * scale.reshape(1, -1, 1, 1).to(x.dtype) + shift.reshape(1, -1, 1, 1).to(x.dtype)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, local_metadata: dict[str, Any],
+                              strict: bool, missing_keys: list[str], unexpected_keys: list[str],
+                              error_msgs: list[str]) -> None:
         state_dict.pop(prefix + "num_batches_tracked", None)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"
@@ -102,7 +113,7 @@ class FrozenBatchNorm2d(nn.Module):
             if module.affine:
                 frozen.weight.copy_(module.weight.detach())
                 frozen.bias.copy_(module.bias.detach())
-            if module.running_mean is not None:
+            if module.running_mean is not None and module.running_var is not None:
                 frozen.running_mean.copy_(module.running_mean)
                 frozen.running_var.copy_(module.running_var)
             return frozen

@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 import math
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -72,6 +72,7 @@ class ROIPooler(nn.Module):
                 output = torch.empty((rois.shape[0], feature.shape[1], self.output_size, self.output_size),
                                      dtype=pooled.dtype, device=pooled.device, memory_format=layout).zero_()
             output.index_copy_(0, inds, pooled)  # exports to ONNX for any number of rows (index_put does not)
+        assert output is not None  # more than one level
         return output
 
 
@@ -129,8 +130,9 @@ class _RoIAlignByImage(torch.autograd.Function):
     outputs and the gradient sums are the single call's bit for bit, and training is unchanged.
     """
 
+    # ``ctx`` is autograd's context object, which takes whatever attributes the forward pass stores on it
     @staticmethod
-    def forward(ctx, feature: Tensor, rois: Tensor, spans: list[tuple[int, int, int]], output_size: int,
+    def forward(ctx: Any, feature: Tensor, rois: Tensor, spans: list[tuple[int, int, int]], output_size: int,
                 scale: float, sampling_ratio: int, aligned: bool) -> Tensor:
         feature = feature.detach().contiguous()
         output = feature.new_empty((len(rois), feature.shape[1], output_size, output_size))
@@ -148,7 +150,7 @@ class _RoIAlignByImage(torch.autograd.Function):
         return output
 
     @staticmethod
-    def backward(ctx, grad_output: Tensor) -> tuple[Optional[Tensor], ...]:
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Optional[Tensor], ...]:
         (rois,) = ctx.saved_tensors
         shape, spans, output_size, scale, sampling_ratio, aligned = ctx.settings
         grad_output = grad_output.contiguous()

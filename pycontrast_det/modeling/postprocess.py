@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-from .boxes import clip_boxes, decode_boxes, nonempty, size_tensor, split_like
+from .boxes import Size, clip_boxes, decode_boxes, nonempty, size_tensor, split_like
 
 
 @dataclass
@@ -86,10 +86,11 @@ def paste_masks(probs: Tensor, boxes: Tensor, height: int, width: int, threshold
     return masks
 
 
-def _sampling_matrix(lo: Tensor, hi: Tensor, size, resolution: int) -> Tensor:
+def _sampling_matrix(lo: Tensor, hi: Tensor, size: Size, resolution: int) -> Tensor:
     """(N, size, resolution) bilinear weights of grid_sample (align_corners False, zeros padding) along one axis,
     sampling each box's [lo, hi] span of a ``resolution``-cell map at the pixel centres 0.5 .. size - 0.5."""
-    centres = torch.arange(size, device=lo.device, dtype=torch.float32) + 0.5
+    # torch.arange takes a 0-dim tensor end (which a trace keeps dynamic); its stubs list only numbers
+    centres = torch.arange(size, device=lo.device, dtype=torch.float32) + 0.5  # type: ignore[arg-type]
     grid = (centres[None, :] - lo[:, None]) / (hi - lo)[:, None] * 2 - 1
     source = ((grid + 1) * resolution - 1) / 2  # grid_sampler_compute_source_index
     first = torch.floor(source)
@@ -100,7 +101,7 @@ def _sampling_matrix(lo: Tensor, hi: Tensor, size, resolution: int) -> Tensor:
             + torch.where(cells == first[..., None] + 1, frac[..., None], zero))
 
 
-def paste_masks_dense(probs: Tensor, boxes: Tensor, height, width, threshold: float = 0.5,
+def paste_masks_dense(probs: Tensor, boxes: Tensor, height: Size, width: Size, threshold: float = 0.5,
                       max_elements: int = 1 << 28) -> Tensor:
     """:func:`paste_masks` without a per-box loop: bilinear sampling is separable, so each mask is
     ``Wy @ probs @ Wx^T`` over the whole image (batched matrix products: one kernel on a GPU, and traceable).
@@ -117,13 +118,13 @@ def paste_masks_dense(probs: Tensor, boxes: Tensor, height, width, threshold: fl
                       for i in range(0, len(probs), chunk)])
 
 
-def _paste_dense(probs: Tensor, boxes: Tensor, height, width, threshold: float) -> Tensor:
+def _paste_dense(probs: Tensor, boxes: Tensor, height: Size, width: Size, threshold: float) -> Tensor:
     rows = _sampling_matrix(boxes[:, 1], boxes[:, 3], height, probs.shape[-2])
     cols = _sampling_matrix(boxes[:, 0], boxes[:, 2], width, probs.shape[-1])
     return torch.bmm(torch.bmm(rows, probs), cols.transpose(1, 2)) >= threshold
 
 
-def _box_scales(height, width, image_size, like: Tensor) -> Tensor:
+def _box_scales(height: Size, width: Size, image_size: tuple[int, int], like: Tensor) -> Tensor:
     """(sx, sy, sx, sy): output over resized size per axis, ratios rounded from float64 to the boxes' dtype (what a
     Python-float multiply does); sizes may be traced tensors."""
     pairs = ((width, image_size[1]), (height, image_size[0]))
@@ -135,7 +136,7 @@ def _box_scales(height, width, image_size, like: Tensor) -> Tensor:
     return torch.cat([sx, sy, sx, sy]).to(like.dtype)
 
 
-def rescale(det: Detections, image_size: tuple[int, int], height: int, width: int,
+def rescale(det: Detections, image_size: tuple[int, int], height: Size, width: Size,
             mask_threshold: float = 0.5) -> dict[str, Tensor]:
     """detectron2's detector_postprocess: boxes from the resized ``image_size`` to (height, width), clipped,
     empty boxes dropped, masks pasted; returns the model's eval-mode output dict."""
@@ -145,6 +146,8 @@ def rescale(det: Detections, image_size: tuple[int, int], height: int, width: in
     out = {"boxes": det.boxes, "scores": det.scores, "classes": det.classes}
     if det.mask_probs is not None:
         dense = torch.jit.is_tracing() or det.mask_probs.device.type != "cpu"  # the loop suits the CPU only
-        paste = paste_masks_dense if dense else paste_masks
-        out["masks"] = paste(det.mask_probs, det.boxes, height, width, mask_threshold)
+        if dense:
+            out["masks"] = paste_masks_dense(det.mask_probs, det.boxes, height, width, mask_threshold)
+        else:  # eager: the sizes are ints
+            out["masks"] = paste_masks(det.mask_probs, det.boxes, int(height), int(width), mask_threshold)
     return out

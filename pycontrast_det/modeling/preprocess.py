@@ -29,7 +29,7 @@ def resize_shortest_edge(image: np.ndarray, short: int, max_size: int) -> np.nda
         return image
     squeeze = image.ndim == 3 and image.shape[2] == 1
     pil = Image.fromarray(image[:, :, 0] if squeeze else image)
-    out = np.asarray(pil.resize((neww, newh), Image.BILINEAR))
+    out = np.asarray(pil.resize((neww, newh), Image.Resampling.BILINEAR))
     return out[:, :, None] if squeeze else out
 
 
@@ -62,10 +62,12 @@ def _bilinear_taps(in_size: Tensor, out_size: Tensor) -> tuple[Tensor, Tensor]:
     filterscale = torch.clamp(scale, min=1.0)
     support = filterscale  # the bilinear filter's support is 1
     ksize = (torch.ceil(support) * 2 + 1).to(torch.int64)[0]
-    center = (torch.arange(out_size, dtype=torch.float64, device=in_size.device) + 0.5) * scale
+    # torch.arange takes a 0-dim tensor end (which a trace keeps dynamic); its stubs list only numbers
+    center = (torch.arange(out_size, dtype=torch.float64,  # type: ignore[call-overload]
+                           device=in_size.device) + 0.5) * scale
     xmin = torch.clamp(torch.floor(center - support + 0.5), min=0)
     xmax = torch.minimum(torch.floor(center + support + 0.5), in64)
-    taps = torch.arange(ksize, dtype=torch.float64, device=in_size.device)
+    taps = torch.arange(ksize, dtype=torch.float64, device=in_size.device)  # type: ignore[call-overload]
     x = xmin[:, None] + taps[None, :]
     inverse = torch.ones_like(filterscale) / filterscale
     weights = torch.clamp(1.0 - torch.abs((x - center[:, None] + 0.5) * inverse), min=0.0)

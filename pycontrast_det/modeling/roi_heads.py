@@ -4,6 +4,8 @@ Class layout as detectron2: ``cls_score`` has K+1 outputs with background last, 
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Union
+
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
@@ -15,6 +17,9 @@ from .poolers import ROIPooler
 from .boxes import split_like
 from .postprocess import Detections, fast_rcnn_inference, mask_probabilities
 from .rpn import Proposals
+
+if TYPE_CHECKING:
+    from ..config import CfgNode
 
 
 def conv_norm_relu(in_channels: int, out_channels: int, norm: str) -> ConvNormAct:
@@ -42,7 +47,7 @@ class BoxPredictor(nn.Module):
         return self.cls_score(x), self.bbox_pred(x)
 
 
-def _mask_branch(mask_cfg, in_channels: int, num_classes: int) -> tuple[nn.Sequential, MaskRCNNPredictor]:
+def _mask_branch(mask_cfg: CfgNode, in_channels: int, num_classes: int) -> tuple[nn.Sequential, MaskRCNNPredictor]:
     """NUM_CONV conv/norm/ReLU blocks, then a 2x2 stride-2 deconv + ReLU (msra init) and a 1x1 per-class
     predictor initialised N(0, 0.001)."""
     convs = []
@@ -60,7 +65,11 @@ def _mask_branch(mask_cfg, in_channels: int, num_classes: int) -> tuple[nn.Seque
 class _ROIHeadsBase(nn.Module):
     """What both head kinds share: config values, inference of detections, training losses."""
 
-    def __init__(self, cfg) -> None:
+    box_predictor: BoxPredictor
+    mask_head: nn.Sequential
+    mask_predictor: MaskRCNNPredictor
+
+    def __init__(self, cfg: CfgNode) -> None:
         super().__init__()
         heads = cfg.MODEL.ROI_HEADS
         self.cfg = cfg
@@ -80,11 +89,12 @@ class _ROIHeadsBase(nn.Module):
         raise NotImplementedError
 
     def forward(self, features: dict[str, Tensor], proposals: list[Proposals],
-                image_sizes: list[tuple[int, int]], targets: list[dict] | None = None
+                image_sizes: list[tuple[int, int]], targets: list[dict[str, Any]] | None = None
                 ) -> tuple[list[Detections], dict[str, Tensor]]:
         """Detections per image (eval) or the box and mask losses (training)."""
         maps = [features[f].contiguous() for f in self.in_features]  # RoIAlign reads NCHW: convert once
         if self.training:
+            assert targets is not None, "training needs targets"
             return [], self._losses(maps, proposals, targets)
         x, _ = self.box_features(maps, [p.boxes for p in proposals])
         class_logits, box_deltas = self.box_predictor(x)
@@ -98,7 +108,8 @@ class _ROIHeadsBase(nn.Module):
                 det.mask_probs = probs
         return detections, {}
 
-    def _losses(self, maps: list[Tensor], proposals: list[Proposals], targets: list[dict]) -> dict[str, Tensor]:
+    def _losses(self, maps: list[Tensor], proposals: list[Proposals], targets: list[dict[str, Any]]
+                ) -> dict[str, Tensor]:
         from .losses import fast_rcnn_losses, mask_rcnn_loss, sample_proposals  # training only (pycocotools)
 
         sampled = sample_proposals([p.boxes for p in proposals], targets, self.num_classes, self.cfg)
@@ -119,7 +130,7 @@ class _ROIHeadsBase(nn.Module):
 class StandardROIHeads(_ROIHeadsBase):
     """FPN heads: box pooler (7x7) -> conv/fc head -> predictor; mask pooler (14x14) -> 4 convs -> deconv."""
 
-    def __init__(self, cfg, in_channels: int, strides: dict[str, int]) -> None:
+    def __init__(self, cfg: CfgNode, in_channels: int, strides: dict[str, int]) -> None:
         super().__init__(cfg)
         box = cfg.MODEL.ROI_BOX_HEAD
         level_strides = [strides[f] for f in self.in_features]
@@ -155,7 +166,7 @@ class StandardROIHeads(_ROIHeadsBase):
 class Res5ROIHeads(_ROIHeadsBase):
     """C4 heads: 14x14 RoIAlign on res4 -> res5 (+ optional extra norm) shared by the box and mask branches."""
 
-    def __init__(self, cfg, in_channels: int, strides: dict[str, int], extra_norm: bool) -> None:
+    def __init__(self, cfg: CfgNode, in_channels: int, strides: dict[str, int], extra_norm: bool) -> None:
         super().__init__(cfg)
         box, resnets = cfg.MODEL.ROI_BOX_HEAD, cfg.MODEL.RESNETS
         self.pooler = ROIPooler(box.POOLER_RESOLUTION, [strides[f] for f in self.in_features],
@@ -184,3 +195,6 @@ class Res5ROIHeads(_ROIHeadsBase):
 
     def mask_logits(self, features: list[Tensor], boxes: list[Tensor]) -> Tensor:
         return self.mask_predictor(self.mask_head(self._res5(features, boxes)))
+
+
+ROIHeads = Union[StandardROIHeads, Res5ROIHeads]

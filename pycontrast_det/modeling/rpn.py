@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -10,6 +11,9 @@ from torchvision.models.detection.rpn import RPNHead
 
 from .anchors import AnchorGenerator
 from .boxes import clip_boxes, decode_boxes, nonempty
+
+if TYPE_CHECKING:
+    from ..config import CfgNode
 
 
 @dataclass
@@ -23,7 +27,7 @@ class Proposals:
 class RPN(nn.Module):
     """Shared 3x3 conv head over the given feature levels, detectron2 anchors, decoding and top-k/NMS."""
 
-    def __init__(self, cfg, in_channels: int, strides: dict[str, int]) -> None:
+    def __init__(self, cfg: CfgNode, in_channels: int, strides: dict[str, int]) -> None:
         super().__init__()
         rpn = cfg.MODEL.RPN
         self.in_features = list(rpn.IN_FEATURES)
@@ -52,10 +56,12 @@ class RPN(nn.Module):
         with torch.no_grad():
             boxes = [decode_boxes(d.reshape(-1, 4), a.repeat(num_images, 1), self.box_weights)
                      .view(num_images, -1, 4) for d, a in zip(deltas, anchors)]
-            proposals = self._select([l.detach().float() for l in logits], boxes, image_sizes)
+            proposals = self._select([x.detach().float() for x in logits], boxes, image_sizes)
         losses: dict[str, Tensor] = {}
         if self.training:
             from .losses import rpn_losses  # training only (pycocotools)
+
+            assert gt_boxes is not None, "training needs gt_boxes"
 
             losses = rpn_losses(torch.cat(anchors), torch.cat(logits, dim=1), torch.cat(deltas, dim=1),
                                 gt_boxes, image_sizes, self.cfg)

@@ -21,7 +21,7 @@ class ImageDetector(nn.Module):
             raise ValueError("ImageDetector needs a model with masks (MODEL.MASK_ON True)")
         self.model = model
 
-    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # type: ignore[override]
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         cfg = self.model.cfg
         pixels = image.flip(-1) if cfg.INPUT.FORMAT == "BGR" else image
         resized = resize_shortest_edge_tensor(pixels, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)

@@ -119,7 +119,9 @@ def _training(entry: "DetectorEntry", pretrain: "PretrainEntry", cfg: "CfgNode")
             f"iterations (LR steps at {', '.join(str(s) for s in solver.STEPS)}), {solver.IMS_PER_BATCH} images "
             f"per step, base LR {solver.BASE_LR}, {cfg.MODEL.RESNETS.NORM} in the backbone, {inp.FORMAT} input, "
             f"shorter side {min(inp.MIN_SIZE_TRAIN)}..{max(inp.MIN_SIZE_TRAIN)} px.\n"
-            f"- Config: `{entry.config}` (PyContrast's); `config.yaml` here is the full effective config.\n"
+            f"- Config: `{entry.config}` (PyContrast's)"
+            + (f" with the config fixes `{' '.join(entry.config_overrides)}`" if entry.config_fixes else "") +
+            "; `config.yaml` here is the full effective config.\n"
             f"- Evaluation: {', '.join(cfg.DATASETS.TEST)}; the AP above is the published number, not measured here "
             f"(`pycontrast-zoo evaluate {entry.name}` measures it).\n")
 
@@ -153,6 +155,7 @@ def entry_card(entry: "DetectorEntry", pretrain: "PretrainEntry", cfg: "CfgNode"
     where = ("PyContrast published the numbers and the config only" if not entry.published else
              "PyContrast published this detector and its training log on Dropbox; these are the same weights")
     note = f"\n> {entry.note}\n" if entry.note else ""
+    note += "".join(f"\n> **Known issue:** {issue.text} ({issue.url})\n" for issue in entry.known_issues)
     return (_front([Row.of(entry, pretrain)]) +
             f"\n# {entry.name}\n\nMask R-CNN R50-{entry.detector.upper()}, {entry.schedule} schedule, fine-tuned on "
             f"COCO from {_pretrain_phrase(pretrain)}. {where}, from the PyContrast detection-transfer table "

@@ -188,7 +188,7 @@ def _entry(tree: Tree, zoo: Zoo, entry: DetectorEntry, options: Options) -> None
     from ..config import load_config
 
     pretrain = zoo.pretrain(entry.pretrain)
-    cfg = load_config(entry.config_path)
+    cfg = load_config(entry.config_path, entry.config_overrides)
     folder = entry.name
     files = [tree.write_text(f"{folder}/{CONFIG}", cfg.dump(), f"effective config of `{entry.config}`")]
     model, alternatives, log_file = entry.model, entry.model_alternatives, entry.log

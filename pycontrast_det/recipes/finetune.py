@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
 from ..config import override_value
 from ..errors import ConfigError
-from ..zoo import load_manifest
 from . import commands
 
 if TYPE_CHECKING:
@@ -186,26 +185,28 @@ class FinetunePlan:
         return "\n".join(lines)
 
 
-def _source_config(source: str, config: Optional[Union[str, os.PathLike]]) -> tuple[Union[Path, Mapping], str]:
-    """The config to fine-tune ``source`` with: ``config``, else the one that comes with the source (a zoo entry's,
-    a published folder's, the one stored with a checkpoint; see ``modeling.resolve_source``)."""
+def _source_config(source: str, config: Optional[Union[str, os.PathLike]]
+                   ) -> tuple[Union[Path, Mapping], str, tuple[str, ...]]:
+    """The config to fine-tune ``source`` with, where it comes from and the KEY VALUE fixes that come with it:
+    ``config``, else the one that comes with the source (a zoo entry's with its config_fixes, a published folder's,
+    the one stored with a checkpoint; see ``modeling.resolve_source``)."""
+    from ..checkpoints.names import Kind, parse_name
     from ..config import resolve_config_path
     from ..modeling import resolve_source
 
     if config is not None:
         path = resolve_config_path(config)
-        return path, str(path)
-    zoo = load_manifest()
-    url = "://" in source and not source.startswith("hf://")
-    if url or (source in zoo.pretrains and source not in zoo.entries):
-        raise ConfigError(f"{source}: a pretrain or a URL, so no config comes with it; give one with --config")
+        return path, str(path), ()
+    kind = parse_name(source).kind  # what the string names, decided in one place
+    if kind in (Kind.URL, Kind.DETECTRON2, Kind.PRETRAIN):
+        raise ConfigError(f"{source}: a {kind.value}, so no config comes with it; give one with --config")
     resolved = resolve_source(source)
     if resolved.weights is None:
         raise ConfigError(f"{source} is a config, not weights: give it as --config and the weights as SOURCE")
     if resolved.config is None:
         raise ConfigError(f"{source}: no config is stored with these weights (nor a config.yaml beside them); "
                           "give one with --config")
-    return resolved.config, resolved.origin
+    return resolved.config, resolved.origin, resolved.fixes
 
 
 def plan_finetune(source: Union[str, os.PathLike], dataset: Union[str, os.PathLike], *,
@@ -234,19 +235,19 @@ def plan_finetune(source: Union[str, os.PathLike], dataset: Union[str, os.PathLi
     source, user = os.fspath(source), [str(o) for o in overrides]
     if Path(source).exists():  # a checkpoint, a published folder on disk
         source = str(Path(source).resolve())  # the printed command works from any folder
-    config_path, origin = _source_config(source, config)
+    config_path, origin, fixes = _source_config(source, config)
     train_spec, class_overrides, class_note = dataset_classes(dataset, user)
     name = str(Path(dataset).resolve()) if Path(dataset).exists() else str(dataset)  # absolute for the commands
     with open(train_spec.json_file, encoding="utf-8") as fh:
         images = len(json.load(fh).get("images", []))
     from ..config import load_config
 
-    base = load_config(config_path, user)
+    base = load_config(config_path, [*fixes, *user])
     sched = finetune_schedule(schedule or DEFAULT_SCHEDULE, images, base, num_gpus * num_machines, user,
                               batch=scale_to_batch)
     out = Path(output_dir) if output_dir is not None else DEFAULT_OUTPUT_ROOT / (
         f"finetune_{Path(source).stem}_{Path(name).name}")
-    ours = [*class_overrides, "MODEL.WEIGHTS", source, "DATASETS.TRAIN", f"({name!r},)", "DATASETS.TEST",
+    ours = [*fixes, *class_overrides, "MODEL.WEIGHTS", source, "DATASETS.TRAIN", f"({name!r},)", "DATASETS.TEST",
             f"({name!r},)", *sched.overrides(), "OUTPUT_DIR", str(out.resolve())]
     plan = FinetunePlan(source=source, config=config_path, config_origin=origin, dataset=name,
                         categories=train_spec.categories, schedule=sched, overrides=tuple(ours + user),

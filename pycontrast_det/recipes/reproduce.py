@@ -86,7 +86,7 @@ class ReproducePlan:
     weights: str                     # MODEL.WEIGHTS the training uses (a file in output_dir, or "")
     detectron2_weights: str          # MODEL.WEIGHTS for stock detectron2
     dataset: str                     # "coco" (the published protocol) or the dataset given
-    protocol_overrides: tuple[str, ...]  # KEY VALUE pairs for the dataset protocol (shapes, --max-iter)
+    protocol_overrides: tuple[str, ...]  # KEY VALUE pairs: the entry's config_fixes, the dataset protocol, --max-iter
     user_overrides: tuple[str, ...]      # the user's KEY VALUE pairs, applied last
     output_dir: Path
     device: str
@@ -266,12 +266,15 @@ def _pretrain_plan(zoo: Any, entry: Any, pretrain_path: Optional[Union[str, os.P
                    output_dir: Path) -> tuple[str, Optional[str], str, str, Optional[Path]]:
     """(pretrain label, source description, weights file, detectron2 weights, user path)."""
     if pretrain_path is not None:
-        path = Path(pretrain_path).expanduser().resolve()
+        from ..checkpoints.names import split_choice, with_choice
+
+        text, choice = split_choice(os.fspath(pretrain_path))  # FILE#key=... chooses the encoder
+        path = Path(text).expanduser().resolve()
         if not path.is_file():
             raise ConfigError(f"--pretrain {pretrain_path}: no such file")
         weights = str(output_dir / "pretrain_user.pkl")
         return "user", f"your checkpoint {path} (converted like PyContrast's convert_pretrained.py)", weights, \
-            weights, path
+            weights, Path(with_choice(str(path), choice))
     pretrain = zoo.pretrain(entry.pretrain)
     if pretrain.file is None:
         return pretrain.name, "", "", "", None
@@ -316,7 +319,13 @@ def plan_reproduction(entry: str, *, engine: str = "native", dataset: Optional[s
     else:
         config_path = target.config_path
     label, source, weights, d2_weights, user_path = _pretrain_plan(zoo, target, pretrain, out)
+    if user_path is not None:  # where its ResNet-50 was found, what is dropped, the input convention
+        from ..checkpoints import describe_pretrain
+
+        notes += describe_pretrain(user_path)
     data_overrides, data_label, data_notes = _dataset_overrides(dataset, max_iter)
+    if config is None and pretrain is None:  # the entry's own config: its manifest config_fixes come first
+        data_overrides = [*target.config_overrides, *data_overrides]
     notes += data_notes
     command_notes: list[str] = []
     if data_label != "coco":

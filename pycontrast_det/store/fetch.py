@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, urlencode, urlparse
 from .. import atomic, settings
 from ..errors import BadResponseError, ChecksumError, DownloadError, HTMLResponseError, OfflineError, \
     SlowDownloadError, ZooError
-from ..zoo import FileRef, url_problem
+from ..refs import FileRef, url_problem
 from ._http import NetPolicy, SkipURL, Transient, download, net_policy
 from .layout import CACHE_ELSEWHERE, URL_KEY, cache_path, check_key, lock_path, mirror_path, partial_path, \
     planted, remove_orphan_temps

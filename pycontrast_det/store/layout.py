@@ -36,7 +36,7 @@ from typing import Iterable, Optional
 
 from .. import atomic, settings
 from ..errors import ZooError
-from ..zoo import FileRef
+from ..refs import FileRef
 
 log = logging.getLogger(__name__)
 

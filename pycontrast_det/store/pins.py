@@ -7,7 +7,7 @@ from typing import Optional
 
 from .. import atomic
 from ..errors import ZooError
-from ..zoo import FileRef
+from ..refs import FileRef
 from .layout import CACHE_ELSEWHERE, pins_path, planted
 
 

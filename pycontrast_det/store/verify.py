@@ -17,7 +17,7 @@ from typing import Optional
 
 from .. import atomic
 from ..errors import ChecksumError, FilesystemError
-from ..zoo import FileRef
+from ..refs import FileRef
 from .layout import CACHE_ELSEWHERE, cache_path, planted, record_path
 from .pins import Expected, expected
 
