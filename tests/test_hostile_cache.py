@@ -237,3 +237,20 @@ def test_ctrl_c_while_headers_trickle_stops_at_once(server, tmp_path, sigint_rea
     assert time.monotonic() - sent < 10  # the read timeout is 30 s: it did not wait for it
     assert proc.returncode == 130
     assert_cache_holds_only([])
+
+
+def test_9_a_temp_file_left_by_a_killed_process_is_removed_by_the_next_download(server):
+    data = payload()
+    file = ref(server.add("/s/x/model_final.pth", data), data=data)
+    dest = store.cache_path(file, KEY)
+    dest.parent.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()  # a process that has ended
+    orphan = dest.parent / f".{dest.name}.{dead}-abc123.tmp"
+    orphan.write_bytes(data[:1000])
+    mine = dest.parent / f".{dest.name}.{os.getpid()}-xyz789.tmp"  # a download of a running process
+    mine.write_bytes(b"in progress")
+    assert store.fetch_file(file, KEY, quiet=True).read_bytes() == data
+    assert not orphan.exists() and mine.exists()
+    mine.unlink()
+    assert_cache_holds_only([data])
