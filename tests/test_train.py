@@ -248,10 +248,10 @@ def test_evaluate_command_finds_the_run_config(uninterrupted, two_images, tmp_pa
 
 REFUSED = [
     ("DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler"), ("INPUT.CROP.ENABLED", "True"),
-    ("TEST.AUG.ENABLED", "True"), ("INPUT.MASK_FORMAT", "bitmask"), ("TEST.EXPECTED_RESULTS", "[['bbox', 'AP', 38, 1]]"),
+    ("TEST.AUG.ENABLED", "True"), ("INPUT.MASK_FORMAT", "rle"), ("TEST.EXPECTED_RESULTS", "[['bbox', 'AP', 38, 1]]"),
     ("VIS_PERIOD", "20"), ("DATASETS.PROPOSAL_FILES_TRAIN", "('p.pkl',)"), ("DATASETS.PROPOSAL_FILES_TEST", "('p.pkl',)"),
     ("FLOAT32_PRECISION", "high"), ("GLOBAL.HACK", "2.0"), ("SOLVER.REFERENCE_WORLD_SIZE", "8"),
-    ("DATASETS.TEST", "('shapes_val', 'shapes_train')"), ("DATASETS.TRAIN", "('shapes_train', 'shapes_val')"),
+    ("DATASETS.TEST", "('shapes_val', 'shapes_train')"), ("DATASETS.TRAIN", "()"),
     ("SOLVER.MAX_ITER", "0"), ("SOLVER.CHECKPOINTS_KEPT", "-1"), ("TEST.EVAL_PERIOD", "-5"),
     ("SOLVER.CHECKPOINT_PERIOD", "-1"),
 ]

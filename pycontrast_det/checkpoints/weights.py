@@ -53,6 +53,7 @@ CLASSES_KEY = "classes"  # {"names": [...], "ids": [...]}: contiguous class i is
 CONFIG_KEY = "config"  # the training config as YAML text
 CONFIG_BESIDE = "config.yaml"  # what a training run writes beside its checkpoints
 _COUNTER = "num_batches_tracked"
+MASK_BRANCH = ("roi_heads.mask_head.", "roi_heads.mask_predictor.")  # what a box-only model lacks
 
 
 @dataclass(frozen=True)
@@ -240,6 +241,7 @@ class LoadReport:
     classes: Optional[CategoryMap] = None
     conversion: Optional[ConversionReport] = None
     num_classes: Optional[tuple[int, int]] = None  # (the file's, the model's) when they differ
+    mask_head_dropped: tuple[str, ...] = ()  # a Mask R-CNN file's mask branch, not loaded into a box-only model
 
     @property
     def reinitialised_layers(self) -> tuple[str, ...]:
@@ -247,12 +249,18 @@ class LoadReport:
         return tuple(sorted({k.rsplit(".", 1)[0] for k in self.reinitialised}))
 
     def warnings(self) -> list[str]:
-        """The lines a user must see: the layers re-initialised for another number of classes."""
-        if not self.reinitialised:
-            return []
-        why = (f"the file has {self.num_classes[0]} classes, the model {self.num_classes[1]}" if self.num_classes
-               else f"their shapes differ ({self.mismatched[0]})")
-        return [f"{self.source}: {why}: re-initialised {', '.join(self.reinitialised_layers)} (they start untrained)"]
+        """The lines a user must see: the layers re-initialised for another number of classes, a mask head left
+        out."""
+        lines = []
+        if self.reinitialised:
+            why = (f"the file has {self.num_classes[0]} classes, the model {self.num_classes[1]}" if self.num_classes
+                   else f"their shapes differ ({self.mismatched[0]})")
+            lines.append(f"{self.source}: {why}: re-initialised {', '.join(self.reinitialised_layers)} (they start "
+                         "untrained)")
+        if self.mask_head_dropped:
+            lines.append(f"{self.source}: the model has no mask head (MODEL.MASK_ON False): the file's "
+                         f"{len(self.mask_head_dropped)} mask-head weights are not loaded")
+        return lines
 
     def summary(self) -> list[str]:
         """One line per fact: what the file is, how much was loaded, what was not."""
@@ -306,6 +314,7 @@ def map_weights(weights: OpenedWeights, target: ModelTarget) -> tuple[dict[str, 
     """
     ckpt, kind = weights.checkpoint, weights.kind
     conversion, foreign, left_out = None, [], []
+    dropped: list[str] = []
     if kind == DETECTOR_OURS:
         strip = len("module.") if all(k.startswith("module.") for k in ckpt.state) else 0
         state = {k[strip:]: as_float32_tensor(v) for k, v in ckpt.state.items()}
@@ -315,8 +324,10 @@ def map_weights(weights: OpenedWeights, target: ModelTarget) -> tuple[dict[str, 
     else:
         state, conversion = _backbone_state(weights, target)
     shapes = target.shapes
+    box_only = not any(k.startswith(MASK_BRANCH) for k in shapes)
     for key in [k for k in state if k not in shapes]:
-        (left_out if key.endswith(_COUNTER) else foreign).append(key)
+        (left_out if key.endswith(_COUNTER) else dropped if box_only and key.startswith(MASK_BRANCH)
+         else foreign).append(key)
         del state[key]
     differ = {k: f"{k}: file {tuple(v.shape)} vs model {tuple(shapes[k])}" for k, v in state.items()
               if tuple(v.shape) != tuple(shapes[k])}
@@ -340,7 +351,7 @@ def map_weights(weights: OpenedWeights, target: ModelTarget) -> tuple[dict[str, 
         source=weights.file.spec, path=weights.file.path, kind=kind, format=ckpt.format, loaded=tuple(state),
         reinitialised=tuple(reinitialised), missing=tuple(missing), unexpected=tuple(left_out),
         mismatched=tuple(differ[k] for k in reinitialised), classes=weights.classes, conversion=conversion,
-        num_classes=counts)
+        num_classes=counts, mask_head_dropped=tuple(dropped))
     return state, report
 
 

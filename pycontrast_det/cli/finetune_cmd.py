@@ -20,9 +20,16 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                     "checkpoint (its config is stored in it or in the config.yaml beside it; else give --config) "
                     "or a pretrain name with --config.")
     ft.add_argument("source", metavar="ENTRY|CHECKPOINT", help="zoo entry, checkpoint file, or pretrain name")
-    ft.add_argument("--dataset", metavar="PATH", required=True,
-                    help="COCO-format dataset: a folder (annotations/instances_{train,val}.json + train/, val/), "
-                         "annotations.json[:image_root], or a built-in name")
+    ft.add_argument("--dataset", metavar="PATH", required=True, action="append",
+                    help="the dataset: a folder in one of the layouts the README lists (this package's COCO folder, "
+                         "Roboflow, CVAT, Label Studio, Pascal VOC), annotations.json[:image_root], or a built-in "
+                         "name; repeat it to train on several datasets as one (one class list)")
+    ft.add_argument("--val", metavar="PATH", default=None,
+                    help="the validation set (default: the first dataset's val split, else a held-out fraction "
+                         "of its images)")
+    ft.add_argument("--holdout", metavar="F", type=float, default=None,
+                    help="for a dataset without a val split, the fraction of its images held out for validation, "
+                         "chosen by SEED (default 0.1)")
     ft.add_argument("--schedule", metavar="1x|short|ITERS", default=None,
                     help="1x or short (epochs of the dataset's images, as the plan prints) or a number of iterations "
                          "(default: short); 2 images per process, the config's lr scaled linearly")
@@ -39,7 +46,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     passive_cpu_threads()
     from ..recipes.finetune import finetune, plan_finetune
 
-    plan = plan_finetune(args.source, args.dataset, schedule=args.schedule, config=args.config, overrides=args.opts,
+    plan = plan_finetune(args.source, args.dataset, val=args.val, holdout=args.holdout, schedule=args.schedule,
+                         config=args.config, overrides=args.opts,
                          output_dir=args.output, device=run_device_of(args), num_gpus=args.num_gpus,
                          num_machines=args.num_machines, machine_rank=args.machine_rank, dist_url=args.dist_url,
                          resume=args.resume, overwrite=args.overwrite, amp=args.amp,

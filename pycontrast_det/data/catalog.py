@@ -8,9 +8,10 @@ Accepted forms of ``name_or_path`` (``split`` is ``train`` or ``val`` unless the
   ``coco/annotations/instances_{train,val}2017.json``.
 * ``path/to/annotations.json`` or ``path/to/annotations.json:path/to/images``: any COCO-format file; the
   images default to the json's own folder.
-* a directory in one of these layouts (tried in this order, ``S`` = split):
-  ``annotations/instances_S.json`` + ``S/``; ``annotations/instances_S2017.json`` + ``S2017/``;
-  ``S/_annotations.coco.json`` with the images beside it.
+* a directory in one of the layouts of :mod:`.layouts` (this package's COCO folder, Roboflow, CVAT, Label
+  Studio, Pascal VOC).
+* any of these followed by ``#holdout=F,seed=S``: its train images split deterministically (by ``S``) into a
+  held-out fraction ``F`` (the ``val`` split) and the rest (the ``train`` split), for a dataset without a val split.
 """
 from __future__ import annotations
 
@@ -18,18 +19,34 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 from ..errors import DatasetError
 from .coco import CategoryMap, read_categories
+from .layouts import COCO_JSON, VOC, find_split, has_val
+from .voc import voc_categories, voc_root
 
 SPLITS = ("train", "val")
 COCO_2017_VAL = "coco_2017_val"
 _COCO_NAMES = {"coco_2017_train": "train", COCO_2017_VAL: "val"}
 _SHAPES_NAMES = {"shapes_train": "train", "shapes_val": "val"}
+_HOLDOUT = "#holdout="
 _COCO_HELP = ("download 'train2017'/'val2017' images and 'annotations_trainval2017' from "
               "https://cocodataset.org/#download and unpack them under {root}, or point DETECTRON2_DATASETS "
               "at the folder that contains coco/")
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """A deterministic split of one file's images: ``fraction`` of them (at least one) held out as the val split,
+    chosen by ``seed``; the train split is the rest."""
+
+    fraction: float
+    seed: int
+
+    def suffix(self) -> str:
+        """The ``#holdout=F,seed=S`` that names this split after a dataset path."""
+        return f"{_HOLDOUT}{self.fraction:g},seed={self.seed}"
 
 
 @dataclass(frozen=True)
@@ -41,6 +58,23 @@ class DatasetSpec:
     json_file: Path
     image_root: Path
     categories: CategoryMap
+    layout: str = COCO_JSON
+    holdout: Optional[Holdout] = None  # this split is part of the file's images (see :class:`Holdout`)
+    parts: tuple["DatasetSpec", ...] = ()  # several datasets trained on as one (:func:`resolve_datasets`)
+
+    @property
+    def where(self) -> str:
+        """The layout and the annotation file(s), as the dry run prints them."""
+        if self.parts:
+            return " + ".join(part.where for part in self.parts)
+        held = (f" ({'held-out ' if self.split == 'val' else 'all but the held-out '}"
+                f"{self.holdout.fraction:g} of its images, seed {self.holdout.seed})" if self.holdout else "")
+        return f"{self.layout} {self.json_file}{held}"
+
+    def shares_images_with(self, other: "DatasetSpec") -> bool:
+        """True when both read the same annotation file and neither is one side of a held-out split of it."""
+        same = Path(self.json_file).resolve() == Path(other.json_file).resolve()
+        return same and (self.holdout is None or other.holdout is None or self.split == other.split)
 
     @property
     def num_classes(self) -> int:
@@ -68,6 +102,14 @@ def known_datasets() -> list[str]:
 def resolve_dataset(name_or_path: Union[str, os.PathLike], split: Optional[str] = None) -> DatasetSpec:
     """A dataset name or path (see the module docstring) -> its :class:`DatasetSpec`; DatasetError if unusable."""
     text = os.fspath(name_or_path)
+    if _HOLDOUT in text:
+        text, _, rule = text.rpartition(_HOLDOUT)
+        holdout = _parse_holdout(rule, text)
+        spec = resolve_dataset(text, "train")
+        split = _check_split(split or "val")
+        return DatasetSpec(name=f"{spec.name.removesuffix('_train')}_{split}", split=split,
+                           json_file=spec.json_file, image_root=spec.image_root, categories=spec.categories,
+                           layout=spec.layout, holdout=holdout)
     if text in _SHAPES_NAMES or text in _COCO_NAMES:
         fixed = {**_SHAPES_NAMES, **_COCO_NAMES}[text]
         if split not in (None, fixed):
@@ -90,6 +132,41 @@ def resolve_dataset(name_or_path: Union[str, os.PathLike], split: Optional[str] 
                        f"an existing COCO json (path.json[:image_root]) or a dataset directory")
 
 
+def resolve_datasets(names: Sequence[Union[str, os.PathLike]], split: str = "train") -> DatasetSpec:
+    """Several datasets as one (DATASETS.TRAIN with more than one name): one class list, the same names merged.
+
+    A category keeps the id it has in the first dataset that names it; DatasetError when two names want one id.
+    """
+    specs = [resolve_dataset(name, split) for name in names]
+    if not specs:
+        raise DatasetError("no dataset given")
+    if len(specs) == 1:
+        return specs[0]
+    merged: dict[str, int] = {}
+    for spec in specs:
+        for cid, name in zip(spec.category_ids, spec.category_names):
+            owner = next((n for n, i in merged.items() if i == cid), None)
+            if name in merged:
+                continue
+            if owner is not None:
+                raise DatasetError(f"category id {cid} is {owner!r} in one dataset and {name!r} in {spec.name} "
+                                   f"({spec.json_file}); give the two classes different ids (or the same name)")
+            merged[name] = cid
+    first = specs[0]
+    return DatasetSpec(name="+".join(s.name for s in specs), split=first.split, json_file=first.json_file,
+                       image_root=first.image_root, layout="several",
+                       categories=CategoryMap.from_pairs((i, n) for n, i in merged.items()), parts=tuple(specs))
+
+
+def has_val_split(name_or_path: Union[str, os.PathLike]) -> bool:
+    """Whether a dataset keeps validation images of its own (else hold out part of its train images)."""
+    text = os.fspath(name_or_path)
+    if text in known_datasets() or _HOLDOUT in text:
+        return True
+    path = Path(text)
+    return path.is_dir() and has_val(path)
+
+
 def check_num_classes(spec: DatasetSpec, num_classes: int, model: str = "the model") -> None:
     """A model predicting ``num_classes`` classes can only be trained or evaluated on a dataset with as many."""
     if int(num_classes) != spec.num_classes:
@@ -98,6 +175,18 @@ def check_num_classes(spec: DatasetSpec, num_classes: int, model: str = "the mod
                            f"{spec.name!r} ({spec.split}) has {spec.num_classes} categories ({names}); "
                            f"use a dataset with the model's classes, or set NUM_CLASSES {spec.num_classes} "
                            f"and train the heads for it")
+
+
+def _parse_holdout(rule: str, text: str) -> Holdout:
+    fraction, _, seed = rule.partition(",seed=")
+    try:
+        holdout = Holdout(float(fraction), int(seed))
+    except ValueError:
+        raise DatasetError(f"{text}{_HOLDOUT}{rule}: write the held-out split as PATH#holdout=F,seed=S "
+                           "(F between 0 and 1, S an integer)") from None
+    if not 0 < holdout.fraction < 1:
+        raise DatasetError(f"held-out fraction {fraction} for {text}: use a number between 0 and 1, e.g. 0.1")
+    return holdout
 
 
 def _check_split(split: str) -> str:
@@ -128,7 +217,8 @@ def _coco_spec(split: str) -> DatasetSpec:
                        categories=CategoryMap.from_pairs(COCO_CATEGORIES))
 
 
-def _json_spec(json_file: Path, image_root: Path, split: str, name: Optional[str] = None) -> DatasetSpec:
+def _json_spec(json_file: Path, image_root: Path, split: str, name: Optional[str] = None,
+               layout: str = COCO_JSON) -> DatasetSpec:
     if not json_file.is_file():
         raise DatasetError(f"annotation file not found: {json_file}")
     if not image_root.is_dir():
@@ -140,15 +230,13 @@ def _json_spec(json_file: Path, image_root: Path, split: str, name: Optional[str
     except (OSError, ValueError) as exc:
         raise DatasetError(f"{json_file}: cannot read as JSON ({exc})") from None
     return DatasetSpec(name=name or json_file.stem, split=split, json_file=json_file, image_root=image_root,
-                       categories=read_categories(data, json_file))
+                       categories=read_categories(data, json_file), layout=layout)
 
 
 def _dir_spec(root: Path, split: str) -> DatasetSpec:
-    layouts = [(root / "annotations" / f"instances_{split}.json", root / split),
-               (root / "annotations" / f"instances_{split}2017.json", root / f"{split}2017"),
-               (root / split / "_annotations.coco.json", root / split)]
-    for json_file, image_root in layouts:
-        if json_file.is_file():
-            return _json_spec(json_file, image_root, split, name=f"{root.name}_{split}")
-    tried = ", ".join(str(j.relative_to(root)) for j, _ in layouts)
-    raise DatasetError(f"{root}: no {split} annotations in a known layout (looked for {tried})")
+    found = find_split(root, split)
+    name = f"{root.name}_{split}"
+    if found.layout != VOC:
+        return _json_spec(found.annotations, found.image_root, split, name=name, layout=found.layout)
+    return DatasetSpec(name=name, split=split, json_file=found.annotations, image_root=found.image_root,
+                       categories=CategoryMap.from_pairs(voc_categories(voc_root(found.annotations))), layout=VOC)

@@ -12,13 +12,15 @@ takes one contiguous slice of the images in id order (detectron2's ``InferenceSa
 """
 from __future__ import annotations
 
+import functools
 import itertools
-from typing import Any, Iterator, Optional
+import os
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ZooError
 from .catalog import DatasetSpec
 from .coco import load_records
 from .mapper import DatasetMapper
@@ -42,11 +44,11 @@ def build_train_loader(cfg: Any, dataset_spec: DatasetSpec, *, rank: int = 0, wo
                           skip=start_iter)
     loader = DataLoader(stream, batch_size=None, collate_fn=_identity,
                         num_workers=_workers(cfg, num_workers), persistent_workers=False)
-    return _batches(iter(loader), total // world_size)
+    return _batches(_raising(iter(loader)), total // world_size)
 
 
 def build_test_loader(cfg: Any, dataset_spec: DatasetSpec, *, rank: int = 0, world_size: int = 1,
-                      max_images: Optional[int] = None, num_workers: Optional[int] = None) -> DataLoader:
+                      max_images: Optional[int] = None, num_workers: Optional[int] = None) -> "_TestLoader":
     """Batches of one mapped dict (with ``image_id``), images in id order; this rank's contiguous slice only.
 
     ``max_images`` keeps the first N images (in id order) before sharding.
@@ -58,8 +60,8 @@ def build_test_loader(cfg: Any, dataset_spec: DatasetSpec, *, rank: int = 0, wor
         records = records[:max(0, int(max_images))]
     begin, end = shard_bounds(len(records), rank, world_size)
     dataset = _MappedList(records[begin:end], DatasetMapper(cfg, is_train=False))
-    return DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=_identity,
-                      num_workers=_workers(cfg, num_workers))
+    return _TestLoader(DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=_identity,
+                                  num_workers=_workers(cfg, num_workers)))
 
 
 def shard_bounds(total: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -74,7 +76,47 @@ def _identity(batch: Any) -> Any:
 
 
 def _workers(cfg: Any, num_workers: Optional[int]) -> int:
-    return int(cfg.DATALOADER.NUM_WORKERS if num_workers is None else num_workers)
+    """DATALOADER.NUM_WORKERS (or ``num_workers``), at most the CPUs this process may use (torch's own limit)."""
+    wanted = int(cfg.DATALOADER.NUM_WORKERS if num_workers is None else num_workers)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(wanted, cpus))
+
+
+class _Failure:
+    """A user-facing error raised while mapping, carried out of a loader worker as data so that the main process
+    raises it as it was (one line), not as torch's re-raised worker traceback."""
+
+    def __init__(self, error: ZooError) -> None:
+        self.error = error
+
+
+def _guarded(call: Callable[[], dict]) -> "dict | _Failure":
+    try:
+        return call()
+    except ZooError as exc:
+        return _Failure(exc)
+
+
+def _raising(items: Iterator[Any]) -> Iterator[Any]:
+    """``items``, raising the error of the first :class:`_Failure` (a batch of the test loader is a list)."""
+    for item in items:
+        for part in item if isinstance(item, list) else [item]:
+            if isinstance(part, _Failure):
+                raise part.error
+        yield item
+
+
+class _TestLoader:
+    """The test DataLoader (its length, its batches) with mapping errors raised as in the main process."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[list[dict]]:
+        return _raising(iter(self.loader))
 
 
 class _MappedList(Dataset):
@@ -84,8 +126,8 @@ class _MappedList(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict:
-        return self.mapper(self.records[index])
+    def __getitem__(self, index: int) -> "dict | _Failure":
+        return _guarded(functools.partial(self.mapper, self.records[index]))
 
 
 class _TrainStream(IterableDataset):
@@ -123,7 +165,11 @@ class _TrainStream(IterableDataset):
         if info is not None:  # DataLoader collects from its workers round-robin, so order is kept
             mine = itertools.islice(mine, info.id, None, info.num_workers)
         for position, index in mine:
-            yield self.mapper(self.records[index], np.random.default_rng([self.seed, _AUGMENT, position]))
+            item = _guarded(functools.partial(self.mapper, self.records[index],
+                                              np.random.default_rng([self.seed, _AUGMENT, position])))
+            yield item  # type: ignore[misc]  # a _Failure is raised by the main process
+            if isinstance(item, _Failure):
+                return
 
 
 _ORDER, _AUGMENT = 0, 1  # what a generator is for: the order of one pass, or the augmentation of one position

@@ -15,10 +15,12 @@ import torch
 
 from ..errors import ConfigError, DatasetError
 from ..images import read_image
+from .masks import decode_mask, transform_mask
 from ..modeling.preprocess import resize_shortest_edge, scaled_size
 
 _FORMATS = ("RGB", "BGR")
 _FLIPS = ("horizontal", "vertical", "none")
+_MASK_FORMATS = ("polygon", "bitmask")
 _MIN_BOX_SIDE = 1e-5  # detectron2's filter_empty_instances threshold
 
 
@@ -32,6 +34,9 @@ class DatasetMapper:
         if self.image_format not in _FORMATS:
             raise ConfigError(f"INPUT.FORMAT {self.image_format!r} is not supported; use one of {_FORMATS}")
         self.mask_on = bool(cfg.MODEL.MASK_ON)
+        self.mask_format = str(inp.MASK_FORMAT)
+        if self.mask_format not in _MASK_FORMATS:
+            raise ConfigError(f"INPUT.MASK_FORMAT {self.mask_format!r} is not one of {_MASK_FORMATS}")
         if self.is_train:
             sizes = inp.MIN_SIZE_TRAIN
             self.min_sizes = tuple(int(s) for s in (sizes if isinstance(sizes, (list, tuple)) else [sizes]))
@@ -71,7 +76,7 @@ class DatasetMapper:
                "height": height, "width": width, "image_id": record["image_id"], "file_name": record["file_name"]}
         if self.is_train:
             geometry = _Geometry(height, width, image.shape[0], image.shape[1], hflip, vflip)
-            out["instances"] = self._instances(record, geometry)
+            out["instances"] = self._instances(record, geometry, (height, width))
         return out
 
     def _sample_short_side(self, rng: np.random.Generator) -> int:
@@ -79,8 +84,11 @@ class DatasetMapper:
             return int(rng.integers(self.min_sizes[0], self.min_sizes[1] + 1))
         return self.min_sizes[int(rng.integers(len(self.min_sizes)))]
 
-    def _instances(self, record: dict, geo: "_Geometry") -> dict:
-        boxes, classes, masks = [], [], []
+    def _instances(self, record: dict, geo: "_Geometry", size: tuple[int, int]) -> dict:
+        boxes: list[list[float]] = []
+        classes: list[int] = []
+        masks: list = []  # per instance: its polygons, or its bitmask
+        bitmask = self.mask_format == "bitmask"
         for ann in record["annotations"]:
             if ann.get("iscrowd", 0):
                 continue
@@ -90,16 +98,24 @@ class DatasetMapper:
                 continue
             if self.mask_on:
                 segm = ann.get("segmentation")
-                if not isinstance(segm, list):
+                if segm is None or (isinstance(segm, dict) and not bitmask):
                     kind = "no segmentation" if segm is None else "an RLE mask"
+                    need = "a mask" if bitmask else "polygon segmentations (or INPUT.MASK_FORMAT bitmask for RLE)"
                     raise DatasetError(f"{record['file_name']}: an instance has {kind}; training with masks "
-                                       f"(MODEL.MASK_ON) needs polygon segmentations for every non-crowd instance")
-                masks.append([geo.polygon(p) for p in segm])
+                                       f"(MODEL.MASK_ON) needs {need} for every non-crowd instance")
+                if bitmask:
+                    mask = decode_mask(segm, *size, where=record["file_name"])
+                    masks.append(transform_mask(mask, int(geo.h), int(geo.w), geo.hflip, geo.vflip))
+                else:
+                    masks.append([geo.polygon(p) for p in segm])
             boxes.append(box)
             classes.append(ann["category_id"])
-        instances = {"boxes": torch.tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)),
-                     "classes": torch.tensor(classes, dtype=torch.int64)}
-        if self.mask_on:
+        instances: dict[str, Any] = {"boxes": torch.tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)),
+                                     "classes": torch.tensor(classes, dtype=torch.int64)}
+        if self.mask_on and bitmask:
+            empty = np.zeros((0, int(geo.h), int(geo.w)), dtype=bool)
+            instances["masks"] = torch.from_numpy(np.stack(masks) if masks else empty)
+        elif self.mask_on:
             instances["masks"] = masks
         return instances
 

@@ -89,7 +89,8 @@ def write_shapes(folder: Path, params: ShapesParams) -> None:
     (folder / "annotations").mkdir(parents=True, exist_ok=True)
     for index, split in enumerate(SPLITS):
         rng = np.random.default_rng([params.seed, index, params.version])
-        images, annotations = [], []
+        images: list[dict] = []
+        annotations: list[dict] = []
         (folder / split).mkdir(exist_ok=True)
         for image_index in range(params.count(split)):
             image_id = image_index + 1

@@ -18,7 +18,7 @@ _UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
     "DATASETS.PROPOSAL_FILES_TRAIN": (([],), "precomputed proposals are not supported"),
     "DATASETS.PROPOSAL_FILES_TEST": (([],), "precomputed proposals are not supported"),
     "INPUT.CROP.ENABLED": ((False,), "random cropping (INPUT.CROP.*) is not implemented"),
-    "INPUT.MASK_FORMAT": (("polygon",), "training masks are read from polygons only"),
+    "INPUT.MASK_FORMAT": (("polygon", "bitmask"), "masks are polygons or bitmaps (RLE)"),
     "TEST.AUG.ENABLED": ((False,), "test-time augmentation (TEST.AUG.*) is not implemented"),
     "TEST.EXPECTED_RESULTS": (([],), "results are not checked against expected values; reproduce prints them "
                               "beside the published ones"),
@@ -47,8 +47,8 @@ def check_engine_config(cfg: Any, world_size: int) -> None:
     if reference not in (0, world_size):
         raise ConfigError(f"SOLVER.REFERENCE_WORLD_SIZE = {reference} with {world_size} process(es): detectron2 would "
                           "rescale the schedule; here set it to 0 and pass --scale-to-batch N (the linear-scaling rule)")
-    if len(cfg.DATASETS.TRAIN) != 1:
-        raise ConfigError(f"DATASETS.TRAIN must name exactly one dataset, got {list(cfg.DATASETS.TRAIN)}")
+    if not len(cfg.DATASETS.TRAIN):
+        raise ConfigError("DATASETS.TRAIN names no dataset; name one (or several, trained on as one)")
     if len(cfg.DATASETS.TEST) > 1:
         raise ConfigError(f"DATASETS.TEST names {len(cfg.DATASETS.TEST)} datasets; the trainer evaluates one: "
                           "keep one and evaluate the others with pycontrast-zoo evaluate")

@@ -90,7 +90,7 @@ def _use_amp(cfg: Any, amp: Optional[bool], device: Any) -> bool:
     return enabled
 
 
-def evaluation_dataset(name: str, train_name: str, train_spec: Any) -> tuple[Any, Optional[str]]:
+def evaluation_dataset(name: str, train_names: Sequence[str], train_spec: Any) -> tuple[Any, Optional[str]]:
     """The split a run evaluates on for DATASETS.TEST ``name`` and, when that is the training data, a sentence
     saying so. A dataset that is also DATASETS.TRAIN (``--dataset PATH``) without a val split is evaluated on its
     train split."""
@@ -99,11 +99,11 @@ def evaluation_dataset(name: str, train_name: str, train_spec: Any) -> tuple[Any
     try:
         spec = resolve_dataset(name)
     except DatasetError as exc:
-        if name != train_name:
+        if name not in train_names:
             raise
         return train_spec, (f"{name} has no val split ({str(exc).split(';')[0]}): evaluating on its train split "
                       f"{train_spec.json_file}, the images the model trains on (AP on them overstates the model)")
-    if spec.json_file.resolve() == train_spec.json_file.resolve():
+    if spec.shares_images_with(train_spec):
         return spec, (f"evaluating on {spec.json_file}, the annotations the model trains on (a single COCO json "
                       "has no separate val split; AP on training images overstates the model)")
     return spec, None
@@ -111,12 +111,12 @@ def evaluation_dataset(name: str, train_name: str, train_spec: Any) -> tuple[Any
 
 def _datasets(cfg: Any) -> tuple[Any, Optional[Any], Optional[str]]:
     """(train spec, test spec or None, a warning when the test images are the training images)."""
-    from ..data import resolve_dataset
+    from ..data import resolve_datasets
 
-    train_spec = resolve_dataset(cfg.DATASETS.TRAIN[0], split="train")
+    train_spec = resolve_datasets(cfg.DATASETS.TRAIN, split="train")
     if not len(cfg.DATASETS.TEST):
         return train_spec, None, None
-    return (train_spec, *evaluation_dataset(cfg.DATASETS.TEST[0], cfg.DATASETS.TRAIN[0], train_spec))
+    return (train_spec, *evaluation_dataset(cfg.DATASETS.TEST[0], cfg.DATASETS.TRAIN, train_spec))
 
 
 def _effective_config(cfg: Any, dataset: Optional[Union[str, os.PathLike]], device: Any) -> Any:

@@ -77,7 +77,7 @@ def score_results(spec: DatasetSpec, image_ids: list[int], results: list[dict[st
     and metrics files (strict JSON: NaN as null) to ``output_dir`` when given. The scoring half of :func:`evaluate`."""
     log = log or logger
     backend = pick_backend(backend)
-    gt = _load_gt(spec.json_file, backend)
+    gt = _load_gt(spec, backend)
     if not all("segmentation" in r for r in results) or not any(
             "segmentation" in a for a in gt.dataset.get("annotations", [])):
         tasks = [t for t in tasks if t != "segm"]  # no masks predicted, or none annotated
@@ -104,13 +104,18 @@ def score_results(spec: DatasetSpec, image_ids: list[int], results: list[dict[st
     return result
 
 
-def _load_gt(json_file: Path, backend: str) -> Any:  # a COCO object of the untyped backend
+def _load_gt(spec: DatasetSpec, backend: str) -> Any:  # a COCO object of the untyped backend
+    """The dataset's ground truth for COCOeval; VOC's ``difficult`` objects become crowd regions, which COCOeval
+    ignores as VOC's evaluation ignores them (a detection on one is neither a true nor a false positive)."""
     if backend == "faster-coco-eval":
         from faster_coco_eval import COCO
     else:
         from pycocotools.coco import COCO
-    with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(json_file))
+    from ..data.coco import build_coco, ground_truth
+
+    data = ground_truth(spec)
+    data["annotations"] = [{**a, "iscrowd": 1} if a.get("difficult") else a for a in data["annotations"]]
+    return build_coco(COCO, data, spec.json_file)
 
 
 class _LogLines(io.TextIOBase):

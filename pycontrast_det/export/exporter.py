@@ -14,6 +14,8 @@ from ..errors import ExportError
 from .metadata import FORMATS, METADATA_KEY, OUTPUTS, describe, require
 from .trust import record_export
 
+_AXES = {name: {0: "detections"} for name in OUTPUTS} | {"masks": {0: "detections", 1: "height", 2: "width"}}
+
 if TYPE_CHECKING:
     from ..modeling import MaskRCNN
 
@@ -47,8 +49,6 @@ def export(model: "MaskRCNN", file: Union[str, os.PathLike[str]], format: str = 
 
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
-    if not model.roi_heads.mask_on:
-        raise ExportError("export needs a Mask R-CNN with its mask head (MODEL.MASK_ON True)")
     onnx = require("onnx", "export to ONNX") if format == "onnx" else None
     path = Path(file)
     meta = describe(model)
@@ -66,10 +66,9 @@ def export(model: "MaskRCNN", file: Union[str, os.PathLike[str]], format: str = 
         else:
             assert onnx is not None  # required above for this format
             torch.onnx.export(detector, (image,), str(tmp), dynamo=False, opset_version=ONNX_OPSET,
-                              input_names=["image"], output_names=list(OUTPUTS),
-                              dynamic_axes={"image": {0: "height", 1: "width"}, "boxes": {0: "detections"},
-                                            "scores": {0: "detections"}, "labels": {0: "detections"},
-                                            "masks": {0: "detections", 1: "height", 2: "width"}})
+                              input_names=["image"], output_names=meta.outputs,
+                              dynamic_axes={"image": {0: "height", 1: "width"},
+                                            **{name: _AXES[name] for name in meta.outputs}})
             proto = onnx.load(str(tmp))
             entry = proto.metadata_props.add()
             entry.key, entry.value = METADATA_KEY, meta.to_json()

@@ -67,4 +67,5 @@ def describe(model: "MaskRCNN") -> ExportMetadata:
     return ExportMetadata(class_names=list(model.classes.names), category_ids=list(model.classes.ids),
                           arch=model.arch, input_format=cfg.INPUT.FORMAT,
                           min_size_test=int(cfg.INPUT.MIN_SIZE_TEST), max_size_test=int(cfg.INPUT.MAX_SIZE_TEST),
-                          score_thresh=float(model.roi_heads.score_thresh), package_version=__version__)
+                          score_thresh=float(model.roi_heads.score_thresh), package_version=__version__,
+                          outputs=list(OUTPUTS if model.roi_heads.mask_on else OUTPUTS[:-1]))  # box-only: no masks

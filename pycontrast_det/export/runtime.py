@@ -38,9 +38,9 @@ class ExportedModel:
     def predict(self, images: Any, score_thresh: Optional[float] = None) -> Union[dict[str, Any], list[dict[str, Any]]]:
         """Detect objects in one image or a list (paths, PIL images, HWC uint8 RGB arrays, CHW tensors).
 
-        Returns per image ``boxes`` [N, 4] XYXY pixels, ``scores``, ``labels``, ``label_names`` and bool
-        ``masks`` [N, H, W] (CPU torch tensors). ``score_thresh`` keeps detections scoring above it; it cannot
-        go below the threshold the file was exported with.
+        Returns per image ``boxes`` [N, 4] XYXY pixels, ``scores``, ``labels``, ``label_names`` and, from a
+        Mask R-CNN, bool ``masks`` [N, H, W] (CPU torch tensors). ``score_thresh`` keeps detections scoring above
+        it; it cannot go below the threshold the file was exported with.
         """
         import torch
 
@@ -51,14 +51,17 @@ class ExportedModel:
         single = not isinstance(images, (list, tuple))
         results = []
         for image in [images] if single else images:
-            boxes, scores, labels, masks = (torch.as_tensor(np.asarray(v)) for v in self._run(as_rgb_array(image)))
+            out = {name: torch.as_tensor(np.asarray(v))
+                   for name, v in zip(self.metadata.outputs, self._run(as_rgb_array(image)))}
             if score_thresh is not None:
-                keep = scores > score_thresh
-                boxes, scores, labels, masks = boxes[keep], scores[keep], labels[keep], masks[keep]
-            labels = labels.to(torch.int64)
-            results.append({"boxes": boxes.float(), "scores": scores.float(), "labels": labels,
-                            "label_names": [self.class_names[i] for i in labels.tolist()],
-                            "masks": masks.to(torch.bool)})
+                keep = out["scores"] > score_thresh
+                out = {name: v[keep] for name, v in out.items()}
+            labels = out["labels"].to(torch.int64)
+            result = {"boxes": out["boxes"].float(), "scores": out["scores"].float(), "labels": labels,
+                      "label_names": [self.class_names[i] for i in labels.tolist()]}
+            if "masks" in out:  # a box-only (Faster R-CNN) export has none
+                result["masks"] = out["masks"].to(torch.bool)
+            results.append(result)
         return results[0] if single else results
 
 

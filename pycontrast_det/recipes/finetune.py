@@ -7,12 +7,13 @@ it with the native trainer. What fine-tuning changes on top of the source's conf
   error), and the dataset's names and ids are stored with every checkpoint;
 - MODEL.WEIGHTS is the source: the loading path re-initialises the class-dependent layers (box classifier and
   regressor, mask predictor) when their shapes differ, with a warning, and loads every other weight;
-- DATASETS.TRAIN / DATASETS.TEST are the dataset (train split, val split);
+- DATASETS.TRAIN / DATASETS.TEST are the dataset(s) and the validation set (:mod:`.finetune_data`: ``--val``, the
+  dataset's val split, or a held-out fraction of its images); a box-only dataset makes the run a Faster R-CNN
+  (MODEL.MASK_ON False), one with RLE masks uses INPUT.MASK_FORMAT bitmask;
 - the schedule (:func:`finetune_schedule`), printed in the plan; any ``SOLVER.*`` override given wins.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 from ..config import override_value
 from ..errors import ConfigError
 from . import commands
+from .finetune_data import DataChoice, absolute_name, choose_data, class_overrides
 
 if TYPE_CHECKING:
     from ..coco_classes import CategoryMap
@@ -37,7 +39,6 @@ DEFAULT_SCHEDULE = "short"
 IMAGES_PER_PROCESS = 2  # the recipe's 2 images per GPU
 _STEPS = (2 / 3, 8 / 9)  # where 1x lowers the lr (60k and 80k of 90k iterations)
 _WARMUP_FRACTION, _MAX_WARMUP = 0.1, 1000  # detectron2 warms up for 1000 iterations; a short run for a tenth
-_NUM_CLASSES = "MODEL.ROI_HEADS.NUM_CLASSES"
 
 
 @dataclass(frozen=True)
@@ -121,13 +122,7 @@ def dataset_classes(dataset: Union[str, os.PathLike], overrides: Sequence[str] =
     from ..data import resolve_dataset
 
     spec = resolve_dataset(dataset, split="train")
-    given = override_value(overrides, _NUM_CLASSES)
-    if given is not None and int(given) != spec.num_classes:
-        raise ConfigError(f"{_NUM_CLASSES} {given} conflicts with the {spec.num_classes} categories of {spec.name} "
-                          f"({', '.join(spec.category_names)}); drop it: the dataset sets the number of classes")
-    note = (f"{_NUM_CLASSES} {spec.num_classes}: the categories of {spec.name} "
-            f"({', '.join(f'{n} (id {i})' for n, i in zip(spec.category_names, spec.category_ids))})")
-    return spec, [_NUM_CLASSES, str(spec.num_classes)], note
+    return (spec, *class_overrides(spec, overrides))
 
 
 @dataclass(frozen=True)
@@ -138,6 +133,7 @@ class FinetunePlan:
     config: Union[Path, Mapping]    # the config file, or a config stored in the checkpoint
     config_origin: str
     dataset: str
+    data: DataChoice
     categories: "CategoryMap"
     schedule: Schedule
     overrides: tuple[str, ...]      # everything on top of ``config``, the user's last
@@ -179,6 +175,7 @@ class FinetunePlan:
                  f"  device:   {self.device} x {self.num_gpus} process(es)",
                  f"  overrides: {commands.join(self.overrides)}"]
         lines += [f"  note: {note}" for note in self.notes]
+        lines += ["dataset:", *(f"  {line}" for line in self.data.lines())]
         command = self.command()
         if command is not None:
             lines += ["command:", f"  {command}"]
@@ -195,7 +192,7 @@ def _source_config(source: str, config: Optional[Union[str, os.PathLike]]
     from ..modeling import resolve_source
 
     if config is not None:
-        path = resolve_config_path(config)
+        path = resolve_config_path(os.fspath(config))
         return path, str(path), ()
     kind = parse_name(source).kind  # what the string names, decided in one place
     if kind in (Kind.URL, Kind.DETECTRON2, Kind.PRETRAIN):
@@ -209,7 +206,8 @@ def _source_config(source: str, config: Optional[Union[str, os.PathLike]]
     return resolved.config, resolved.origin, resolved.fixes
 
 
-def plan_finetune(source: Union[str, os.PathLike], dataset: Union[str, os.PathLike], *,
+def plan_finetune(source: Union[str, os.PathLike], dataset: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
+                  *, val: Optional[Union[str, os.PathLike]] = None, holdout: Optional[float] = None,
                   schedule: Union[str, int, None] = None, config: Optional[Union[str, os.PathLike]] = None,
                   overrides: Sequence[str] = (), output_dir: Optional[Union[str, os.PathLike]] = None,
                   device: str = "cpu", num_gpus: int = 1, num_machines: int = 1, machine_rank: int = 0,
@@ -221,7 +219,10 @@ def plan_finetune(source: Union[str, os.PathLike], dataset: Union[str, os.PathLi
         source: a zoo entry (its published detector, or for a row without one its pretrain), a checkpoint file
             (detectron2's or ours; its config is the stored one or the config.yaml beside it) or any other
             weights spec (a pretrain, a URL: then give ``config``).
-        dataset: a COCO-format dataset (a folder, ``annotations.json[:images]``, or a built-in name).
+        dataset: a dataset (a folder in a layout of ``data.layouts``, ``annotations.json[:images]``, or a built-in
+            name), or several trained on as one (one class list, same names merged).
+        val: the validation dataset; default the first dataset's val split, else ``holdout`` (default 0.1) of its
+            train images, chosen by SEED.
         schedule: ``short`` (default), ``1x``, or a number of iterations.
         config: a config instead of the source's.
         overrides: ``KEY VALUE`` pairs applied last (SOLVER values replace the schedule's).
@@ -236,25 +237,24 @@ def plan_finetune(source: Union[str, os.PathLike], dataset: Union[str, os.PathLi
     if Path(source).exists():  # a checkpoint, a published folder on disk
         source = str(Path(source).resolve())  # the printed command works from any folder
     config_path, origin, fixes = _source_config(source, config)
-    train_spec, class_overrides, class_note = dataset_classes(dataset, user)
-    name = str(Path(dataset).resolve()) if Path(dataset).exists() else str(dataset)  # absolute for the commands
-    with open(train_spec.json_file, encoding="utf-8") as fh:
-        images = len(json.load(fh).get("images", []))
     from ..config import load_config
 
     base = load_config(config_path, [*fixes, *user])
-    sched = finetune_schedule(schedule or DEFAULT_SCHEDULE, images, base, num_gpus * num_machines, user,
+    datasets = [dataset] if isinstance(dataset, (str, os.PathLike)) else list(dataset)
+    data = choose_data(datasets, base, user, val=val, holdout=holdout)
+    sched = finetune_schedule(schedule or DEFAULT_SCHEDULE, data.images, base, num_gpus * num_machines, user,
                               batch=scale_to_batch)
+    name = " + ".join(absolute_name(d) for d in datasets)
     out = Path(output_dir) if output_dir is not None else DEFAULT_OUTPUT_ROOT / (
-        f"finetune_{Path(source).stem}_{Path(name).name}")
-    ours = [*fixes, *class_overrides, "MODEL.WEIGHTS", source, "DATASETS.TRAIN", f"({name!r},)", "DATASETS.TEST",
-            f"({name!r},)", *sched.overrides(), "OUTPUT_DIR", str(out.resolve())]
-    plan = FinetunePlan(source=source, config=config_path, config_origin=origin, dataset=name,
-                        categories=train_spec.categories, schedule=sched, overrides=tuple(ours + user),
+        f"finetune_{Path(source).stem}_{Path(absolute_name(datasets[0])).name}")
+    ours = [*fixes, *data.overrides, "MODEL.WEIGHTS", source, "DATASETS.TRAIN", repr(data.train_names),
+            "DATASETS.TEST", repr((data.test_name,)), *sched.overrides(), "OUTPUT_DIR", str(out.resolve())]
+    plan = FinetunePlan(source=source, config=config_path, config_origin=origin, dataset=name, data=data,
+                        categories=data.train.categories, schedule=sched, overrides=tuple(ours + user),
                         output_dir=out.resolve(), device=device, num_gpus=int(num_gpus),
                         num_machines=int(num_machines), machine_rank=int(machine_rank), dist_url=dist_url,
                         resume=resume, overwrite=overwrite, amp=amp, export_detectron2=export_detectron2,
-                        notes=(class_note,))
+                        notes=data.notes)
     plan.cfg()  # a bad override fails now, before anything is trained
     return plan
 
@@ -265,8 +265,8 @@ def _worker(plan: FinetunePlan, log_period: int, evaluate_at_end: bool) -> "Trai
 
     result = train(plan.cfg(), output_dir=plan.output_dir, resume=plan.resume, overwrite=plan.overwrite,
                    device=plan.device, amp=plan.amp, export_detectron2=plan.export_detectron2,
-                   notes=(f"fine-tuning {plan.source}: {plan.schedule.describe()}",), log_period=log_period,
-                   evaluate_at_end=evaluate_at_end)
+                   notes=(f"fine-tuning {plan.source}: {plan.schedule.describe()}", *plan.data.lines()),
+                   log_period=log_period, evaluate_at_end=evaluate_at_end)
     result.model = None  # returned across processes: results only
     return result
 
