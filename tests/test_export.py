@@ -177,7 +177,8 @@ def test_export_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Pa
     in_the_way = tmp_path / "a_file"
     in_the_way.write_text("")
     bare = tmp_path / "bare.pth"
-    torch.save({"model": {"backbone.bottom_up.stem.conv1.weight": torch.zeros(1)}}, bare)
+    torch.save({"model": {"backbone.bottom_up.stem.conv1.weight": torch.zeros(1),
+                        "roi_heads.box_predictor.cls_score.weight": torch.zeros(1)}}, bare)  # a detector: has heads
     out = ["--out", str(tmp_path / "x.onnx")]
     cases = [
         (["mask_rcnn_fpn_1x_rand", "--format", "tflite", *out], "unknown --format 'tflite': use onnx or torchscript"),
