@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, Union
@@ -187,7 +188,7 @@ def get_cfg() -> CfgNode:
     return _defaults().clone()
 
 
-def resolve_config_path(config: Union[str, Path]) -> Path:
+def resolve_config_path(config: Union[str, os.PathLike[str]]) -> Path:
     """A config given as a path, or as a name under ``configs/`` with or without ``.yaml``."""
     path = Path(config)
     if path.is_file():
