@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import ast
 import copy
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, Union
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, yaml_problem
 from .resources import configs_dir
 
 if TYPE_CHECKING:
@@ -187,7 +188,7 @@ def get_cfg() -> CfgNode:
     return _defaults().clone()
 
 
-def resolve_config_path(config: Union[str, Path]) -> Path:
+def resolve_config_path(config: Union[str, os.PathLike[str]]) -> Path:
     """A config given as a path, or as a name under ``configs/`` with or without ``.yaml``."""
     path = Path(config)
     if path.is_file():
@@ -209,7 +210,7 @@ def _read_yaml_chain(path: Path, depth: int = 0) -> list[tuple[Path, dict[str, A
         with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"not valid YAML: {yaml_problem(path, exc)}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc}") from exc
     if not isinstance(data, dict):

@@ -92,3 +92,28 @@ def yaml_problem(path: object, exc: BaseException) -> str:
     what = what or " ".join(str(exc).split())
     where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
     return f"{where}: {what}"
+
+
+class SettingsError(ZooError):
+    """An environment setting (``PYCONTRAST_ZOO_*``) has a value that cannot be used; names the variable."""
+
+
+class BadResponseError(DownloadError):
+    """A server's answer is not the whole file: empty, encoded without being asked, or longer than announced."""
+
+
+class SlowDownloadError(DownloadError):
+    """A download fell below the minimum throughput (PYCONTRAST_ZOO_MIN_SPEED); its partial is kept."""
+
+
+class DownloadInterrupted(KeyboardInterrupt):
+    """A download stopped by Ctrl-C, SIGTERM or :func:`~pycontrast_det.store.interrupt_downloads`; its partial is
+    kept for the next run. ``signum``: the signal, when one stopped it."""
+
+    def __init__(self, message: str = "download interrupted", signum: int = 0) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class UntrustedExportError(ExportError):
+    """A TorchScript file that can run code on load was not exported here and was not marked trusted."""

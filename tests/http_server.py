@@ -15,7 +15,15 @@ serves normally; None = always):
 - ``status``: answers HTTP ``status`` (e.g. 404 or 500) with a small text body;
 - ``html``: a 200 ``text/html`` page; ``html_body``: an HTML page labelled application/octet-stream;
 - ``slow``: sends ``chunk`` bytes every ``delay`` seconds;
-- ``redirect``: 302 to ``location`` (as Dropbox does to its content host).
+- ``redirect``: 302 to ``location`` (as Dropbox does to its content host);
+- ``trickle_headers``: the status line, then the headers one byte every ``delay`` seconds, forever (never
+  silent for a read timeout, never done);
+- ``endless``: 200 without Content-Length (close-delimited), the data repeated forever, ``chunk`` bytes every
+  ``delay`` seconds (0: as fast as it goes);
+- ``no_length``: 200 without Content-Length (close-delimited), the data then ``extra`` more bytes.
+
+A route's ``data`` can itself be what a hostile server serves: an HTML page with a BOM, a comment or an XML
+prolog, or nothing at all (``Content-Length: 0``).
 
 ``validators=True`` adds an ETag and a Last-Modified derived from the route's current bytes and honours
 ``If-Range`` (a stale validator gets the whole file, 200), as real servers do. Replacing ``route.data`` between
@@ -155,6 +163,10 @@ def _make_handler(server: FileServer):
                 return
             if mode == "status":
                 return self._simple(route.status, f"error {route.status}".encode(), body)
+            if mode == "trickle_headers":
+                return self._trickle_headers(route)
+            if mode in ("endless", "no_length"):
+                return self._close_delimited(route, mode)
             if mode in ("html", "html_body"):
                 ctype = "text/html; charset=utf-8" if mode == "html" else "application/octet-stream"
                 return self._simple(200, HTML_PAGE, body, ctype)
@@ -213,6 +225,37 @@ def _make_handler(server: FileServer):
                         return
             else:
                 self.wfile.write(payload)
+
+        def _trickle_headers(self, route: Route) -> None:
+            self.close_connection = True
+            self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            header = b"X-Trickle: " + b"a" * 10_000
+            try:
+                for i in range(len(header)):
+                    self.wfile.write(header[i:i + 1])
+                    self.wfile.flush()
+                    if server._stop.wait(route.delay):
+                        return
+            except (BrokenPipeError, ConnectionResetError):
+                return
+
+        def _close_delimited(self, route: Route, mode: str) -> None:
+            self.close_connection = True
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            try:
+                if mode == "no_length":
+                    self.wfile.write(route.data + b"\0" * route.extra)
+                    return
+                while not server._stop.is_set():
+                    for i in range(0, len(route.data), route.chunk):
+                        self.wfile.write(route.data[i:i + route.chunk])
+                        if route.delay and server._stop.wait(route.delay):
+                            return
+            except (BrokenPipeError, ConnectionResetError):
+                return
 
         def _simple(self, code: int, payload: bytes, body: bool, ctype: str = "text/plain") -> None:
             self.send_response(code)

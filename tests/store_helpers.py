@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -125,3 +127,28 @@ def write_manifest(folder: Path, model_urls: Sequence[str], log_urls: Optional[S
     path = folder / "manifest.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def _temp_bytes(folder: Path) -> int:
+    """The size of the largest download in progress (temp file) in ``folder``; 0 when there is none."""
+    sizes = [0]
+    for temp in folder.glob(".*.tmp") if folder.is_dir() else ():
+        try:
+            sizes.append(temp.stat().st_size)
+        except FileNotFoundError:  # published or removed meanwhile
+            pass
+    return max(sizes)
+
+
+def wait_for_temps(folders: list[Path], min_bytes: int, proc: subprocess.Popen) -> None:
+    """Until every folder holds a download in progress of at least ``min_bytes`` (fails if ``proc`` ends first or
+    a minute passes)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if min(_temp_bytes(f) for f in folders) >= min_bytes:
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"the download ended early: {proc.communicate()}")
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail("the downloads never started")

@@ -20,6 +20,7 @@ from PIL import Image
 import pycontrast_det as pcd
 from pycontrast_det.cli import main
 from pycontrast_det.errors import ExportError, MissingDependencyError
+from pycontrast_det.export.trust import record_export
 from pycontrast_det.modeling.preprocess import (resize_shortest_edge, resize_shortest_edge_tensor, scaled_size,
                                                 traced_scaled_size)
 
@@ -80,6 +81,8 @@ def exported(models, d2_fixtures: Path, tmp_path_factory):
                 pcd.export(models[arch], path, format=format)
                 printed = ""
             files[arch, format] = path, printed
+        if format == "torchscript":  # exported here: trusted, as recorded in each test's own cache
+            record_export(files[arch, format][0])
         return files[arch, format]
 
     yield get
@@ -150,8 +153,10 @@ def test_score_threshold_and_unreadable_files(models, exported, images, tmp_path
         pcd.load_exported(tmp_path / "missing.onnx")
     not_exported = tmp_path / "weights.pt"
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(not_exported))
+    with pytest.raises(ExportError, match="can run code when it is loaded"):
+        pcd.load_exported(not_exported)  # not exported here: untrusted
     with pytest.raises(ExportError, match="without pycontrast_det metadata"):
-        pcd.load_exported(not_exported)
+        pcd.load_exported(not_exported, trusted=True)
     with pytest.raises(ExportError, match="unknown export format"):
         pcd.export(models["fpn"], tmp_path / "x.bin", format="tflite")
 
@@ -172,7 +177,8 @@ def test_export_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Pa
     in_the_way = tmp_path / "a_file"
     in_the_way.write_text("")
     bare = tmp_path / "bare.pth"
-    torch.save({"model": {"backbone.bottom_up.stem.conv1.weight": torch.zeros(1)}}, bare)
+    torch.save({"model": {"backbone.bottom_up.stem.conv1.weight": torch.zeros(1),
+                        "roi_heads.box_predictor.cls_score.weight": torch.zeros(1)}}, bare)  # a detector: has heads
     out = ["--out", str(tmp_path / "x.onnx")]
     cases = [
         (["mask_rcnn_fpn_1x_rand", "--format", "tflite", *out], "unknown --format 'tflite': use onnx or torchscript"),

@@ -19,7 +19,7 @@ from pycontrast_det.errors import ChecksumError, DownloadError, HTMLResponseErro
 from pycontrast_det.zoo import FileRef
 
 from store_helpers import (assert_nothing_trusted, fast_net, payload, ref, resume_range, server,  # noqa: F401
-                           sigint_reaches_children)
+                           sigint_reaches_children, wait_for_temps)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -260,16 +260,7 @@ def test_sigint_mid_download_leaves_nothing_trusted_and_rerun_succeeds(server, s
     url = server.add("/slow/model_final.pth", data, mode="slow", chunk=16_384, delay=0.02)
     file = ref(url, data=data)
     proc = _child(url, data, locked=True)
-    folder = store.cache_path(file, "e/model").parent
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        temps = list(folder.glob(".model_final.pth.*.tmp")) if folder.is_dir() else []
-        if temps and temps[0].stat().st_size > 100_000:
-            break
-        time.sleep(0.02)
-    else:
-        proc.kill()
-        pytest.fail("the child never started writing")
+    wait_for_temps([store.cache_path(file, "e/model").parent], 100_000, proc)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=30)
     assert proc.returncode != 0

@@ -7,32 +7,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import pytest
 
 from pycontrast_det import store
 from pycontrast_det.cli import main
 
 from store_helpers import (fast_net, partials, payload, resume_range, server,  # noqa: F401
-                           sigint_reaches_children, write_manifest)
+                           sigint_reaches_children, wait_for_temps, write_manifest)
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _wait_for_temps(folders: list[Path], min_bytes: int, proc: subprocess.Popen) -> None:
-    """Until every folder holds a download in progress of at least ``min_bytes``."""
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        sizes = [max((p.stat().st_size for p in f.glob(".*.tmp")), default=0) if f.is_dir() else 0 for f in folders]
-        if min(sizes) >= min_bytes:
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"the download ended early: {proc.communicate()}")
-        time.sleep(0.02)
-    proc.kill()
-    pytest.fail("the downloads never started")
 
 
 def test_ctrl_c_with_parallel_jobs_keeps_partials_and_the_next_run_resumes_them(server, tmp_path, capsys,
@@ -46,7 +30,7 @@ def test_ctrl_c_with_parallel_jobs_keeps_partials_and_the_next_run_resumes_them(
     proc = subprocess.Popen([sys.executable, "-m", "pycontrast_det", *argv], env=dict(os.environ, PYTHONPATH=str(REPO)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     root = store.files_dir() / "my_det"
-    _wait_for_temps([root / "model", root / "log"], 100_000, proc)
+    wait_for_temps([root / "model", root / "log"], 100_000, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err, err
@@ -63,8 +47,9 @@ def test_ctrl_c_with_parallel_jobs_keeps_partials_and_the_next_run_resumes_them(
     for route in server.routes.values():
         route.mode = "ok"
     assert main(argv) == 0
-    for path, data in urls.items():
-        assert server.ranges(path)[-1] == resume_range(kept[f"my_det/{'model' if 'model' in path else 'log'}"].size_bytes)
+    for path in urls:
+        role = "model" if "model" in path else "log"
+        assert server.ranges(path)[-1] == resume_range(kept[f"my_det/{role}"].size_bytes)
     assert (root / "model" / "model_final.pth").read_bytes() == model
     assert (root / "log" / "log.txt").read_bytes() == log
     assert [c.kind for c in store.cached_files()] == ["file", "file"]

@@ -6,6 +6,7 @@ archive so that optimizer state and memory banks are never read), ``.pkl`` (rest
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
@@ -61,6 +62,10 @@ def _load_object(path: Path) -> Any:
     is_zip = head[:4] == b"PK\x03\x04"
     if not is_zip and path.suffix in (".pkl", ".pickle"):
         return load_pickle(path)
+    if not is_zip and head[:1] != b"\x80":  # neither torch's zip archive nor a (legacy) pickle
+        kind = "a text file" if _is_text(head) else "some other binary file"
+        raise CheckpointFormatError(f"{path}: not a checkpoint, it is {kind}; give a .pth (torch.save), .pkl "
+                                    f"(detectron2) or .safetensors file")
     import pickle
 
     import torch
@@ -68,17 +73,37 @@ def _load_object(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as exc:
-        lines = [line.strip() for line in str(exc).splitlines()]
-        refused = next((line for line in lines if "Unsupported global" in line), None)
+        refused = _REFUSED_GLOBAL.search(str(exc))
         if refused is None:  # not a refusal: the bytes are no (complete) torch checkpoint
             raise CheckpointFormatError(f"{path}: not a readable torch checkpoint (truncated or corrupt?): "
-                                        f"{next((x for x in lines if 'Unsupported' in x), lines[0])}") from exc
+                                        f"{_torch_reason(str(exc))}") from None
         raise UnsafeCheckpointError(
-            f"{path}: refused: torch.load(weights_only=True) found objects that are not tensors or plain data "
-            f"({refused.split(' was not', 1)[0].replace('WeightsUnpickler error: ', '')}); "
-            "re-save the state_dict alone from a trusted environment") from exc
+            f"{path}: refused: would run code on load (it asks for {refused.group(1)}, which is not a tensor or "
+            f"plain data; blocked by torch.load(weights_only=True)); re-save the state_dict alone from a trusted "
+            f"environment, or use .safetensors") from None
     except Exception as exc:
-        raise CheckpointFormatError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointFormatError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: "
+                                    f"{_torch_reason(str(exc))})") from None
+
+
+#: How torch names a global its weights-only unpickler refused (2.x wordings: "Unsupported global: GLOBAL x.y
+#: was not an allowed global", "unsupported GLOBAL x.y whose module z is blocked").
+_REFUSED_GLOBAL = re.compile(r"(?i)unsupported global:?\s+(?:GLOBAL\s+)?([\w.]+)")
+
+
+def _torch_reason(message: str) -> str:
+    """The line of a torch.load error that says what is wrong, without its advice to load unsafely."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    useful = [x for x in lines if "weights_only" not in x and not x.startswith("Check the documentation")]
+    return (useful or ["unknown reason"])[0]
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(ch >= 32 or ch in (9, 10, 13) for ch in head)
 
 
 def _is_plain(value: Any) -> bool:
@@ -95,7 +120,7 @@ def _is_plain(value: Any) -> bool:
 def _container(obj: Mapping[str, Any], ema: Optional[CheckpointFormat],
                path: Path) -> tuple[Optional[str], Mapping[str, Any]]:
     """Which top-level entry holds the weights (None: the object itself is the flat weights dict)."""
-    if ema is not None:
+    if ema is not None and ema.ema_entry is not None:
         if not isinstance(obj.get(ema.ema_entry), Mapping):
             raise CheckpointFormatError(
                 f"{path}: --ema asked for, but the file has no {ema.ema_entry!r} entry (top-level keys: "
@@ -155,7 +180,8 @@ def read_checkpoint(path: Union[str, Path], format: Optional[str] = None, ema: b
             f"{path}: unknown checkpoint layout (weights under {name or 'the top level'}, first keys "
             f"{keys[:5]}); pass the format explicitly, one of {sorted(FORMATS)}")
     if ema_fmt is not None and fmt is not ema_fmt:
-        raise CheckpointFormatError(f"{path}: {ema_fmt.ema_entry!r} holds no PyContrast encoder (first keys {keys[:5]})")
+        raise CheckpointFormatError(f"{path}: {ema_fmt.ema_entry!r} holds no PyContrast encoder "
+                                    f"(first keys {keys[:5]})")
     others = [str(k) for k in obj if k != name] if name else []
     metadata = {str(k): v for k, v in obj.items() if k != name and _is_plain(v)} if name else {}
     if path.name.endswith(".safetensors"):

@@ -31,7 +31,7 @@ def _allowed_globals() -> dict[tuple[str, str], Callable[..., Any]]:
     for core in ("numpy.core", "numpy._core"):
         allowed[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct
         allowed[(f"{core}.multiarray", "scalar")] = multiarray.scalar
-        allowed[(f"{core}.numeric", "_frombuffer")] = numeric._frombuffer  # pickle protocol 5 arrays
+        allowed[(f"{core}.numeric", "_frombuffer")] = getattr(numeric, "_frombuffer")  # noqa: B009 (untyped; protocol 5 arrays)
     return allowed
 
 

@@ -13,7 +13,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from ..errors import ZooError
+from ..errors import DownloadInterrupted, ZooError
+from ..store.partials import terminate_as_interrupt
 from ..zoo import manifests_in_use
 
 _TOPICS = ("zoo_cmds", "convert_cmd", "predict_cmd", "eval_cmds", "train_cmds", "finetune_cmd", "publish_cmd",
@@ -48,13 +49,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line as given (a SLURM job reruns it)
-    try:
-        with manifests_in_use(args.manifest):  # --manifest reaches every command and the processes it starts
+    try:  # SIGTERM (timeout, docker stop, SLURM) stops a command as Ctrl-C does: partial downloads are kept
+        with manifests_in_use(args.manifest), terminate_as_interrupt():  # --manifest: see manifests_in_use
             code = args.func(args)
     except ZooError as exc:
         print(f"pycontrast-zoo {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, DownloadInterrupted) else 0
+        if signum:
+            print(f"pycontrast-zoo {args.command}: {exc}: partial downloads are kept; run it again to resume",
+                  file=sys.stderr)
+            return 128 + signum
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into e.g. `head`, which closed early: not an error

@@ -57,10 +57,10 @@ def run_export(args: argparse.Namespace) -> int:
     source = _source(args)
     out = _writable(Path(args.out))
 
-    import pycontrast_det as pcd
+    from ..export.exporter import export
 
     model = load_model(source, config=args.config, weights=args.weights, device=device, overrides=args.opts)
-    path = pcd.export(model, out, format=args.format)
+    path = export(model, out, format=args.format)
     size_mib = path.stat().st_size / 2**20
     print(f"wrote {path} ({args.format}, {size_mib:.0f} MiB, {len(model.class_names)} classes, input size "
           f"{model.cfg.INPUT.MIN_SIZE_TEST}/{model.cfg.INPUT.MAX_SIZE_TEST}, score threshold "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
 from ..config import AUTO_DEVICE, DEVICE_KEY, looks_like_key, requested_device
 from ..errors import ConfigError
@@ -29,11 +29,14 @@ class OverridesParser(argparse.ArgumentParser):
 
     _inner = False  # True while argparse's intermixed parsing calls back into parse_known_args
 
-    def parse_known_args(self, args: Optional[Sequence[str]] = None, namespace: Any = None) -> Any:
+    def parse_known_args(  # type: ignore[override]  # argparse's overloads are generic in the namespace type
+            self, args: Optional[Iterable[str]] = None, namespace: Optional[argparse.Namespace] = None,
+    ) -> tuple[argparse.Namespace, list[str]]:
         if self._inner:
             return super().parse_known_args(args, namespace)
         words = list(sys.argv[1:] if args is None else args)
-        rest, opts = [], []
+        rest: list[str] = []
+        opts: list[str] = []
         index, after_opts = 0, False
         while index < len(words):
             word = words[index]
@@ -53,13 +56,13 @@ class OverridesParser(argparse.ArgumentParser):
             index += 1
         self._inner = True
         try:
-            namespace, extras = self.parse_known_intermixed_args(rest, namespace)
+            parsed, extras = self.parse_known_intermixed_args(rest, namespace)
         finally:
             self._inner = False
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}")
-        namespace.opts = opts
-        return namespace, []
+        parsed.opts = opts
+        return parsed, []
 
 
 def add_overrides(parser: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 from .. import atomic
 from ..errors import ExportError
 from .metadata import FORMATS, METADATA_KEY, OUTPUTS, describe, require
+from .trust import record_export
 
 _AXES = {name: {0: "detections"} for name in OUTPUTS} | {"masks": {0: "detections", 1: "height", 2: "width"}}
 
@@ -72,4 +73,6 @@ def export(model: "MaskRCNN", file: Union[str, os.PathLike[str]], format: str = 
             entry = proto.metadata_props.add()
             entry.key, entry.value = METADATA_KEY, meta.to_json()
             onnx.save(proto, str(tmp))
+    if format == "torchscript":
+        record_export(path)  # load_exported trusts TorchScript files exported here
     return path

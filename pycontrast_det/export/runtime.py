@@ -12,6 +12,7 @@ from ..coco_classes import CategoryMap
 from ..errors import ExportError
 from ..images import as_rgb_array
 from .metadata import METADATA_KEY, ExportMetadata, require
+from .trust import check_trusted
 
 RunFn = Callable[[np.ndarray], Sequence[Any]]
 
@@ -81,13 +82,17 @@ def _onnx_runner(path: Path, threads: Optional[int]) -> tuple[ExportMetadata, Ru
     return meta, lambda image: session.run(meta.outputs, {name: image})
 
 
-def _torchscript_runner(path: Path, threads: Optional[int]) -> tuple[ExportMetadata, RunFn]:
+def _torchscript_runner(path: Path, threads: Optional[int], trusted: bool) -> tuple[ExportMetadata, RunFn]:
+    import io
+
     import torch
     import torchvision  # noqa: F401  (registers the nms / roi_align operators the graph calls)
 
+    data = path.read_bytes()  # the bytes checked are the bytes loaded (no swap between check and load)
+    check_trusted(path, data, trusted)
     extra = {f"{METADATA_KEY}.json": ""}
     try:
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        module = torch.jit.load(io.BytesIO(data), map_location="cpu", _extra_files=extra)
     except RuntimeError as exc:
         raise ExportError(f"{path}: TorchScript cannot load it ({str(exc).splitlines()[0]})") from None
     if not extra[f"{METADATA_KEY}.json"]:
@@ -104,17 +109,23 @@ def _torchscript_runner(path: Path, threads: Optional[int]) -> tuple[ExportMetad
     return meta, run
 
 
-def load_exported(file: Union[str, os.PathLike], threads: Optional[int] = None) -> ExportedModel:
+def load_exported(file: Union[str, os.PathLike], threads: Optional[int] = None, trusted: bool = False) -> ExportedModel:
     """An exported file (ONNX or TorchScript, told apart by its content) ready to ``predict``.
 
     ONNX runs on onnxruntime (optional dependency: ``pip install 'pycontrast-det[export]'``), on the best
     execution provider it has; TorchScript on torch. ``threads`` sets the CPU threads (default: the runtime's).
+    A TorchScript archive can run code when loaded: it is loaded only if this package exported it on this
+    machine (see :mod:`.trust`) or ``trusted`` is True; otherwise UntrustedExportError.
     """
     path = Path(file)
     if not path.is_file():
         raise ExportError(f"{path}: no such exported model file")
-    format = "torchscript" if zipfile.is_zipfile(path) else "onnx"
-    meta, run = (_torchscript_runner if format == "torchscript" else _onnx_runner)(path, threads)
+    if zipfile.is_zipfile(path):
+        format = "torchscript"
+        meta, run = _torchscript_runner(path, threads, trusted)
+    else:
+        format = "onnx"
+        meta, run = _onnx_runner(path, threads)
     return ExportedModel(path, format, meta, run)
 
 

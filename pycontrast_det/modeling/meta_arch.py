@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, Union, overload
 
 import numpy as np
 import torch
@@ -168,6 +168,14 @@ class MaskRCNN(nn.Module):
                                        self.cfg.INPUT.MAX_SIZE_TEST)
         tensor = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))  # uint8: 4x less to copy
         return {"image": tensor, "height": rgb.shape[0], "width": rgb.shape[1]}
+
+    @overload
+    def predict(self, images: ImageLike, score_thresh: float | None = None, batch_size: Optional[int] = None,
+                precision: str = "fp32") -> dict[str, Any]: ...
+
+    @overload
+    def predict(self, images: Union[list[ImageLike], tuple[ImageLike, ...]], score_thresh: float | None = None,
+                batch_size: Optional[int] = None, precision: str = "fp32") -> list[dict[str, Any]]: ...
 
     @torch.inference_mode()
     def predict(self, images: Union[ImageLike, list[ImageLike], tuple[ImageLike, ...]],

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import yaml
 
 from .. import atomic, resources, store
+from ..store.redact import redact
 from ..checkpoints import sources
 from ..checkpoints.published import CHECKSUMS, CONFIG, WEIGHTS, format_checksums
 from ..errors import ManifestError, PublishError
@@ -126,7 +127,7 @@ def write_root(tree: Tree, zoo: Zoo, earlier: Optional[dict] = None) -> tuple[di
     pretrains = dict((earlier or {}).get("pretrains") or {})
     entries.update(tree.entries)
     pretrains.update(tree.pretrains)
-    tree.write_text(TREE_MANIFEST, dump_manifest(entries, pretrains, comment=COMMENT),
+    tree.write_text(TREE_MANIFEST, redact(dump_manifest(entries, pretrains, comment=COMMENT)),
                     "the pycontrast-det manifest of this tree (merge: true)")
     rows = [_row(name, record, zoo, pretrains) for name, record in entries.items()]
     if rows:
@@ -168,7 +169,7 @@ def portable_manifest(entries: dict, pretrains: dict) -> str:
             out[name] = new
         return out
 
-    return dump_manifest(records(entries, "entries"), records(pretrains, "pretrains"), comment=COMMENT)
+    return redact(dump_manifest(records(entries, "entries"), records(pretrains, "pretrains"), comment=COMMENT))
 
 
 # --------------------------------------------------------------------------------------------- entries
@@ -248,8 +249,8 @@ def _copied(tree: Tree, ref: FileRef, key: str, what: str, options: Options) -> 
     copied = tree.copy(src, path, what)
     same = store.proven_checksum(ref, key) == (copied.sha256, copied.size_bytes)
     if not same:
-        tree.notes.append(f"{key}: the bytes of {ref.filename} were not vouched for as what {ref.urls[0]} serves; "
-                          f"the published record does not list that URL")
+        tree.notes.append(f"{key}: the bytes of {ref.filename} were not vouched for as what "
+                          f"{redact(ref.urls[0])} serves; the published record does not list that URL")
     record = dataclasses.replace(ref, urls=tree.urls(path) + (ref.urls if same else ()), sha256=copied.sha256,
                                  size_bytes=copied.size_bytes)
     return copied, record

@@ -18,13 +18,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional, Union
 from urllib.parse import parse_qsl, urlencode, urlparse
 
-from .. import atomic
-from ..errors import ChecksumError, DownloadError, HTMLResponseError, OfflineError, ZooError
+from .. import atomic, settings
+from ..errors import BadResponseError, ChecksumError, DownloadError, HTMLResponseError, OfflineError, \
+    SlowDownloadError, ZooError
 from ..refs import FileRef, url_problem
 from ._http import NetPolicy, SkipURL, Transient, download, net_policy
-from .layout import CACHE_ELSEWHERE, URL_KEY, cache_path, check_key, lock_path, mirror_path, partial_path
+from .layout import CACHE_ELSEWHERE, URL_KEY, cache_path, check_key, lock_path, mirror_path, partial_path, \
+    planted, remove_orphan_temps
 from .local import SourceMissing, copy_local, hf_download, local_source
-from .partials import Partial
+from .partials import Partial, terminate_as_interrupt
+from .redact import redact
 from .pins import Expected, Pin, expected, record_pin
 from .verify import check_hit, read_record
 
@@ -33,17 +36,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ENV_OFFLINE = "PYCONTRAST_ZOO_OFFLINE"
-ENV_ENDPOINT = "PYCONTRAST_ZOO_ENDPOINT"
+ENV_OFFLINE = settings.OFFLINE
+ENV_ENDPOINT = settings.ENDPOINT
 LOCK_WAIT_S = 3600.0  # another process downloading the same file: wait for it, then reuse
-_TRUE = {"1", "true", "yes", "on"}
 
 
 def is_offline(offline: Optional[bool] = None) -> bool:
     """``offline`` if given, else whether PYCONTRAST_ZOO_OFFLINE or HF_HUB_OFFLINE is set to a true value."""
     if offline is not None:
         return offline
-    return any(os.environ.get(var, "").strip().lower() in _TRUE for var in (ENV_OFFLINE, "HF_HUB_OFFLINE"))
+    return settings.offline()
 
 
 def candidate_urls(file: FileRef, key: Optional[str] = None) -> list[str]:
@@ -64,7 +66,7 @@ def candidate_urls(file: FileRef, key: Optional[str] = None) -> list[str]:
 def mirror_url(file: FileRef, key: str) -> Optional[str]:
     """``$PYCONTRAST_ZOO_ENDPOINT/<name>/<filename>`` for cache key ``<name>/<role>`` (the layout of
     ``pycontrast-zoo publish``); None when no endpoint is set or the file is known only by its URL."""
-    endpoint = os.path.expanduser(os.environ.get(ENV_ENDPOINT, "").strip())
+    endpoint = settings.endpoint()
     where = mirror_path(file, key)
     if not endpoint or where is None:
         return None
@@ -82,21 +84,26 @@ def _is_network(url: str) -> bool:
 
 @contextmanager
 def _locked(dest: Path) -> Iterator[None]:
-    """Hold the file's inter-process lock (waiting for another process's download), when it can be had."""
+    """Hold the file's inter-process lock (waiting for another process's download), when it can be had; then
+    remove the temp files of downloads whose process is gone."""
     from filelock import FileLock, Timeout
 
     atomic.make_dirs(dest.parent, CACHE_ELSEWHERE)
-    lock = FileLock(str(lock_path(dest)))
+    path = lock_path(dest)
+    lock = None if planted(path) else FileLock(str(path))
     try:
-        lock.acquire(timeout=LOCK_WAIT_S)
-    except Timeout:  # correctness never depends on the lock (unique temp files, atomic replace)
-        log.warning("%s: lock busy for %.0fs; downloading anyway", dest, LOCK_WAIT_S)
-        yield
-        return
+        if lock is not None:
+            lock.acquire(timeout=LOCK_WAIT_S)
+    except (Timeout, OSError) as exc:  # correctness never depends on the lock (unique temp files, atomic replace)
+        why = f"busy for {LOCK_WAIT_S:.0f}s" if isinstance(exc, Timeout) else f"unusable ({exc.strerror or exc})"
+        log.warning("%s: lock %s; downloading anyway", dest, why)
+        lock = None
     try:
+        remove_orphan_temps(dest)
         yield
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def fetch_file(file: FileRef, key: str, *, quiet: bool = False, offline: Optional[bool] = None) -> Path:
@@ -135,7 +142,7 @@ def _fetch_unlocked(file: FileRef, key: str, *, quiet: bool = False, offline: Op
     offline = is_offline(offline)
     policy = net_policy()
     failures: list[tuple[str, BaseException]] = []
-    with requests.Session() as session:
+    with requests.Session() as session, terminate_as_interrupt():
         for url in candidate_urls(file, key):
             if offline and _is_network(url):
                 failures.append((url, SkipURL("skipped: offline")))
@@ -143,7 +150,7 @@ def _fetch_unlocked(file: FileRef, key: str, *, quiet: bool = False, offline: Op
             try:
                 _fetch_one(session, url, dest, want, offline, quiet, policy, resume=not whole)
             except (SkipURL, Transient, SourceMissing, DownloadError) as exc:
-                log.info("%s: %s", url, exc)
+                log.info("%s: %s", redact(url), exc)
                 failures.append((url, exc))
                 continue
             if want.sha256 is None:
@@ -151,11 +158,11 @@ def _fetch_unlocked(file: FileRef, key: str, *, quiet: bool = False, offline: Op
                             key.split("/")[0])
             return dest
     if offline:
-        tried = "".join(f"\n  - {url}: {exc}" for url, exc in failures)
+        tried = "".join(f" {redact(url)}: {exc}." for url, exc in failures)
         state = f"its cached copy was wrong ({problem})" if problem else "it is not cached"
-        raise OfflineError(
+        raise OfflineError(redact(
             f"offline mode is on (PYCONTRAST_ZOO_OFFLINE / HF_HUB_OFFLINE) and {key} ({file.filename}): {state}. "
-            f"{_how_to_bring(key, dest)}, or turn offline mode off.{tried}")
+            f"{_how_to_bring(key, dest)}, or turn offline mode off.{tried}"))
     raise _combined_error(key, file, dest, failures)
 
 
@@ -168,11 +175,13 @@ def _how_to_bring(key: str, dest: Path) -> str:
 
 
 def _combined_error(key: str, file: FileRef, dest: Path, failures: list[tuple[str, BaseException]]) -> DownloadError:
-    lines = "\n".join(f"  - {url}: {exc}" for url, exc in failures)
-    message = (f"could not fetch {key} ({file.filename}) from any of its URLs:\n{lines}\n"
-               f"No network here? Set PYCONTRAST_ZOO_OFFLINE=1 to use only the cache. "
-               f"{_how_to_bring(key, dest)}. Links dead or slow? Set PYCONTRAST_ZOO_ENDPOINT to a mirror (a tree made by `pycontrast-zoo publish`).")
-    for cls in (HTMLResponseError, ChecksumError):  # every URL failed the same telling way: say so by type
+    lines = "; ".join(f"{redact(url)}: {exc}" for url, exc in failures)
+    message = (f"could not fetch {key} ({file.filename}) from any of its URLs: {lines}. "
+               f"No network here? Set PYCONTRAST_ZOO_OFFLINE=1 to use only the cache. {_how_to_bring(key, dest)}. "
+               "Links dead or slow? Set PYCONTRAST_ZOO_ENDPOINT to a mirror (a tree made by "
+               "`pycontrast-zoo publish`).")
+    message = redact(message)
+    for cls in (HTMLResponseError, ChecksumError, BadResponseError, SlowDownloadError):  # all failed alike: say so
         if failures and all(isinstance(exc, cls) for _, exc in failures):
             return cls(message)
     return DownloadError(message)
@@ -208,16 +217,15 @@ def _fetch_into(session: "requests.Session", url: str, dest: Path, want: Expecte
             raise SkipURL("unsupported URL scheme (use http, https, hf, file or a local path)")
         else:
             if resume and partial.adopt(part):
-                log.info("%s: resuming from %d bytes", url, partial.size)
-            download(session, url, partial, want.size_bytes, policy, quiet, dest.name, resume=resume)
-    except (Transient, KeyboardInterrupt, SystemExit):
-        if part is not None:
-            partial.keep(part)  # resumable later; never trusted as the file
+                log.info("%s: resuming from %d bytes", redact(url), partial.size)
+            download(session, url, partial, want.size_bytes, policy, quiet, dest.name, resume=resume,
+                     checksum_known=want.sha256 is not None)
+    except BaseException as exc:
+        no_room = isinstance(exc, OSError) and atomic.filesystem_error(exc, dest) is not None
+        if part is not None and not no_room:  # resumable later, never trusted as the file: a wrong body never
+            partial.keep(part)  # reaches a partial (refused by its first bytes, or the partial reset first)
         else:
             partial.discard()
-        raise
-    except BaseException:
-        partial.discard()
         raise
     resumed = partial.validators.pieces > 1
     try:
@@ -234,7 +242,7 @@ def fetch_url(url: str, *, sha256: Optional[str] = None, format: str = "detectro
     two URLs ending in the same name (``model_final.pth``) never share a cache slot."""
     problem = url_problem(url)
     if problem:
-        raise ZooError(f"{url!r}: {problem}")
+        raise ZooError(f"{redact(url)!r}: {problem}")
     file = FileRef(urls=(url,), sha256=sha256, size_bytes=None, format=format)
     return fetch_file(file, f"{URL_KEY}/{hashlib.sha256(url.encode()).hexdigest()[:16]}", quiet=quiet, offline=offline)
 
@@ -281,7 +289,8 @@ def import_from_dir(directory: Union[str, os.PathLike], file: FileRef, key: str,
     raise (ChecksumError if errors else DownloadError)(f"--from-dir {root}: {key} ({file.filename}): {detail}")
 
 
-def fetch_whole(file: FileRef, key: str, *, quiet: bool = False, offline: Optional[bool] = None) -> tuple[Path, str, int]:
+def fetch_whole(file: FileRef, key: str, *, quiet: bool = False,
+                offline: Optional[bool] = None) -> tuple[Path, str, int]:
     """(path, sha256, size) of ``file``, its bytes proven to be one fetch in one verified piece: a cached copy
     that was resumed or put in place by hand is downloaded again whole first. Refuses a sha256 that conflicts
     with the manifest's."""

@@ -8,7 +8,7 @@ from typing import Optional
 from .. import atomic
 from ..errors import ZooError
 from ..refs import FileRef
-from .layout import CACHE_ELSEWHERE, pins_path
+from .layout import CACHE_ELSEWHERE, pins_path, planted
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ def record_pin(pin: Pin) -> None:
 
     path = pins_path()
     atomic.make_dirs(path.parent, CACHE_ELSEWHERE)
+    planted(path.with_name(path.name + ".lock"))  # a planted symlink is removed, never opened (O_TRUNC)
     with atomic.guard(path, CACHE_ELSEWHERE), FileLock(str(path) + ".lock"):
         pins = load_pins()
         pins[pin.key] = pin

@@ -18,7 +18,7 @@ from typing import Optional
 from .. import atomic
 from ..errors import ChecksumError, FilesystemError
 from ..refs import FileRef
-from .layout import CACHE_ELSEWHERE, cache_path, record_path
+from .layout import CACHE_ELSEWHERE, cache_path, planted, record_path
 from .pins import Expected, expected
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,9 @@ class Hit:
 
 def check_hit(dest: Path, want: Expected) -> Hit:
     """Return ``dest`` if it holds the expected bytes (hashing only when the record does not vouch for them);
-    remove it (and say why) if it does not."""
+    remove it (and say why) if it does not. A planted symlink or hard link is never a hit."""
+    if planted(dest):
+        return Hit(None, f"{dest} was planted (a link, not a file the store wrote); ignored")
     try:
         st = dest.stat()
     except FileNotFoundError:
@@ -126,7 +128,8 @@ def check_hit(dest: Path, want: Expected) -> Hit:
         discard(dest, st)
         return Hit(None, f"{dest} had sha256 {actual}, expected {sha} ({source}); removed it")
     same = record is not None and record.sha256 == actual
-    _refresh_record(dest, actual, record.pieces if same else None, record.url if same else None)
+    _refresh_record(dest, actual, record.pieces if same and record else None,
+                    record.url if same and record else None)
     return Hit(dest)
 
 
@@ -157,7 +160,7 @@ def verify_file(file: FileRef, key: str) -> Verification:
     path = cache_path(file, key)
     want = expected(file, key)
     entry = key.split("/")[0]
-    if not path.is_file():
+    if planted(path) or not path.is_file():
         return Verification(key, path, "missing", want.sha256, None, None,
                             f"not cached; run `pycontrast-zoo download {entry}`")
     actual, actual_size = hash_file(path)
@@ -175,5 +178,6 @@ def verify_file(file: FileRef, key: str) -> Verification:
                             f"sha256 mismatch ({want.source}): expected {want.sha256}, got {actual} "
                             f"({actual_size} bytes); {fix}")
     same = record is not None and record.sha256 == actual
-    _refresh_record(path, actual, record.pieces if same else None, record.url if same else None)
+    _refresh_record(path, actual, record.pieces if same and record else None,
+                    record.url if same and record else None)
     return Verification(key, path, "ok", want.sha256, actual, actual_size, f"sha256 matches ({want.source})")

@@ -33,12 +33,12 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import yaml
 
-from .. import resources
+from .. import resources, settings
 from ..errors import ManifestError, UnknownEntryError, yaml_problem
 from .records import DETECTORS, SCHEMA_VERSION, DetectorEntry, PretrainEntry, Zoo, unknown_message
 from .validate import Ctx, check_keys, parse_entry, parse_name, parse_pretrain, typed
 
-ENV_MANIFEST = "PYCONTRAST_ZOO_MANIFEST"
+ENV_MANIFEST = settings.MANIFEST
 
 
 @dataclass
@@ -118,8 +118,7 @@ def _check_references(zoo: Zoo) -> None:
 
 def _manifest_paths(paths: Optional[Sequence[Union[str, os.PathLike]]]) -> tuple[Path, ...]:
     if paths is None:
-        env = os.environ.get(ENV_MANIFEST, "")
-        paths = [p for p in env.split(os.pathsep) if p.strip()]
+        paths = settings.manifest_paths()
     return tuple(Path(os.path.expanduser(str(p))).resolve() for p in paths)
 
 
