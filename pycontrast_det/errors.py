@@ -92,3 +92,7 @@ def yaml_problem(path: object, exc: BaseException) -> str:
     what = what or " ".join(str(exc).split())
     where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
     return f"{where}: {what}"
+
+
+class RankFailedError(ZooError):
+    """A process of a multi-process run failed (the others were stopped); the message is that process's error."""

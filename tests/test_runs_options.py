@@ -43,7 +43,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_is_bit_identical(two_images, tmp_p
     cfg = tiny_cfg(two_images, "SOLVER.MAX_ITER", "4", "SOLVER.STEPS", "(3,)", "SOLVER.CHECKPOINT_PERIOD", "0",
                    "DATASETS.TEST", "()")
     whole = train(cfg, RunOptions(output_dir=tmp_path / "whole"), log_period=1)
-    hook = _Recorder(interrupt_after=1)
+    hook = _Recorder(interrupt_after=0)  # seen by the preemption hook at the next step (user hooks run last)
     stopped = train(cfg, RunOptions(output_dir=tmp_path / "cut"), log_period=1, hooks=[hook])
     assert stopped.interrupted and stopped.final_checkpoint is None
     assert hook.calls == ["before_train 0", "after_step 0", "after_step 1", "after_train"]
@@ -57,9 +57,9 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_is_bit_identical(two_images, tmp_p
 
 
 def test_ctrl_c_in_the_train_command_exits_130(two_images, tmp_path, monkeypatch, capsys):  # noqa: F811
-    from pycontrast_det.engine import train as train_module
+    from pycontrast_det.engine.train import Trainer
 
-    real = train_module.Trainer.step
+    real = Trainer.step
 
     def step(self, model, batch, iteration):
         losses = real(self, model, batch, iteration)
@@ -67,7 +67,7 @@ def test_ctrl_c_in_the_train_command_exits_130(two_images, tmp_path, monkeypatch
             os.kill(os.getpid(), signal.SIGINT)
         return losses
 
-    monkeypatch.setattr(train_module.Trainer, "step", step)
+    monkeypatch.setattr(Trainer, "step", step)
     from test_train import TINY
 
     out = tmp_path / "o"
@@ -99,7 +99,7 @@ def test_slurm_dry_run_says_the_process_count_and_one_launcher(tmp_path, capsys)
     assert main(["reproduce", ENTRY, "--dataset", "shapes", "--launcher", "slurm", "--dry-run", "--nodes", "2",
                  "--gpus-per-node", "8", "--output", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "  device:   cuda x 8 process(es) x 2 machines" in printed.splitlines()
+    assert "  device:   auto x 8 process(es) x 2 machines" in printed.splitlines()
     task = next(line for line in printed.splitlines() if line.startswith("each task runs: "))
     assert task.count("--launcher") == 1 and task.endswith("--launcher local")
     assert "--kill-on-bad-exit=1" in printed  # srun ends every task when one fails

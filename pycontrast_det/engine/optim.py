@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..config import CfgNode
 
 
 def norm_module_types() -> tuple[type, ...]:
@@ -133,3 +136,12 @@ def gradient_clipper(cfg: Any) -> Optional[Callable[[Any], None]]:
                 torch.nn.utils.clip_grad_norm_(group["params"], value, norm_type)
 
     return _clip
+
+
+def describe_schedule(solver: "CfgNode") -> str:
+    """BASE_LR, warmup, lr steps and the lr of the last iteration, one line (the plans print it: a warmup longer
+    than a shortened run shows as a tiny final lr)."""
+    last = float(solver.BASE_LR) * lr_multiplier(solver, int(solver.MAX_ITER) - 1)
+    steps = ", ".join(str(s) for s in solver.STEPS if s < solver.MAX_ITER) or "no step"
+    return (f"{solver.BASE_LR:g}, warmup {solver.WARMUP_ITERS} iterations, x{solver.GAMMA:g} at {steps}; "
+            f"{last:.3g} at the last iteration")

@@ -107,7 +107,7 @@ def _d2_main(plan: Any) -> Optional[dict]:
                        stride_in_1x1=ours.MODEL.RESNETS.STRIDE_IN_1X1)
     d2comm.synchronize()
     register_res5_extra_norm()
-    cfg = _to_detectron2_cfg(ours, plan.device)
+    cfg = _to_detectron2_cfg(ours, plan.options.device)
     cfg.OUTPUT_DIR = str(Path(plan.output_dir) / "detectron2")
     cfg.freeze()
     # as tools/train_net.py's default_setup: SEED + rank seeds torch, numpy and random (and so the sampler)
@@ -121,7 +121,7 @@ def _d2_main(plan: Any) -> Optional[dict]:
 
     Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=plan.resume)
+    trainer.resume_or_load(resume=plan.options.resume)
     trainer.train()
     # DefaultTrainer.train() returns results only when TEST.EXPECTED_RESULTS is set; its eval hook keeps them
     results = getattr(trainer, "_last_eval_results", None) or {}
@@ -134,11 +134,12 @@ def train_with_detectron2(plan: Any) -> Optional[dict]:
     require_detectron2()
     from detectron2.engine import launch
 
-    if plan.num_gpus == 1 and plan.num_machines == 1:
+    options = plan.options
+    if options.num_gpus == 1 and options.num_machines == 1:
         return _d2_main(plan)
-    launch(_d2_main, plan.num_gpus, num_machines=plan.num_machines, machine_rank=plan.machine_rank,
-           dist_url=plan.dist_url, args=(plan,))
-    if plan.machine_rank != 0:
+    launch(_d2_main, options.num_gpus, num_machines=options.num_machines, machine_rank=options.machine_rank,
+           dist_url=options.dist_url, args=(plan,))
+    if options.machine_rank != 0:
         return None
     from ..reports.logs import parse_log
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
 from ..config import override_value
+from ..engine.run_options import RunOptions
 from ..errors import ConfigError
 from ..zoo import load_manifest
 from . import commands
@@ -142,17 +143,13 @@ class FinetunePlan:
     categories: "CategoryMap"
     schedule: Schedule
     overrides: tuple[str, ...]      # everything on top of ``config``, the user's last
-    output_dir: Path
-    device: str = "cpu"
-    num_gpus: int = 1
-    num_machines: int = 1
-    machine_rank: int = 0
-    dist_url: str = "auto"
-    resume: bool = False
-    overwrite: bool = False
-    amp: Optional[bool] = None
-    export_detectron2: bool = False
+    options: RunOptions             # where and how it runs (its output_dir absolute, never None)
     notes: tuple[str, ...] = ()
+
+    @property
+    def output_dir(self) -> Path:
+        assert self.options.output_dir is not None
+        return self.options.output_dir
 
     def cfg(self) -> "CfgNode":
         """The effective config, frozen."""
@@ -164,10 +161,7 @@ class FinetunePlan:
         """The equivalent ``pycontrast-zoo train`` command (None when the config lives in a checkpoint)."""
         if not isinstance(self.config, Path):
             return None
-        return commands.join([*commands.train_words(self.config, device=self.device, num_gpus=self.num_gpus,
-                                                    num_machines=self.num_machines, machine_rank=self.machine_rank,
-                                                    dist_url=self.dist_url, resume=self.resume, amp=self.amp),
-                              *self.overrides])
+        return commands.join([*self.options.replace(scale_to_batch=None).train_words(self.config), *self.overrides])
 
     def render(self) -> str:
         """The plan as ``pycontrast-zoo finetune`` prints it."""
@@ -177,7 +171,7 @@ class FinetunePlan:
                  f"  weights:  {self.source} (class-dependent layers re-initialised when their shapes differ)",
                  f"  schedule: {self.schedule.describe()}",
                  f"  output:   {self.output_dir}",
-                 f"  device:   {self.device} x {self.num_gpus} process(es)",
+                 f"  device:   {self.options.describe()}",
                  f"  overrides: {commands.join(self.overrides)}"]
         lines += [f"  note: {note}" for note in self.notes]
         command = self.command()
@@ -208,12 +202,9 @@ def _source_config(source: str, config: Optional[Union[str, os.PathLike]]) -> tu
     return resolved.config, resolved.origin
 
 
-def plan_finetune(source: Union[str, os.PathLike], dataset: Union[str, os.PathLike], *,
-                  schedule: Union[str, int, None] = None, config: Optional[Union[str, os.PathLike]] = None,
-                  overrides: Sequence[str] = (), output_dir: Optional[Union[str, os.PathLike]] = None,
-                  device: str = "cpu", num_gpus: int = 1, num_machines: int = 1, machine_rank: int = 0,
-                  dist_url: str = "auto", resume: bool = False, overwrite: bool = False, amp: Optional[bool] = None,
-                  scale_to_batch: Optional[int] = None, export_detectron2: bool = False) -> FinetunePlan:
+def plan_finetune(source: Union[str, os.PathLike], dataset: Union[str, os.PathLike],
+                  options: Optional[RunOptions] = None, *, schedule: Union[str, int, None] = None,
+                  config: Optional[Union[str, os.PathLike]] = None, overrides: Sequence[str] = ()) -> FinetunePlan:
     """Decide a fine-tuning run; reads the manifest, the dataset's annotations and the source's config only.
 
     Args:
@@ -224,11 +215,10 @@ def plan_finetune(source: Union[str, os.PathLike], dataset: Union[str, os.PathLi
         schedule: ``short`` (default), ``1x``, or a number of iterations.
         config: a config instead of the source's.
         overrides: ``KEY VALUE`` pairs applied last (SOLVER values replace the schedule's).
-        output_dir: default ``output/finetune_<source>_<dataset>``.
-        device, num_gpus, num_machines, machine_rank, dist_url, resume, overwrite, amp, export_detectron2: as for
-            ``train``.
-        scale_to_batch: images per iteration (default 2 per process); the lr is scaled linearly to it.
+        options: where and how, as for ``train`` (output default ``output/finetune_<source>_<dataset>``); its
+            ``scale_to_batch`` is the batch (default 2 images per process), the lr scaled linearly to it.
     """
+    options = options or RunOptions()
     if len(overrides) % 2:
         raise ConfigError(f"overrides must be KEY VALUE pairs; got an odd number: {list(overrides)}")
     source, user = os.fspath(source), [str(o) for o in overrides]
@@ -242,18 +232,14 @@ def plan_finetune(source: Union[str, os.PathLike], dataset: Union[str, os.PathLi
     from ..config import load_config
 
     base = load_config(config_path, user)
-    sched = finetune_schedule(schedule or DEFAULT_SCHEDULE, images, base, num_gpus * num_machines, user,
-                              batch=scale_to_batch)
-    out = Path(output_dir) if output_dir is not None else DEFAULT_OUTPUT_ROOT / (
-        f"finetune_{Path(source).stem}_{Path(name).name}")
+    sched = finetune_schedule(schedule or DEFAULT_SCHEDULE, images, base, options.world_size, user,
+                              batch=options.scale_to_batch)
+    out = options.output(DEFAULT_OUTPUT_ROOT / f"finetune_{Path(source).stem}_{Path(name).name}")
     ours = [*class_overrides, "MODEL.WEIGHTS", source, "DATASETS.TRAIN", f"({name!r},)", "DATASETS.TEST",
-            f"({name!r},)", *sched.overrides(), "OUTPUT_DIR", str(out.resolve())]
+            f"({name!r},)", *sched.overrides(), "OUTPUT_DIR", str(out)]
     plan = FinetunePlan(source=source, config=config_path, config_origin=origin, dataset=name,
                         categories=train_spec.categories, schedule=sched, overrides=tuple(ours + user),
-                        output_dir=out.resolve(), device=device, num_gpus=int(num_gpus),
-                        num_machines=int(num_machines), machine_rank=int(machine_rank), dist_url=dist_url,
-                        resume=resume, overwrite=overwrite, amp=amp, export_detectron2=export_detectron2,
-                        notes=(class_note,))
+                        options=options.replace(output_dir=out), notes=(class_note,))
     plan.cfg()  # a bad override fails now, before anything is trained
     return plan
 
@@ -261,23 +247,20 @@ def plan_finetune(source: Union[str, os.PathLike], dataset: Union[str, os.PathLi
 def _worker(plan: FinetunePlan, log_period: int, evaluate_at_end: bool) -> "TrainResult":
     """One training process of a fine-tuning run (module level: spawned processes import it)."""
     from ..engine.train import train
+    from ..reports.curves_hook import CurvesHook
 
-    result = train(plan.cfg(), output_dir=plan.output_dir, resume=plan.resume, overwrite=plan.overwrite,
-                   device=plan.device, amp=plan.amp, export_detectron2=plan.export_detectron2,
-                   notes=(f"fine-tuning {plan.source}: {plan.schedule.describe()}",), log_period=log_period,
-                   evaluate_at_end=evaluate_at_end)
-    result.model = None  # returned across processes: results only
-    return result
+    return train(plan.cfg(), plan.options,
+                 notes=(f"fine-tuning {plan.source}: {plan.schedule.describe()}",), log_period=log_period,
+                 evaluate_at_end=evaluate_at_end, hooks=[CurvesHook()])
 
 
 def finetune(plan: FinetunePlan, *, log_period: int = 20, evaluate_at_end: bool = True,
              stream: Any = None) -> Optional["TrainResult"]:
-    """Print ``plan`` to ``stream`` (default stdout) and train it; rank 0's result (None on other machines)."""
-    from ..engine.launch import launch
-
-    print(plan.render(), file=stream or sys.stdout, flush=True)
-    return launch(_worker, plan.num_gpus, num_machines=plan.num_machines, machine_rank=plan.machine_rank,
-                  dist_url=plan.dist_url, args=(plan, log_period, evaluate_at_end), device=plan.device)
+    """Print ``plan`` to ``stream`` (default stdout; global rank 0 only) and train it; rank 0's result (None in
+    the other processes)."""
+    if plan.options.starts_rank_0():
+        print(plan.render(), file=stream or sys.stdout, flush=True)
+    return plan.options.launch(_worker, plan, log_period, evaluate_at_end)
 
 
 __all__ = ["FinetunePlan", "SCHEDULES", "Schedule", "dataset_classes", "finetune", "finetune_schedule",
