@@ -7,6 +7,8 @@ submitit's tasks (which unpickle :func:`failing_main`, importable with ``tests/`
 from __future__ import annotations
 
 import sys
+import time
+from pathlib import Path
 from typing import Sequence
 
 from pycontrast_det import cli
@@ -14,12 +16,14 @@ from pycontrast_det.engine.train import Trainer
 from pycontrast_det.utils import comm
 
 MESSAGE = "injected failure on rank 1"
+RAISED_AT = "raised_at"  # written into the working folder when rank 1 raises: the time (time.time())
 _real_step = Trainer.step
 _real_main = cli.main
 
 
 def _step(self: Trainer, model, batch, iteration: int):
     if comm.get_rank() == 1 and iteration == 1:
+        Path(RAISED_AT).write_text(str(time.time()))
         raise RuntimeError(MESSAGE)
     return _real_step(self, model, batch, iteration)
 

@@ -15,7 +15,7 @@ import torch
 
 from ..errors import ConfigError, DatasetError
 from ..images import read_image
-from ..modeling.preprocess import resize_shortest_edge, scaled_size
+from ..resize import resize_shortest_edge, scaled_size
 
 _FORMATS = ("RGB", "BGR")
 _FLIPS = ("horizontal", "vertical", "none")

@@ -57,11 +57,21 @@ def _setup_process(backend: str, init_method: str, world_size: int, rank: int, l
     dist.barrier()
 
 
+def _lost_peer(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective failing because another process of the group died (not this one's fault)."""
+    text = str(exc)
+    return type(exc).__name__ == "DistBackendError" or "Connection closed by peer" in text or \
+        "Connection reset by peer" in text
+
+
 def _failure(exc: BaseException, rank: int) -> ZooError:
-    """The error the launcher shows for ``exc`` raised on ``rank``: a ZooError as it is, anything else (a bug, a
-    lost peer) as RankFailedError naming the rank, with the traceback printed by this process."""
+    """The error the launcher shows for ``exc`` raised on ``rank``: a ZooError as it is, a collective broken by a
+    dead peer as one line saying so, anything else (a bug) as RankFailedError naming the rank, with the traceback
+    printed by this process."""
     if isinstance(exc, ZooError):
         return exc
+    if _lost_peer(exc):
+        return RankFailedError(f"rank {rank} stopped: another process of the run failed (its error is shown)")
     traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     return RankFailedError(f"rank {rank} failed: {type(exc).__name__}: {exc}")
 
@@ -165,6 +175,7 @@ def _spawn(main_func: Callable[..., Any], nprocs: int, world_size: int, machine_
     """Start ``nprocs`` processes and watch them: the first that fails kills the others (torch's join) and its
     error is raised here."""
     import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessException
 
     context = mp.get_context("spawn")
     results, errors = context.SimpleQueue(), context.SimpleQueue()
@@ -179,7 +190,7 @@ def _spawn(main_func: Callable[..., Any], nprocs: int, world_size: int, machine_
             for process in processes.processes:
                 process.kill()
             raise
-        except mp.ProcessException as exc:  # one failed; torch's join has killed the others
+        except ProcessException as exc:  # one failed; torch's join has killed the others
             if interrupted:
                 raise KeyboardInterrupt from None
             reported = {}
