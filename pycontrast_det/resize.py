@@ -26,7 +26,7 @@ def resize_shortest_edge(image: np.ndarray, short: int, max_size: int) -> np.nda
         return image
     squeeze = image.ndim == 3 and image.shape[2] == 1
     pil = Image.fromarray(image[:, :, 0] if squeeze else image)
-    out = np.asarray(pil.resize((neww, newh), Image.BILINEAR))
+    out = np.asarray(pil.resize((neww, newh), Image.Resampling.BILINEAR))
     return out[:, :, None] if squeeze else out
 
 

@@ -44,7 +44,8 @@ def _command(launcher: str, argv: list[str], script: str = "") -> list[str]:
     return [sys.executable, *program, *argv, "--device", "cpu", *ranks]
 
 
-def _run(launcher: str, argv: list[str], cwd: Path, script: str = "", timeout: float = 300) -> subprocess.CompletedProcess:
+def _run(launcher: str, argv: list[str], cwd: Path, script: str = "", timeout: float = 300
+         ) -> subprocess.CompletedProcess:
     return subprocess.run(_command(launcher, argv, script), cwd=cwd, env=_env(), capture_output=True, text=True,
                           timeout=timeout)
 
@@ -64,7 +65,8 @@ def data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data):
-    """Per launcher: ``reproduce`` (local: ``--seeds 2``) and ``finetune`` of its result, each in a folder of its own."""
+    """Per launcher: ``reproduce`` (local: ``--seeds 2``) and ``finetune`` of its result, each in a folder of its
+    own."""
     root = tmp_path_factory.mktemp("launchers")
     done = {}
     for launcher in LAUNCHERS:

@@ -42,7 +42,7 @@ class _Recorder(HookBase):
 def test_ctrl_c_saves_a_checkpoint_and_resume_is_bit_identical(two_images, tmp_path):  # noqa: F811
     cfg = tiny_cfg(two_images, "SOLVER.MAX_ITER", "4", "SOLVER.STEPS", "(3,)", "SOLVER.CHECKPOINT_PERIOD", "0",
                    "DATASETS.TEST", "()")
-    whole = train(cfg, RunOptions(output_dir=tmp_path / "whole"), log_period=1)
+    train(cfg, RunOptions(output_dir=tmp_path / "whole"), log_period=1)
     hook = _Recorder(interrupt_after=0)  # seen by the preemption hook at the next step (user hooks run last)
     stopped = train(cfg, RunOptions(output_dir=tmp_path / "cut"), log_period=1, hooks=[hook])
     assert stopped.interrupted and stopped.final_checkpoint is None

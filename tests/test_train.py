@@ -77,7 +77,8 @@ def uninterrupted(tmp_path_factory, two_images):
     """One 8-iteration run (checkpoint after iteration 3, every checkpoint kept), shared by the resume, loss and log
     tests."""
     out = tmp_path_factory.mktemp("run")
-    result = train(tiny_cfg(two_images, "SOLVER.CHECKPOINTS_KEPT", "0"), RunOptions(output_dir=out, export_detectron2=True), evaluate_at_end=False,
+    result = train(tiny_cfg(two_images, "SOLVER.CHECKPOINTS_KEPT", "0"),
+                   RunOptions(output_dir=out, export_detectron2=True), evaluate_at_end=False,
                    log_period=1)
     return out, result
 
@@ -128,12 +129,14 @@ def test_same_seed_gives_the_same_bits_another_seed_other_weights(uninterrupted,
     other weights from the first iteration on."""
     out, _ = uninterrupted
     four = ("SOLVER.MAX_ITER", "4")
-    again = train(tiny_cfg(two_images, *four), RunOptions(output_dir=tmp_path / "again"), evaluate_at_end=False, log_period=1)
+    again = train(tiny_cfg(two_images, *four), RunOptions(output_dir=tmp_path / "again"), evaluate_at_end=False,
+                  log_period=1)
     first, second = _weights(out / "model_0000003.pth"), _weights(again.final_checkpoint)
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     assert _loss_rows(out / "metrics.json")[:4] == _loss_rows(tmp_path / "again" / "metrics.json")
     assert load_config(tmp_path / "again" / "config.yaml").SEED == 7 == again.seed
-    other = train(tiny_cfg(two_images, *four, "SEED", "8"), RunOptions(output_dir=tmp_path / "other"), evaluate_at_end=False,
+    other = train(tiny_cfg(two_images, *four, "SEED", "8"), RunOptions(output_dir=tmp_path / "other"),
+                  evaluate_at_end=False,
                   log_period=1)
     third = _weights(other.final_checkpoint)
     kernels = [k for k in first if k.endswith("weight") and first[k].dim() > 1]  # every conv and fc
@@ -250,8 +253,9 @@ def test_evaluate_command_finds_the_run_config(uninterrupted, two_images, tmp_pa
 
 REFUSED = [
     ("DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler"), ("INPUT.CROP.ENABLED", "True"),
-    ("TEST.AUG.ENABLED", "True"), ("INPUT.MASK_FORMAT", "bitmask"), ("TEST.EXPECTED_RESULTS", "[['bbox', 'AP', 38, 1]]"),
-    ("VIS_PERIOD", "20"), ("DATASETS.PROPOSAL_FILES_TRAIN", "('p.pkl',)"), ("DATASETS.PROPOSAL_FILES_TEST", "('p.pkl',)"),
+    ("TEST.AUG.ENABLED", "True"), ("INPUT.MASK_FORMAT", "bitmask"),
+    ("TEST.EXPECTED_RESULTS", "[['bbox', 'AP', 38, 1]]"), ("VIS_PERIOD", "20"),
+    ("DATASETS.PROPOSAL_FILES_TRAIN", "('p.pkl',)"), ("DATASETS.PROPOSAL_FILES_TEST", "('p.pkl',)"),
     ("FLOAT32_PRECISION", "high"), ("GLOBAL.HACK", "2.0"), ("SOLVER.REFERENCE_WORLD_SIZE", "8"),
     ("DATASETS.TEST", "('shapes_val', 'shapes_train')"), ("DATASETS.TRAIN", "('shapes_train', 'shapes_val')"),
     ("SOLVER.MAX_ITER", "0"), ("SOLVER.CHECKPOINTS_KEPT", "-1"), ("TEST.EVAL_PERIOD", "-5"),
@@ -290,7 +294,7 @@ def test_logs_parse_with_the_log_parser(uninterrupted):
     assert [p.iteration for p in text.losses] == [p.iteration for p in rows.losses] == list(range(8))
     assert text.losses[-1].total_loss == pytest.approx(rows.losses[-1].total_loss, rel=1e-3)
     assert rows.losses[0].lr == pytest.approx(0.02 * 0.001)  # warmup starts at WARMUP_FACTOR
-    line = next(l for l in (out / "log.txt").read_text().splitlines() if " iter: 7 " in l)
+    line = next(text for text in (out / "log.txt").read_text().splitlines() if " iter: 7 " in text)
     for word in ("eta:", "total_loss:", "loss_cls:", "loss_mask:", "lr:", "time:", "data_time:"):
         assert word in line
     first = json.loads((out / "metrics.json").read_text().splitlines()[0])
@@ -322,7 +326,8 @@ def _two_process_worker(data: str, out: str) -> None:
         return score(*args, **kwargs)
 
     ev.instances_to_coco, ev.score_results = recording_infer, recording_score
-    cfg = tiny_cfg(Path(data), "SOLVER.MAX_ITER", "2", "TEST.PRECISE_BN.ENABLED", "True", "TEST.PRECISE_BN.NUM_ITER", "2",
+    cfg = tiny_cfg(Path(data), "SOLVER.MAX_ITER", "2", "TEST.PRECISE_BN.ENABLED", "True",
+                   "TEST.PRECISE_BN.NUM_ITER", "2",
                    "DATASETS.TEST", f"('{data}',)")
     result = train(cfg, RunOptions(output_dir=out))
     rank = comm.get_rank()

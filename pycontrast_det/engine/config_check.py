@@ -46,7 +46,8 @@ def check_engine_config(cfg: Any, world_size: int) -> None:
     reference = int(cfg.SOLVER.REFERENCE_WORLD_SIZE)
     if reference not in (0, world_size):
         raise ConfigError(f"SOLVER.REFERENCE_WORLD_SIZE = {reference} with {world_size} process(es): detectron2 would "
-                          "rescale the schedule; here set it to 0 and pass --scale-to-batch N (the linear-scaling rule)")
+                          "rescale the schedule; here set it to 0 and pass --scale-to-batch N "
+                          "(the linear-scaling rule)")
     if len(cfg.DATASETS.TRAIN) != 1:
         raise ConfigError(f"DATASETS.TRAIN must name exactly one dataset, got {list(cfg.DATASETS.TRAIN)}")
     if len(cfg.DATASETS.TEST) > 1:

@@ -193,7 +193,7 @@ def _spawn(main_func: Callable[..., Any], nprocs: int, world_size: int, machine_
         except ProcessException as exc:  # one failed; torch's join has killed the others
             if interrupted:
                 raise KeyboardInterrupt from None
-            reported = {}
+            reported: dict[int, ZooError] = {}
             while not errors.empty():
                 rank, error = errors.get()
                 reported.setdefault(rank, error)

@@ -202,7 +202,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp)
         self.clip = gradient_clipper(cfg)
         self.checkpointer = Checkpointer(self.model, output_dir, optimizer=self.optimizer, scheduler=self.scheduler,
-                                         scaler=self.scaler, arch=self.model.arch, keep=int(cfg.SOLVER.CHECKPOINTS_KEPT))
+                                         scaler=self.scaler, arch=self.model.arch,
+                                         keep=int(cfg.SOLVER.CHECKPOINTS_KEPT))
         self.writer = MetricsWriter(logger, output_dir, self.max_iter, enabled=self.rank == 0)
         # the loop's state, read by the hooks
         self.start_iter = self.iter = 0
@@ -253,7 +254,8 @@ class Trainer:
         return self.checkpointer.save(name, iteration, seed=self.seed, config=self.cfg.dump())
 
     def precise_bn(self, iteration: int) -> None:
-        """PreciseBN after ``iteration`` on a stream of its own (seeded from the iteration): training data unaffected."""
+        """PreciseBN after ``iteration`` on a stream of its own (seeded from the iteration): training data
+        unaffected."""
         from ..data import build_train_loader
 
         count = int(self.cfg.TEST.PRECISE_BN.NUM_ITER)
@@ -316,7 +318,8 @@ class Trainer:
         # buffers are never broadcast in forward: SyncBN keeps every rank's running statistics equal already
         parameters = inspect.signature(DistributedDataParallel).parameters
         sync = "forward_sync_buffers" if "forward_sync_buffers" in parameters else "broadcast_buffers"
-        return DistributedDataParallel(self.model, device_ids=ids, **{sync: False})
+        no_buffer_sync: dict[str, Any] = {sync: False}
+        return DistributedDataParallel(self.model, device_ids=ids, **no_buffer_sync)
 
     def step(self, model: "torch.nn.Module", batch: Any, iteration: int) -> dict[str, float]:
         """Forward, loss check, backward, clip, SGD step, lr step; returns the process-averaged losses."""
@@ -357,7 +360,7 @@ class Trainer:
                 self.data_time = time.perf_counter() - tick
                 self.lr = self.optimizer.param_groups[0]["lr"]
                 losses = self.step(model, batch, self.iter)
-                self.losses = {k: losses[k] for k in loss_order(losses)}
+                self.losses = {k: losses[k] for k in loss_order(list(losses))}
                 self.step_time = time.perf_counter() - tick
                 for hook in self.hooks:
                     hook.after_step()

@@ -187,7 +187,7 @@ def _source_config(source: str, config: Optional[Union[str, os.PathLike]]) -> tu
     from ..modeling import resolve_source
 
     if config is not None:
-        path = resolve_config_path(config)
+        path = resolve_config_path(os.fspath(config))
         return path, str(path)
     zoo = load_manifest()
     url = "://" in source and not source.startswith("hf://")

@@ -5,8 +5,8 @@ evaluate -> measured AP beside the published one.
 touches neither the network nor the disk; a real run prints a short header and writes the full plan (every
 override, both commands) to ``OUTPUT/plan.txt``. On COCO the entry's config is followed exactly. On the
 built-in ``shapes`` dataset the *shapes protocol* (:data:`SHAPES_PROTOCOL`) shrinks inputs, RoI samples and
-the schedule so that the whole pipeline runs on two CPU cores in about five minutes (quiet machine); its AP is a check that
-the pipeline learns, not a number comparable to COCO's. ``seeds=N`` runs the protocol N times (SEED, SEED+1,
+the schedule so that the whole pipeline runs on two CPU cores in about five minutes (quiet machine); its AP is a
+check that the pipeline learns, not a number comparable to COCO's. ``seeds=N`` runs the protocol N times (SEED, SEED+1,
 ...) and prints each AP's mean and standard deviation, to tell noise from a real difference.
 """
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import statistics
-import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,9 +245,9 @@ def _dataset_overrides(dataset: Optional[str], max_iter: Optional[int]) -> tuple
         steps = sorted({s for s in (int(iters * 0.75), int(iters * 0.9)) if 0 < s < iters})
         overrides += ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", str(tuple(steps)),
                       "SOLVER.WARMUP_ITERS", str(round(_SHAPES_WARMUP * iters / SHAPES_ITERS))]
-        notes = [f"shapes protocol: {iters} iterations, lr steps at 75% and 90%, warmup scaled with them, small inputs and RPN/RoI "
-                 "samples (see SHAPES_PROTOCOL); architecture, norms and init as the entry. A pipeline check: "
-                 "its AP is measured on synthetic shapes, not on COCO"]
+        notes = [f"shapes protocol: {iters} iterations, lr steps at 75% and 90%, warmup scaled with them, small "
+                 "inputs and RPN/RoI samples (see SHAPES_PROTOCOL); architecture, norms and init as the entry. "
+                 "A pipeline check: its AP is measured on synthetic shapes, not on COCO"]
         return overrides, "shapes", notes
     name = str(Path(dataset).resolve()) if Path(dataset).exists() else str(dataset)  # absolute for the commands
     from ..engine.train import evaluation_dataset
@@ -303,12 +302,11 @@ def plan_reproduction(entry: str, options: Optional[RunOptions] = None, *, engin
     base = zoo.entry(entry)
     target = _entry_for_schedule(zoo, base, schedule)
     options = options or RunOptions()
-    out = options.output(DEFAULT_OUTPUT_ROOT / (
-        f"{target.name}{'_user' if pretrain else ''}{'' if dataset in (None, 'coco') else '_' + Path(str(dataset)).name}"
-    ))
+    suffix = ("_user" if pretrain else "") + ("" if dataset in (None, "coco") else "_" + Path(str(dataset)).name)
+    out = options.output(DEFAULT_OUTPUT_ROOT / f"{target.name}{suffix}")
     notes: list[str] = []
     if config is not None:
-        config_path = resolve_config_path(config)
+        config_path = resolve_config_path(os.fspath(config))
     elif pretrain is not None:
         config_path = _self_supervised_config(target)
         notes.append("--pretrain: the self-supervised protocol (RGB input, ImageNet mean/std, stride in the 3x3 "
@@ -418,7 +416,7 @@ def reproduce(plan: ReproducePlan, *, seeds: int = 1, dry_run: bool = False) -> 
     if runs[-1].interrupted:
         print(f"stopped by {runs[-1].interrupted} with a checkpoint in {runs[-1].output_dir}; --resume goes on "
               "from it", flush=True)
-        return ReproduceResult(plan=plan, train_result=runs[-1])
+        return ReproduceResult(plan=plan, train_result=runs[-1].train_result)
     return _compared(plan, runs)
 
 
@@ -554,14 +552,16 @@ def _cached_published_log(entry: str) -> Optional[Path]:
         return None
 
 
-def _mean_std(runs: Sequence[dict[str, dict[str, float]]]) -> tuple[dict, dict]:
+def _mean_std(runs: Sequence[dict[str, dict[str, float]]]
+              ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
     """Per task and metric: the mean and the sample standard deviation over ``runs`` (metrics all runs have)."""
     mean: dict[str, dict[str, float]] = {}
     std: dict[str, dict[str, float]] = {}
     for task in runs[0]:
         for metric in runs[0][task]:
-            values = [r.get(task, {}).get(metric) for r in runs]
-            if any(v is None or v != v for v in values):  # missing, or NaN (no such objects)
+            found = [r.get(task, {}).get(metric) for r in runs]
+            values = [v for v in found if v is not None and v == v]
+            if len(values) < len(found):  # missing, or NaN (no such objects)
                 continue
             mean.setdefault(task, {})[metric] = statistics.fmean(values)
             std.setdefault(task, {})[metric] = statistics.stdev(values) if len(values) > 1 else 0.0

@@ -1,15 +1,15 @@
 """Run a ``train`` or ``reproduce`` command as a SLURM job through submitit (``--launcher slurm``), or as
 submitit's local job (``--launcher submitit-local``: real processes on this machine, CPU ranks on gloo).
 
-Every task of the job runs the same command with ``--launcher local``; submitit's environment gives each its
-rank, world size and master address, which :func:`~pycontrast_det.engine.launch.launch` joins as under
-torchrun. A task that fails exits non-zero and the others are stopped at once: by srun (``--kill-on-bad-exit``)
-under SLURM, by :func:`wait` for submitit-local; its one-line error is in its log and, for submitit-local,
-printed by the waiting command. On preemption or timeout, SLURM sends submitit's signal (``SIGUSR2`` by default, ``--signal``
-90 s before the time limit) or ``SIGTERM``: the trainer stops after the iteration it is in, saves a checkpoint
+Every task of the job runs the same command with ``--launcher local``; submitit's environment gives each its rank,
+world size and master address, which :func:`~pycontrast_det.engine.launch.launch` joins as under torchrun. A task
+that fails exits non-zero and the others are stopped at once: by srun (``--kill-on-bad-exit``) under SLURM, by
+:func:`wait` for submitit-local; its one-line error is in its log and, for submitit-local, printed by the waiting
+command. On preemption or timeout, SLURM sends submitit's signal (``SIGUSR2`` by default, ``--signal`` 90 s before
+the time limit) or ``SIGTERM``: the trainer stops after the iteration it is in, saves a checkpoint
 (:mod:`pycontrast_det.engine.preempt`) and the job is requeued with ``--resume``, so it goes on from that
-checkpoint. submitit's files (sbatch script, pickles, one log per task) go to ``OUTPUT/slurm/``.
-submitit is an optional dependency (``pip install 'pycontrast-det[slurm]'``).
+checkpoint. submitit's files (sbatch script, pickles, one log per task) go to ``OUTPUT/slurm/``. submitit is an
+optional dependency (``pip install 'pycontrast-det[slurm]'``).
 """
 from __future__ import annotations
 
