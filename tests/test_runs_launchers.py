@@ -50,6 +50,13 @@ def _run(launcher: str, argv: list[str], cwd: Path, script: str = "", timeout: f
                           timeout=timeout)
 
 
+def _printed(launcher: str, proc: subprocess.CompletedProcess, folder: Path) -> str:
+    """What the command printed: with submitit-local, what task 0 (global rank 0) printed into its log too."""
+    if launcher != "submitit-local":
+        return proc.stdout
+    return proc.stdout + "".join(p.read_text() for p in (folder / "slurm").glob("*/*_0_log.out"))
+
+
 def _final(folder: Path) -> dict:
     return load_training_checkpoint(folder / "model_final.pth")["model"]
 
@@ -90,15 +97,18 @@ def test_reproduce_and_finetune_finish_with_one_folder(runs, launcher):
     assert rep.returncode == 0, rep.stderr[-3000:]
     assert fin.returncode == 0, fin.stderr[-3000:]
     assert sorted(p.name for p in work.iterdir()) == ["fin", "rep"]  # nothing else created
-    header = [line for line in rep.stdout.splitlines() if line.startswith(f"reproduce {ENTRY}")]
-    assert len(header) == 1, rep.stdout  # printed by global rank 0 only
-    assert "  device:   cpu x 2 process(es)" in rep.stdout.splitlines()
-    assert rep.stdout.count("published: box AP") == 1
+    printed = _printed(launcher, rep, work / "rep")
+    header = [line for line in printed.splitlines() if line.startswith(f"reproduce {ENTRY}")]
+    assert len(header) == 1, printed  # printed by global rank 0 only
+    assert "  device:   cpu x 2 process(es)" in printed.splitlines()
+    assert printed.count("published: box AP") == 1
     run = work / "rep" / ("seed_1" if launcher == "local" else "")
     assert load_training_checkpoint(run / "model_final.pth")["iteration"] == 1
     assert "Training on shapes_train (2 process(es)" in (run / "log.txt").read_text()
     assert not list(run.glob("log.txt.rank*"))  # one log
-    assert "fine-tuned to iteration 2" in fin.stdout
+    assert "fine-tuned to iteration 2" in _printed(launcher, fin, work / "fin")
+    if launcher == "submitit-local":
+        assert sorted(p.name for p in (work / "rep" / "slurm").iterdir()) == [rep.stdout.split()[2]]  # the job
     assert load_training_checkpoint(work / "fin" / "model_final.pth")["iteration"] == 1
 
 

@@ -208,7 +208,11 @@ def submit(req: SlurmRequest, main: Callable[[list[str]], int], argv: Sequence[s
             raise ConfigError(f"--launcher slurm: {exc} (--dry-run prints the submission; --launcher "
                               "submitit-local runs it here)") from None
         executor.update_parameters(**req.parameters())
-    return executor.submit(Job(main, argv))
+    job = executor.submit(Job(main, argv))
+    pattern = req.job_folder  # submitit makes the folder as named, before the job id replaces %j in it
+    if pattern.is_dir() and not any(pattern.iterdir()):
+        pattern.rmdir()
+    return job
 
 
 def wait(job: Any, tasks: int) -> int:
