@@ -96,8 +96,16 @@ class RunOptions:
     def launch(self, main: Callable[..., T], *args: Any) -> Optional[T]:
         """``main(*args)`` in every process of the run (spawned here, or this process joining torchrun's or a SLURM
         task's group); global rank 0's value on the machine that started it, None elsewhere. A failing process
-        stops the others and raises its error here (:func:`pycontrast_det.engine.launch.launch`)."""
+        stops the others and raises its error here (:func:`pycontrast_det.engine.launch.launch`). The SLURM
+        launchers submit the command line instead (``pycontrast-zoo ... --launcher slurm``): each task then runs
+        with ``launcher="local"``."""
+        from ..errors import ConfigError
         from .launch import launch
+
+        if self.launcher != "local":
+            raise ConfigError(f"launcher {self.launcher!r} submits a pycontrast-zoo command as a job (pycontrast-zoo "
+                              f"train/reproduce/finetune ... --launcher {self.launcher}); in Python use "
+                              "RunOptions(launcher='local') here, or torchrun")
 
         return launch(main, self.num_gpus, num_machines=self.num_machines, machine_rank=self.machine_rank,
                       dist_url=self.dist_url, args=args, device=self.device)
