@@ -43,6 +43,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_is_bit_identical(two_images, tmp_p
     cfg = tiny_cfg(two_images, "SOLVER.MAX_ITER", "4", "SOLVER.STEPS", "(3,)", "SOLVER.CHECKPOINT_PERIOD", "0",
                    "DATASETS.TEST", "()")
     train(cfg, RunOptions(output_dir=tmp_path / "whole"), log_period=1)
+    _check_tensorboard_events(tmp_path / "whole", steps=[0, 1, 2, 3])
     hook = _Recorder(interrupt_after=0)  # seen by the preemption hook at the next step (user hooks run last)
     stopped = train(cfg, RunOptions(output_dir=tmp_path / "cut"), log_period=1, hooks=[hook])
     assert stopped.interrupted and stopped.final_checkpoint is None
@@ -54,6 +55,18 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_is_bit_identical(two_images, tmp_p
     assert resumed.start_iter == 2 and not resumed.interrupted
     a, b = (load_training_checkpoint(p / "model_final.pth")["model"] for p in (tmp_path / "whole", tmp_path / "cut"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _check_tensorboard_events(folder: Path, steps: list[int]) -> None:
+    """The TensorBoard hook wrote the losses and the lr of every logged iteration (tensorboard: the test extra)."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    assert {"total_loss", "loss_cls", "lr"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("total_loss")] == steps
+    assert events.Scalars("lr")[0].value == pytest.approx(0.02 * 0.001)  # the first warmup step
 
 
 def test_ctrl_c_in_the_train_command_exits_130(two_images, tmp_path, monkeypatch, capsys):  # noqa: F811

@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
     from ..config import CfgNode
 
 
@@ -26,7 +29,7 @@ def norm_module_types() -> tuple[type, ...]:
     return (_BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm, _InstanceNorm)
 
 
-def param_groups(model: Any, solver: Any) -> list[dict[str, Any]]:
+def param_groups(model: "nn.Module", solver: "CfgNode") -> list[dict[str, Any]]:
     """Trainable parameters grouped by their (``lr``, ``weight_decay``), as detectron2's optimizer sees them."""
     norm_types = norm_module_types()
     groups: dict[tuple[float, float], list[Any]] = {}
@@ -48,7 +51,7 @@ def param_groups(model: Any, solver: Any) -> list[dict[str, Any]]:
     return [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in groups.items()]
 
 
-def build_optimizer(cfg: Any, model: Any) -> Any:
+def build_optimizer(cfg: "CfgNode", model: "nn.Module") -> "torch.optim.SGD":
     """torch SGD over :func:`param_groups` with SOLVER.MOMENTUM, NESTEROV and WEIGHT_DECAY as defaults and the
     multi-tensor (foreach) update, as detectron2 builds it."""
     import torch
@@ -61,7 +64,7 @@ def build_optimizer(cfg: Any, model: Any) -> Any:
                            foreach=True)
 
 
-def _check_schedule(solver: Any) -> None:
+def _check_schedule(solver: "CfgNode") -> None:
     if solver.LR_SCHEDULER_NAME != "WarmupMultiStepLR":
         raise ConfigError(f"SOLVER.LR_SCHEDULER_NAME {solver.LR_SCHEDULER_NAME!r} is not supported; "
                           "the PyContrast configs use 'WarmupMultiStepLR'")
@@ -83,7 +86,7 @@ class Schedule:
     warmup_method: str
 
     @classmethod
-    def from_solver(cls, solver: Any) -> "Schedule":
+    def from_solver(cls, solver: "CfgNode") -> "Schedule":
         _check_schedule(solver)
         return cls(tuple(int(s) for s in solver.STEPS if s <= solver.MAX_ITER), int(solver.MAX_ITER),
                    float(solver.GAMMA), int(solver.WARMUP_ITERS), float(solver.WARMUP_FACTOR),
@@ -100,19 +103,19 @@ class Schedule:
         return decay * (self.warmup_factor * (1.0 - alpha) + alpha)
 
 
-def lr_multiplier(solver: Any, iteration: int) -> float:
+def lr_multiplier(solver: "CfgNode", iteration: int) -> float:
     """Factor on each group's base lr after ``iteration`` completed iterations."""
     return Schedule.from_solver(solver)(iteration)
 
 
-def build_lr_scheduler(cfg: Any, optimizer: Any) -> Any:
+def build_lr_scheduler(cfg: "CfgNode", optimizer: "torch.optim.Optimizer") -> "torch.optim.lr_scheduler.LambdaLR":
     """A LambdaLR stepping once per iteration with :func:`lr_multiplier`; its state_dict is plain data."""
     import torch
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, Schedule.from_solver(cfg.SOLVER))
 
 
-def gradient_clipper(cfg: Any) -> Optional[Callable[[Any], None]]:
+def gradient_clipper(cfg: "CfgNode") -> Optional[Callable[["torch.optim.Optimizer"], None]]:
     """``clip(optimizer)`` per SOLVER.CLIP_GRADIENTS (detectron2: 'value' or 'norm' per parameter group,
     'full_model' over all parameters together), or None when disabled."""
     clip = cfg.SOLVER.CLIP_GRADIENTS
@@ -124,7 +127,7 @@ def gradient_clipper(cfg: Any) -> Optional[Callable[[Any], None]]:
     if kind not in ("value", "norm", "full_model"):
         raise ConfigError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE must be value, norm or full_model, got {kind!r}")
 
-    def _clip(optimizer: Any) -> None:
+    def _clip(optimizer: "torch.optim.Optimizer") -> None:
         if kind == "full_model":
             params = [p for group in optimizer.param_groups for p in group["params"]]
             torch.nn.utils.clip_grad_norm_(params, value, norm_type)

@@ -90,7 +90,7 @@ def _seed_rngs(seed: int, *key: int) -> None:
     random.seed(int(state[1]))
 
 
-def _pick_seed(cfg: Any) -> int:
+def _pick_seed(cfg: "CfgNode") -> int:
     """SEED, or for SEED < 0 a random one (the same on every process)."""
     seed = int(cfg.SEED)
     if seed < 0:
@@ -98,7 +98,7 @@ def _pick_seed(cfg: Any) -> int:
     return int(comm.broadcast_object(seed))
 
 
-def _use_amp(cfg: Any, amp: Optional[bool], device: Any) -> bool:
+def _use_amp(cfg: "CfgNode", amp: Optional[bool], device: "torch.device") -> bool:
     enabled = bool(cfg.SOLVER.AMP.ENABLED) if amp is None else bool(amp)
     if enabled and device.type != "cuda":
         raise ConfigError("mixed precision (SOLVER.AMP.ENABLED / --amp) needs a CUDA device; "
@@ -106,7 +106,7 @@ def _use_amp(cfg: Any, amp: Optional[bool], device: Any) -> bool:
     return enabled
 
 
-def evaluation_dataset(name: str, train_name: str, train_spec: Any) -> tuple[Any, Optional[str]]:
+def evaluation_dataset(name: str, train_name: str, train_spec: "DatasetSpec") -> tuple["DatasetSpec", Optional[str]]:
     """The split a run evaluates on for DATASETS.TEST ``name`` and, when that is the training data, a sentence
     saying so. A dataset that is also DATASETS.TRAIN (``--dataset PATH``) without a val split is evaluated on its
     train split."""
@@ -125,7 +125,7 @@ def evaluation_dataset(name: str, train_name: str, train_spec: Any) -> tuple[Any
     return spec, None
 
 
-def _datasets(cfg: Any) -> tuple[Any, Optional[Any], Optional[str]]:
+def _datasets(cfg: "CfgNode") -> tuple["DatasetSpec", Optional["DatasetSpec"], Optional[str]]:
     """(train spec, test spec or None, a warning when the test images are the training images)."""
     from ..data import resolve_dataset
 
@@ -135,7 +135,8 @@ def _datasets(cfg: Any) -> tuple[Any, Optional[Any], Optional[str]]:
     return (train_spec, *evaluation_dataset(cfg.DATASETS.TEST[0], cfg.DATASETS.TRAIN[0], train_spec))
 
 
-def _effective_config(cfg: Any, dataset: Optional[Union[str, os.PathLike]], device: Any) -> Any:
+def _effective_config(cfg: "CfgNode", dataset: Optional[Union[str, os.PathLike]], device: "torch.device"
+                      ) -> "CfgNode":
     """``cfg`` as this run uses it: DATASETS.TRAIN/TEST set to ``dataset`` when given, MODEL.DEVICE the device."""
     out = cfg.clone()
     out.defrost()
@@ -146,7 +147,7 @@ def _effective_config(cfg: Any, dataset: Optional[Union[str, os.PathLike]], devi
     return out.freeze()
 
 
-def _with_seed(cfg: Any, seed: int) -> Any:
+def _with_seed(cfg: "CfgNode", seed: int) -> "CfgNode":
     out = cfg.clone()
     out.defrost()
     out.SEED = int(seed)
@@ -377,7 +378,7 @@ class Trainer:
                            next_iter=self.iter + 1 if self.interrupted else self.max_iter)
 
 
-def _naive_sync_bn_on_cpu(model: Any) -> None:
+def _naive_sync_bn_on_cpu(model: "torch.nn.Module") -> None:
     """Swap torch SyncBatchNorm layers for the modeling package's NaiveSyncBatchNorm (same parameters, buffers
     and, on CPU, the same all-reduce arithmetic): DistributedDataParallel refuses SyncBatchNorm on CPU."""
     import torch.nn as nn
@@ -393,7 +394,7 @@ def _naive_sync_bn_on_cpu(model: Any) -> None:
                 setattr(parent, name, naive)
 
 
-def _train_stream(cfg: Any, spec: Any, seed: int, start_iter: int) -> Iterator[Any]:
+def _train_stream(cfg: "CfgNode", spec: "DatasetSpec", seed: int, start_iter: int) -> Iterator[Any]:
     """This rank's batches from iteration ``start_iter`` on (the stream is a function of seed and position, so a
     resumed run sees exactly the batches the interrupted one would have)."""
     from ..data import build_train_loader

@@ -9,9 +9,12 @@ any COCO json) are registered with ``register_coco_instances``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..errors import Detectron2NotInstalledError
+
+if TYPE_CHECKING:
+    from .reproduce import ReproducePlan
 
 INSTALL_HINT = ("install it (https://detectron2.readthedocs.io/en/latest/tutorials/install.html, e.g. "
                 "pip install 'git+https://github.com/facebookresearch/detectron2.git') or use --engine native")
@@ -92,7 +95,7 @@ def _register_datasets(cfg: Any) -> None:
             register_coco_instances(name, {}, str(spec.json_file), str(spec.image_root))
 
 
-def _d2_main(plan: Any) -> Optional[dict]:
+def _d2_main(plan: "ReproducePlan") -> Optional[dict]:
     """One detectron2 training process: prepare (rank 0), register, train, return the final evaluation."""
     from detectron2.engine import DefaultTrainer
     from detectron2.evaluation import COCOEvaluator
@@ -128,7 +131,7 @@ def _d2_main(plan: Any) -> Optional[dict]:
     return {task: dict(values) for task, values in results.items()}
 
 
-def train_with_detectron2(plan: Any) -> Optional[dict]:
+def train_with_detectron2(plan: "ReproducePlan") -> Optional[dict]:
     """Run ``plan`` with detectron2's DefaultTrainer (and detectron2's launcher); rank 0's metrics
     (task -> metric -> AP in percent), None elsewhere."""
     require_detectron2()

@@ -17,7 +17,7 @@ import statistics
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 from .. import atomic
 from ..engine.output import claim_output_dir, removed_if_nothing_recorded
@@ -30,8 +30,10 @@ from . import commands
 if TYPE_CHECKING:
     from ..checkpoints import ConversionReport
     from ..config import CfgNode
+    from ..engine.output import Claim
     from ..engine.train import TrainResult
     from ..evaluation import EvalResult
+    from ..zoo import DetectorEntry, Zoo
 
 ENGINES = ("native", "detectron2")
 DEFAULT_OUTPUT_ROOT = Path("output")
@@ -206,7 +208,7 @@ class ReproduceResult:
     runs: list[dict[str, dict[str, float]]] = field(default_factory=list)  # each seed's metrics, same order
 
 
-def _entry_for_schedule(zoo: Any, entry: Any, schedule: Optional[str]) -> Any:
+def _entry_for_schedule(zoo: "Zoo", entry: "DetectorEntry", schedule: Optional[str]) -> "DetectorEntry":
     """The zoo entry with ``entry``'s detector and pretrain trained for ``schedule`` (None: ``entry``)."""
     if schedule is None or schedule == entry.schedule:
         return entry
@@ -219,7 +221,7 @@ def _entry_for_schedule(zoo: Any, entry: Any, schedule: Optional[str]) -> Any:
                       f"{entry.pretrain!r} with that schedule (it has: {', '.join(known)})")
 
 
-def _self_supervised_config(entry: Any) -> Path:
+def _self_supervised_config(entry: "DetectorEntry") -> Path:
     """The RGB / stride-in-3x3 config (``*_infomin``) PyContrast uses for every self-supervised row."""
     from ..config import resolve_config_path
 
@@ -263,7 +265,7 @@ def _dataset_overrides(dataset: Optional[str], max_iter: Optional[int]) -> tuple
     return overrides, str(dataset), notes
 
 
-def _pretrain_plan(zoo: Any, entry: Any, pretrain_path: Optional[Union[str, os.PathLike]],
+def _pretrain_plan(zoo: "Zoo", entry: "DetectorEntry", pretrain_path: Optional[Union[str, os.PathLike]],
                    output_dir: Path) -> tuple[str, Optional[str], str, str, Optional[Path]]:
     """(pretrain label, source description, weights file, detectron2 weights, user path)."""
     if pretrain_path is not None:
@@ -366,7 +368,7 @@ def _generate_datasets(plan: ReproducePlan) -> None:
         resolve_dataset(name)
 
 
-def compare(plan: ReproducePlan, measured: Any) -> str:
+def compare(plan: ReproducePlan, measured: Union["EvalResult", dict[str, dict[str, float]]]) -> str:
     """Measured AP (an EvalResult, or task -> metric -> value) beside the published row; with --pretrain also
     beside every published row of the same detector and schedule."""
     from ..evaluation import EvalResult
@@ -450,7 +452,7 @@ def _seeds(plan: ReproducePlan, count: int) -> list[int]:
     return [base + k for k in range(count)]
 
 
-def _start(plan: ReproducePlan, *, weights: bool = True) -> Any:
+def _start(plan: ReproducePlan, *, weights: bool = True) -> "Claim":
     """Global rank 0, while the others wait: claim the output folder, write plan.txt, fetch and convert the
     pretrain (``weights``), generate the data; a failure removes the folder it made."""
     options = plan.options
