@@ -72,28 +72,32 @@ def data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data):
-    """Per launcher: ``reproduce`` (local: ``--seeds 2``) and ``finetune`` of its result, each in a folder of its
-    own."""
+    """``runs(launcher)``: ``reproduce`` (local: ``--seeds 2``) and ``finetune`` of its result through ``launcher``,
+    each in a folder of its own; run once per launcher, when first asked for."""
     root = tmp_path_factory.mktemp("launchers")
-    done = {}
-    for launcher in LAUNCHERS:
-        work = root / launcher
-        work.mkdir()
-        seeds = ["--seeds", "2"] if launcher == "local" else []
-        started = time.monotonic()
-        rep = _run(launcher, ["reproduce", ENTRY, "--dataset", "shapes", "--max-iter", "2", "--output", "rep", *seeds,
-                              *TINY, "DATASETS.TEST", f"('{data}',)"], work)
-        source = work / "rep" / ("seed_1" if seeds else "") / "model_final.pth"
-        fin = _run(launcher, ["finetune", str(source), "--dataset", str(data), "--schedule", "2", "--output", "fin",
-                              *TINY], work)
-        done[launcher] = (work, rep, fin, time.monotonic() - started)
-    return done
+    done: dict = {}
+
+    def run(launcher: str):
+        if launcher not in done:
+            work = root / launcher
+            work.mkdir()
+            seeds = ["--seeds", "2"] if launcher == "local" else []
+            started = time.monotonic()
+            rep = _run(launcher, ["reproduce", ENTRY, "--dataset", "shapes", "--max-iter", "2", "--output", "rep",
+                                  *seeds, *TINY, "DATASETS.TEST", f"('{data}',)"], work)
+            source = work / "rep" / ("seed_1" if seeds else "") / "model_final.pth"
+            fin = _run(launcher, ["finetune", str(source), "--dataset", str(data), "--schedule", "2", "--output",
+                                  "fin", *TINY], work)
+            done[launcher] = (work, rep, fin, time.monotonic() - started)
+        return done[launcher]
+
+    return run
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_reproduce_and_finetune_finish_with_one_folder(runs, launcher):
-    work, rep, fin, _ = runs[launcher]
+    work, rep, fin, _ = runs(launcher)
     assert rep.returncode == 0, rep.stderr[-3000:]
     assert fin.returncode == 0, fin.stderr[-3000:]
     assert sorted(p.name for p in work.iterdir()) == ["fin", "rep"]  # nothing else created
@@ -115,23 +119,24 @@ def test_reproduce_and_finetune_finish_with_one_folder(runs, launcher):
 @pytest.mark.slow
 def test_every_launcher_gives_the_same_weights(runs):
     """The same command with the same seed and two ranks gives the same bits, whichever launcher started them."""
-    if not all(r[1].returncode == 0 and r[2].returncode == 0 for r in runs.values()):
+    done = {launcher: runs(launcher) for launcher in LAUNCHERS}
+    if not all(r[1].returncode == 0 and r[2].returncode == 0 for r in done.values()):
         pytest.fail("a launcher run failed: " + "; ".join(f"{k}: {r[1].stderr[-500:]}{r[2].stderr[-500:]}"
-                                                          for k, r in runs.items()))
-    local = runs["local"][0]
+                                                          for k, r in done.items()))
+    local = done["local"][0]
     seed_1, seed_2 = _final(local / "rep" / "seed_1"), _final(local / "rep" / "seed_2")
     assert not _same(seed_1, seed_2)
     finetuned = _final(local / "fin")
     for launcher in LAUNCHERS[1:]:
-        work = runs[launcher][0]
+        work = done[launcher][0]
         assert _same(_final(work / "rep"), seed_1), launcher
         assert _same(_final(work / "fin"), finetuned), launcher
-    print({k: f"{r[3]:.0f} s" for k, r in runs.items()})
+    print({k: f"{r[3]:.0f} s" for k, r in done.items()})
 
 
 @pytest.mark.slow
 def test_seeds_print_their_table_once_and_keep_only_the_final_weights(runs):
-    work, rep, _, _ = runs["local"]
+    work, rep, _, _ = runs("local")
     assert rep.returncode == 0, rep.stderr[-3000:]
     assert rep.stdout.count("mean ± std") == 1 and rep.stdout.count("published: box AP") == 1
     assert rep.stdout.count("box AP") == 3  # the header's published row, the comparison, the seed table
