@@ -107,7 +107,7 @@ def submit(args: argparse.Namespace, options: RunOptions, output_dir: Path, job_
           f"log: {job.paths.stdout}", flush=True)
     if options.launcher != "submitit-local":
         return 0
-    code = slurm.wait(job, req.nodes * req.gpus_per_node)
+    code = slurm.wait(req, job)
     print(f"job {job.job_id} finished with exit code {code}; log: {job.paths.stdout}")
     return code
 

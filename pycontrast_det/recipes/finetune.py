@@ -18,7 +18,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
+from typing import IO, TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
 from ..config import override_value
 from ..engine.run_options import RunOptions
@@ -255,7 +255,7 @@ def _worker(plan: FinetunePlan, log_period: int, evaluate_at_end: bool) -> "Trai
 
 
 def finetune(plan: FinetunePlan, *, log_period: int = 20, evaluate_at_end: bool = True,
-             stream: Any = None) -> Optional["TrainResult"]:
+             stream: Optional[IO[str]] = None) -> Optional["TrainResult"]:
     """Print ``plan`` to ``stream`` (default stdout; global rank 0 only) and train it; rank 0's result (None in
     the other processes)."""
     if plan.options.starts_rank_0():

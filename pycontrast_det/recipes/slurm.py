@@ -209,15 +209,28 @@ def submit(req: SlurmRequest, main: Callable[[list[str]], int], argv: Sequence[s
                               "submitit-local runs it here)") from None
         executor.update_parameters(**req.parameters())
     job = executor.submit(Job(main, argv))
-    pattern = req.job_folder  # submitit makes the folder as named, before the job id replaces %j in it
-    if pattern.is_dir() and not any(pattern.iterdir()):
-        pattern.rmdir()
+    _drop_pattern_folder(req)
     return job
 
 
-def wait(job: Any, tasks: int) -> int:
+def _drop_pattern_folder(req: SlurmRequest) -> None:
+    """Remove the empty ``slurm/%j`` folder submitit makes under the pattern's own name (the job's files are in
+    ``slurm/<job id>``)."""
+    pattern = req.job_folder
+    if pattern.is_dir() and not any(pattern.iterdir()):
+        pattern.rmdir()
+
+
+def wait(req: SlurmRequest, job: Any) -> int:
     """Wait for a submitit-local job; as soon as one task has failed, stop the others and raise its error
     (RankFailedError with the one line it printed). Returns rank 0's exit code."""
+    try:
+        return _wait(job, req.nodes * req.gpus_per_node)
+    finally:
+        _drop_pattern_folder(req)
+
+
+def _wait(job: Any, tasks: int) -> int:
     while not job.done():
         failed = [job.task(k) for k in range(tasks) if _failed(job.task(k))]
         if failed:
