@@ -89,6 +89,7 @@ def test_ctrl_c_in_the_train_command_exits_130(two_images, tmp_path, monkeypatch
     assert code == 130
     assert "--resume goes on from iteration 1" in capsys.readouterr().err
     assert (out / "last_checkpoint").read_text() == "model_0000000.pth"
+    assert " iter: 0 " in (out / "log.txt").read_text()  # the steps before the stop are logged
 
 
 def test_a_shortened_schedule_scales_its_warmup_and_prints_the_final_lr(capsys):

@@ -39,16 +39,25 @@ def _at_period(trainer: "Trainer", period: int) -> bool:
 
 
 class PeriodicWriter(HookBase):
-    """log.txt lines and metrics.json rows every ``log_period`` iterations and after the last one."""
+    """log.txt lines and metrics.json rows every ``log_period`` iterations, after the last one and after a stop."""
 
     def __init__(self, log_period: int) -> None:
         self.log_period = log_period
+        self._written = -1
 
     def after_step(self) -> None:
         t = self.trainer
         t.writer.put(t.losses, lr=t.lr, time=t.step_time, data_time=t.data_time)
         if (t.iter + 1) % self.log_period == 0 or t.iter == t.max_iter - 1:
-            t.writer.write(t.iter)
+            self._write()
+
+    def after_train(self) -> None:
+        if self.trainer.interrupted and self._written != self.trainer.iter:  # the steps before the stop count too
+            self._write()
+
+    def _write(self) -> None:
+        self.trainer.writer.write(self.trainer.iter)
+        self._written = self.trainer.iter
 
 
 class PreciseBN(HookBase):
