@@ -159,3 +159,27 @@ def test_a_failing_rank_ends_the_job_with_its_error(launcher, data, tmp_path):
     assert proc.returncode != 0 and elapsed < 60, (proc.returncode, elapsed, proc.stderr[-3000:])
     shown = [line for line in proc.stderr.splitlines() if "error:" in line and "injected failure on rank 1" in line]
     assert len(shown) == 1 and "rank 1" in shown[0], proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_machines_one_folder_written_by_machine_0(data, tmp_path):
+    """``--num-machines 2`` (both "machines" here, one process each): machine 0 alone claims, writes and prints;
+    machine 1 joins, trains and prints nothing. (The weights differ in the last bits from the two-process runs
+    above: one process per machine computes with both cores' threads.)"""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+    argv = ["reproduce", ENTRY, "--dataset", "shapes", "--max-iter", "2", "--output", "rep", *TINY,
+            "DATASETS.TEST", f"('{data}',)", "--device", "cpu", "--num-machines", "2", "--dist-url", url]
+    procs = [subprocess.Popen([sys.executable, "-m", "pycontrast_det", *argv, "--machine-rank", str(rank)],
+                              cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in (0, 1)]
+    (out0, err0), (out1, err1) = (p.communicate(timeout=300) for p in procs)
+    assert [p.returncode for p in procs] == [0, 0], err0[-2000:] + err1[-2000:]
+    assert out0.count(f"reproduce {ENTRY}") == 1 and "box AP" in out0 and out1 == ""
+    assert "  device:   cpu x 1 process(es) x 2 machines" in out0.splitlines()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rep"]
+    assert load_training_checkpoint(tmp_path / "rep" / "model_final.pth")["iteration"] == 1
+    assert "Training on shapes_train (2 process(es)" in (tmp_path / "rep" / "log.txt").read_text()
