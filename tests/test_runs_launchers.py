@@ -1,6 +1,7 @@
 """Two CPU ranks on gloo through every launcher (local ``--num-gpus 2``, torchrun, submitit-local): ``reproduce``,
 ``reproduce --seeds 2`` and ``finetune`` each end with one output folder and the same final weights on every
-launcher; a rank that raises ends the job within seconds with a non-zero exit and that rank's error (issue 21)."""
+launcher; a rank that raises ends the job within seconds with a non-zero exit and that rank's error; with
+``--num-machines 2`` machine 0 alone writes the folder (issue 21)."""
 from __future__ import annotations
 
 import json
