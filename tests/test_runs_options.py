@@ -57,6 +57,20 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_is_bit_identical(two_images, tmp_p
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+class _TwoCtrlC(HookBase):
+    def after_step(self) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_second_ctrl_c_stops_at_once(two_images, tmp_path):  # noqa: F811
+    cfg = tiny_cfg(two_images, "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "0", "DATASETS.TEST", "()")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, RunOptions(output_dir=tmp_path / "o"), hooks=[_TwoCtrlC()])
+    assert not list((tmp_path / "o").glob("model_*.pth"))  # nothing saved
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def _check_tensorboard_events(folder: Path, steps: list[int]) -> None:
     """The TensorBoard hook wrote the losses and the lr of every logged iteration (tensorboard: the test extra)."""
     pytest.importorskip("tensorboard")

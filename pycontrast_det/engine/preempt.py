@@ -44,6 +44,7 @@ def ctrl_c_stops_after_the_step() -> Iterator[None]:
     def handler(signum: int, frame: Any) -> None:
         if _state["requested"]:
             signal.signal(signal.SIGINT, previous)
+            _state["requested"] = False  # answered: by stopping at once
             raise KeyboardInterrupt
         _handler(signum, frame)
 
