@@ -85,6 +85,10 @@ class ExportError(ZooError):
     """A model cannot be exported, or a file is not an exported detector this package can run."""
 
 
+class RankFailedError(ZooError):
+    """A process of a multi-process run failed (the others were stopped); the message is that process's error."""
+
+
 def yaml_problem(path: object, exc: BaseException) -> str:
     """One line for a YAML parse error: ``FILE:LINE:COLUMN: what`` (PyYAML's message spans lines and ends in ``^``)."""
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)

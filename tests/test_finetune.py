@@ -18,7 +18,7 @@ from pycontrast_det.checkpoints import read_checkpoint
 from pycontrast_det.checkpoints.keymap import rename, resnet_rules
 from pycontrast_det.cli import main
 from pycontrast_det.config import load_config
-from pycontrast_det.engine import train
+from pycontrast_det.engine import RunOptions, train
 from pycontrast_det.reports import parse_log
 from pycontrast_det.engine.checkpoint import load_training_checkpoint
 from pycontrast_det.evaluation import evaluate
@@ -104,7 +104,7 @@ def pretrain_file(tmp_path_factory, d2_fixtures) -> Path:
 def _finetune(tmp_path_factory, source: Path, dataset: Path, **kwargs):
     out = tmp_path_factory.mktemp("finetune")
     overrides = TINY + ["SOLVER.STEPS", "()"] + kwargs.pop("extra", [])  # 4 iterations: no lr step
-    plan = plan_finetune(source, dataset, schedule="4", output_dir=out, overrides=overrides, **kwargs)
+    plan = plan_finetune(source, dataset, RunOptions(output_dir=out), schedule="4", overrides=overrides, **kwargs)
     result = finetune(plan, log_period=1, evaluate_at_end=False)  # evaluated below, from the checkpoint alone
     return plan, result, (out / "log.txt").read_text()
 
@@ -217,7 +217,7 @@ def test_load_and_model_weights_give_the_same_tensors(kind, request, d2_fixtures
         trained = load_training_checkpoint(out / "model_final.pth")["model"]
     else:
         cfg_run = load_config(config, common + run + ["DATASETS.TRAIN", f"('{dataset}',)", "DATASETS.TEST", "()"])
-        trained = train(cfg_run, output_dir=out, evaluate_at_end=False).model.state_dict()
+        trained = train(cfg_run, RunOptions(output_dir=out), evaluate_at_end=False).model.state_dict()
     assert f"loaded {len(report.loaded)} of the model's" in (out / "log.txt").read_text()
     compared = set(report.loaded) & _stable_keys(model)
     assert len(compared) > 150  # at least the ResNet body
@@ -240,7 +240,7 @@ def test_finetune_plan_schedule_classes_and_overrides(d2_fixtures, dataset, caps
     assert list(cfg.DATASETS.TRAIN) == list(cfg.DATASETS.TEST) == [str(dataset.resolve())]
     assert plan.config_origin == str(d2_fixtures / "fpn" / "config.yaml")  # the config beside the weights
     # a zoo entry: its config; 1x on 4 GPUs; the lr of the recipe (0.02 at 16 images) scaled to 8
-    entry = plan_finetune("mask_rcnn_fpn_1x_infomin", dataset, schedule="1x", num_gpus=4)
+    entry = plan_finetune("mask_rcnn_fpn_1x_infomin", dataset, RunOptions(num_gpus=4), schedule="1x")
     assert (entry.schedule.max_iter, entry.schedule.ims_per_batch, entry.schedule.steps) == (3, 8, (2,))
     assert entry.schedule.base_lr == pytest.approx(0.01) and entry.cfg().MODEL.WEIGHTS == "mask_rcnn_fpn_1x_infomin"
     assert entry.config.name == "R_50_FPN_1x_infomin.yaml" and "pycontrast-zoo train --config" in entry.render()

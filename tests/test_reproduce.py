@@ -15,6 +15,7 @@ from pycontrast_det.cli import main
 from pycontrast_det.config import load_config
 import torch
 
+from pycontrast_det.engine import RunOptions
 from pycontrast_det.recipes import plan_reproduction, reproduce
 from pycontrast_det.reports import parse_log
 from pycontrast_det.engine.checkpoint import load_training_checkpoint
@@ -80,7 +81,7 @@ def test_dry_run_shapes_protocol_and_scaling(capsys, tmp_path):
     assert cfg.MODEL.RESNETS.NORM == "SyncBN" and cfg.INPUT.FORMAT == "RGB"  # the entry's model otherwise
     assert "shapes protocol" in out
 
-    plan = plan_reproduction("mask_rcnn_fpn_1x_supervised", num_gpus=4, scale_to_batch=8)
+    plan = plan_reproduction("mask_rcnn_fpn_1x_supervised", RunOptions(num_gpus=4, scale_to_batch=8))
     assert plan.config().SOLVER.BASE_LR == pytest.approx(0.01) and plan.config().SOLVER.MAX_ITER == 180000
     d2 = shlex.split(plan.detectron2_command())
     assert d2[3] == "4" and _value(d2, "SOLVER.IMS_PER_BATCH") == "8" and _value(d2, "SOLVER.MAX_ITER") == "180000"
@@ -113,7 +114,8 @@ def test_user_pretrain_in_the_plan_and_converted(user_resnet, capsys, tmp_path):
     from pycontrast_det.recipes.reproduce import prepare_weights
 
     out_dir = tmp_path / "out"
-    result = reproduce("mask_rcnn_fpn_2x_rand", pretrain=user_resnet, dry_run=True, output_dir=out_dir)
+    result = reproduce(plan_reproduction("mask_rcnn_fpn_2x_rand", RunOptions(output_dir=out_dir), pretrain=user_resnet),
+                       dry_run=True)
     text = capsys.readouterr().out
     plan = result.plan
     assert str(user_resnet) in text and plan.pretrain == "user"
@@ -128,7 +130,8 @@ def test_user_pretrain_in_the_plan_and_converted(user_resnet, capsys, tmp_path):
     assert converted.format == "detectron2" and len(converted.state) == 318
     assert "res5.2.conv3.norm.running_var" in converted.state and report.input_format == "RGB"
 
-    bgr = plan_reproduction("mask_rcnn_fpn_2x_rand", pretrain=user_resnet, config="R_50_FPN_2x", output_dir=out_dir)
+    bgr = plan_reproduction("mask_rcnn_fpn_2x_rand", RunOptions(output_dir=out_dir), pretrain=user_resnet,
+                            config="R_50_FPN_2x")
     with pytest.raises(ConfigError, match="RGB input"):
         prepare_weights(bgr)
 
@@ -138,7 +141,8 @@ def test_detectron2_engine_needs_detectron2(tmp_path, capsys, monkeypatch):
     with pytest.raises(ImportError):
         import detectron2  # noqa: F401
     with pytest.raises(Detectron2NotInstalledError, match="pip install.*--engine native"):
-        reproduce("mask_rcnn_c4_1x_supervised", engine="detectron2", dataset="shapes", output_dir=tmp_path / "o")
+        reproduce(plan_reproduction("mask_rcnn_c4_1x_supervised", RunOptions(output_dir=tmp_path / "o"),
+                                    engine="detectron2", dataset="shapes"))
     assert not (tmp_path / "o").exists()
     assert main(["reproduce", "mask_rcnn_fpn_1x_rand", "--engine", "detectron2", "--dataset", "shapes",
                  "--output", str(tmp_path / "o")]) == 2
@@ -150,10 +154,10 @@ def test_reproduce_end_to_end_on_shapes_with_two_seeds(tmp_path, capsys):
     """Plan -> train (1 real step) -> PreciseBN -> COCO evaluation on shapes val -> comparison, as the README's
     main command does it (only shorter and smaller), for seeds 1 and 2: mean ± std beside the published row."""
     out_dir = tmp_path / "run"
-    result = reproduce("mask_rcnn_fpn_1x_rand", dataset="shapes", max_iter=1, output_dir=out_dir, seeds=2,
-                       overrides=["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64",
-                                  "MODEL.BACKBONE.FREEZE_AT", "2", "TEST.PRECISE_BN.NUM_ITER", "2",
-                                  "TEST.DETECTIONS_PER_IMAGE", "10"])
+    overrides = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64", "MODEL.BACKBONE.FREEZE_AT", "2",
+                 "TEST.PRECISE_BN.NUM_ITER", "2", "TEST.DETECTIONS_PER_IMAGE", "10"]
+    result = reproduce(plan_reproduction("mask_rcnn_fpn_1x_rand", RunOptions(output_dir=out_dir), dataset="shapes",
+                                         max_iter=1, overrides=overrides), seeds=2)
     printed = capsys.readouterr().out
     assert result.seeds == [1, 2] and len(result.runs) == 2
     for seed, metrics in zip(result.seeds, result.runs):
@@ -182,4 +186,5 @@ def test_reproduce_end_to_end_on_shapes_with_two_seeds(tmp_path, capsys):
     assert "python tools/train_net.py" in plan and "register_coco_instances" in plan and "SOLVER.MAX_ITER 1" in plan
     # a second run into the same folder is refused before anything is touched
     with pytest.raises(ConfigError, match="not empty .*--resume .*--overwrite"):
-        reproduce("mask_rcnn_fpn_1x_rand", dataset="shapes", max_iter=2, output_dir=out_dir)
+        reproduce(plan_reproduction("mask_rcnn_fpn_1x_rand", RunOptions(output_dir=out_dir), dataset="shapes",
+                                    max_iter=2))

@@ -17,7 +17,8 @@ from pycontrast_det.engine.checkpoint import load_training_checkpoint
 from pycontrast_det.recipes.slurm import parse_slurm_args, parse_time, with_resume
 from pycontrast_det.errors import ConfigError
 
-submitit = pytest.importorskip("submitit", reason="needs submitit, installed by the test extra: pip install -e '.[test]'")
+submitit = pytest.importorskip("submitit",
+                               reason="needs submitit, installed by the test extra: pip install -e '.[test]'")
 
 from test_train import TINY, make_two_image_dataset  # noqa: E402  (after the skip: it imports torch models)
 

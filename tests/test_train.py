@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from pycontrast_det.config import get_cfg, load_config
-from pycontrast_det.engine import launch, train
+from pycontrast_det.engine import RunOptions, launch, train
 from pycontrast_det.reports import parse_log
+from pycontrast_det.reports.curves_hook import CurvesHook
 from pycontrast_det.engine.checkpoint import Checkpointer, load_training_checkpoint
 from pycontrast_det.engine.optim import build_lr_scheduler, build_optimizer, param_groups
 from pycontrast_det.recipes.scaling import scale_to_batch
@@ -76,8 +77,9 @@ def uninterrupted(tmp_path_factory, two_images):
     """One 8-iteration run (checkpoint after iteration 3, every checkpoint kept), shared by the resume, loss and log
     tests."""
     out = tmp_path_factory.mktemp("run")
-    result = train(tiny_cfg(two_images, "SOLVER.CHECKPOINTS_KEPT", "0"), output_dir=out, evaluate_at_end=False,
-                   log_period=1, export_detectron2=True)
+    result = train(tiny_cfg(two_images, "SOLVER.CHECKPOINTS_KEPT", "0"),
+                   RunOptions(output_dir=out, export_detectron2=True), evaluate_at_end=False,
+                   log_period=1)
     return out, result
 
 
@@ -111,7 +113,8 @@ def test_resume_continues_exactly(uninterrupted, two_images, tmp_path):
     out, _ = uninterrupted
     shutil.copy(out / "model_0000003.pth", tmp_path / "model_0000003.pth")
     (tmp_path / "last_checkpoint").write_text("model_0000003.pth")  # as an interrupted run leaves it
-    resumed = train(tiny_cfg(two_images), output_dir=tmp_path, resume=True, evaluate_at_end=False, log_period=1)
+    resumed = train(tiny_cfg(two_images), RunOptions(output_dir=tmp_path, resume=True), evaluate_at_end=False,
+                    log_period=1)
     assert resumed.start_iter == 4
     expected, got = _weights(out / "model_final.pth"), _weights(tmp_path / "model_final.pth")
     assert expected.keys() == got.keys()
@@ -126,12 +129,14 @@ def test_same_seed_gives_the_same_bits_another_seed_other_weights(uninterrupted,
     other weights from the first iteration on."""
     out, _ = uninterrupted
     four = ("SOLVER.MAX_ITER", "4")
-    again = train(tiny_cfg(two_images, *four), output_dir=tmp_path / "again", evaluate_at_end=False, log_period=1)
+    again = train(tiny_cfg(two_images, *four), RunOptions(output_dir=tmp_path / "again"), evaluate_at_end=False,
+                  log_period=1)
     first, second = _weights(out / "model_0000003.pth"), _weights(again.final_checkpoint)
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     assert _loss_rows(out / "metrics.json")[:4] == _loss_rows(tmp_path / "again" / "metrics.json")
     assert load_config(tmp_path / "again" / "config.yaml").SEED == 7 == again.seed
-    other = train(tiny_cfg(two_images, *four, "SEED", "8"), output_dir=tmp_path / "other", evaluate_at_end=False,
+    other = train(tiny_cfg(two_images, *four, "SEED", "8"), RunOptions(output_dir=tmp_path / "other"),
+                  evaluate_at_end=False,
                   log_period=1)
     third = _weights(other.final_checkpoint)
     kernels = [k for k in first if k.endswith("weight") and first[k].dim() > 1]  # every conv and fc
@@ -178,7 +183,7 @@ def test_output_folder_refused_unless_resume_or_overwrite(two_images, tmp_path, 
     one_step = tiny_cfg(two_images, "SOLVER.MAX_ITER", "1")
     with pytest.raises(ConfigError, match=r"OUTPUT_DIR .*run is not empty \(log.txt, notes.md\): pass --resume "
                                           r"to continue the run in it, --overwrite to replace it"):
-        train(one_step, output_dir=out, evaluate_at_end=False)
+        train(one_step, RunOptions(output_dir=out), evaluate_at_end=False)
     assert (out / "log.txt").read_text() == "an earlier run\n" and sorted(p.name for p in out.iterdir()) == [
         "log.txt", "notes.md"]
     code = main(["train", "--config", "R_50_FPN_1x_rand", "--output", str(out), "--device", "cpu", *TINY,
@@ -186,7 +191,7 @@ def test_output_folder_refused_unless_resume_or_overwrite(two_images, tmp_path, 
     assert code == 2 and "--overwrite" in capsys.readouterr().err
     # --overwrite, on a dataset without a val split (given as --dataset): the log says what is evaluated
     data = make_two_image_dataset(tmp_path / "trainonly")
-    result = train(one_step, output_dir=out, overwrite=True, dataset=data)
+    result = train(one_step, RunOptions(output_dir=out, overwrite=True), dataset=data)
     log = (out / "log.txt").read_text()
     assert "an earlier run" not in log and (out / "notes.md").read_text() == "mine"
     assert result.final_checkpoint.is_file()
@@ -196,7 +201,7 @@ def test_output_folder_refused_unless_resume_or_overwrite(two_images, tmp_path, 
     # a failed start leaves no folder behind: no dataset; a model setting refused after the log was opened
     for bad in (tiny_cfg(tmp_path / "no_such_dataset"), tiny_cfg(two_images, "MODEL.KEYPOINT_ON", "True")):
         with pytest.raises(ZooError):
-            train(bad, output_dir=tmp_path / "fresh", evaluate_at_end=False)
+            train(bad, RunOptions(output_dir=tmp_path / "fresh"), evaluate_at_end=False)
         assert not (tmp_path / "fresh").exists()
 
 
@@ -206,7 +211,7 @@ def test_periodic_evaluation_retention_random_seed_and_curves(two_images, tmp_pa
     cfg = tiny_cfg(two_images, "DATASETS.TEST", f"('{two_images}',)", "SOLVER.MAX_ITER", "6", "SOLVER.STEPS", "(5,)",
                    "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.CHECKPOINTS_KEPT", "2", "TEST.EVAL_PERIOD", "3",
                    "TEST.PRECISE_BN.ENABLED", "True", "TEST.PRECISE_BN.NUM_ITER", "1", "SEED", "-1")
-    result = train(cfg, output_dir=tmp_path, log_period=1)
+    result = train(cfg, RunOptions(output_dir=tmp_path), log_period=1, hooks=[CurvesHook()])
     summary = parse_log(tmp_path / "metrics.json")
     assert [i for i, _ in summary.evals] == [2, 5] and set(summary.evals[0][1]) == {"bbox", "segm"}
     assert result.evaluation.num_images == 2 and result.metrics == summary.evals[-1][1] | {
@@ -248,8 +253,9 @@ def test_evaluate_command_finds_the_run_config(uninterrupted, two_images, tmp_pa
 
 REFUSED = [
     ("DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler"), ("INPUT.CROP.ENABLED", "True"),
-    ("TEST.AUG.ENABLED", "True"), ("INPUT.MASK_FORMAT", "rle"), ("TEST.EXPECTED_RESULTS", "[['bbox', 'AP', 38, 1]]"),
-    ("VIS_PERIOD", "20"), ("DATASETS.PROPOSAL_FILES_TRAIN", "('p.pkl',)"), ("DATASETS.PROPOSAL_FILES_TEST", "('p.pkl',)"),
+    ("TEST.AUG.ENABLED", "True"), ("INPUT.MASK_FORMAT", "rle"),
+    ("TEST.EXPECTED_RESULTS", "[['bbox', 'AP', 38, 1]]"), ("VIS_PERIOD", "20"),
+    ("DATASETS.PROPOSAL_FILES_TRAIN", "('p.pkl',)"), ("DATASETS.PROPOSAL_FILES_TEST", "('p.pkl',)"),
     ("FLOAT32_PRECISION", "high"), ("GLOBAL.HACK", "2.0"), ("SOLVER.REFERENCE_WORLD_SIZE", "8"),
     ("DATASETS.TEST", "('shapes_val', 'shapes_train')"), ("DATASETS.TRAIN", "()"),
     ("SOLVER.MAX_ITER", "0"), ("SOLVER.CHECKPOINTS_KEPT", "-1"), ("TEST.EVAL_PERIOD", "-5"),
@@ -277,7 +283,7 @@ def test_every_shipped_config_passes_the_trainer_checks_and_refusals_come_first(
     with pytest.raises(ConfigError, match="SOLVER.REFERENCE_WORLD_SIZE = 8 with 2 process"):
         check_engine_config(load_config("R_50_FPN_1x", ["SOLVER.REFERENCE_WORLD_SIZE", "8"]), world_size=2)
     with pytest.raises(ConfigError, match="TEST.AUG.ENABLED"):  # before the folder is touched
-        train(tiny_cfg(two_images, "TEST.AUG.ENABLED", "True"), output_dir=tmp_path / "never")
+        train(tiny_cfg(two_images, "TEST.AUG.ENABLED", "True"), RunOptions(output_dir=tmp_path / "never"))
     assert not (tmp_path / "never").exists()
 
 
@@ -288,7 +294,7 @@ def test_logs_parse_with_the_log_parser(uninterrupted):
     assert [p.iteration for p in text.losses] == [p.iteration for p in rows.losses] == list(range(8))
     assert text.losses[-1].total_loss == pytest.approx(rows.losses[-1].total_loss, rel=1e-3)
     assert rows.losses[0].lr == pytest.approx(0.02 * 0.001)  # warmup starts at WARMUP_FACTOR
-    line = next(l for l in (out / "log.txt").read_text().splitlines() if " iter: 7 " in l)
+    line = next(text for text in (out / "log.txt").read_text().splitlines() if " iter: 7 " in text)
     for word in ("eta:", "total_loss:", "loss_cls:", "loss_mask:", "lr:", "time:", "data_time:"):
         assert word in line
     first = json.loads((out / "metrics.json").read_text().splitlines()[0])
@@ -298,7 +304,7 @@ def test_logs_parse_with_the_log_parser(uninterrupted):
 def test_non_finite_loss_stops_with_the_iteration(two_images, tmp_path):
     cfg = tiny_cfg(two_images, "SOLVER.BASE_LR", "1e8", "SOLVER.WARMUP_ITERS", "0", "SOLVER.MAX_ITER", "4")
     with pytest.raises(NonFiniteLossError, match=r"iteration=[1-3]\b.*SOLVER.BASE_LR"):
-        train(cfg, output_dir=tmp_path, evaluate_at_end=False)
+        train(cfg, RunOptions(output_dir=tmp_path), evaluate_at_end=False)
     assert not (tmp_path / "model_final.pth").exists()
 
 
@@ -320,9 +326,10 @@ def _two_process_worker(data: str, out: str) -> None:
         return score(*args, **kwargs)
 
     ev.instances_to_coco, ev.score_results = recording_infer, recording_score
-    cfg = tiny_cfg(Path(data), "SOLVER.MAX_ITER", "2", "TEST.PRECISE_BN.ENABLED", "True", "TEST.PRECISE_BN.NUM_ITER", "2",
+    cfg = tiny_cfg(Path(data), "SOLVER.MAX_ITER", "2", "TEST.PRECISE_BN.ENABLED", "True",
+                   "TEST.PRECISE_BN.NUM_ITER", "2",
                    "DATASETS.TEST", f"('{data}',)")
-    result = train(cfg, output_dir=out)
+    result = train(cfg, RunOptions(output_dir=out))
     rank = comm.get_rank()
     torch.save(result.model.state_dict(), Path(out) / f"rank{rank}.pth")
     seen.update(shards=result.evaluation.shards, num_images=result.evaluation.num_images,
@@ -480,7 +487,7 @@ def test_model_weights_from_a_user_resnet(config, two_images, tmp_path):
     torch.save(resnet.state_dict(), source)
     cfg = load_config(config, TINY + ["DATASETS.TRAIN", f"('{two_images}',)", "MODEL.WEIGHTS", str(source),
                                       "SOLVER.BASE_LR", "0.0", "SOLVER.MAX_ITER", "1"])
-    model = train(cfg, output_dir=tmp_path / "out", evaluate_at_end=False).model.state_dict()
+    model = train(cfg, RunOptions(output_dir=tmp_path / "out"), evaluate_at_end=False).model.state_dict()
     body = "backbone.body."
     assert torch.equal(model[body + "conv1.weight"], resnet.conv1.weight)
     assert torch.equal(model[body + "layer3.5.bn3.weight"], resnet.layer3[5].bn3.weight)
@@ -526,6 +533,6 @@ def test_gradient_clipping(kind):
 
 def test_amp_needs_cuda(two_images, tmp_path):
     with pytest.raises(ConfigError, match="needs a CUDA device"):
-        train(tiny_cfg(two_images), output_dir=tmp_path, amp=True)
+        train(tiny_cfg(two_images), RunOptions(output_dir=tmp_path, amp=True))
     with pytest.raises(ConfigError, match="IMS_PER_BATCH 0 is not a positive multiple of the 1 processes"):
-        train(tiny_cfg(two_images, "SOLVER.IMS_PER_BATCH", "0"), output_dir=tmp_path)
+        train(tiny_cfg(two_images, "SOLVER.IMS_PER_BATCH", "0"), RunOptions(output_dir=tmp_path))

@@ -30,6 +30,7 @@ import pytest
 import torch
 from torch import nn
 
+from pycontrast_det.engine import RunOptions
 from pycontrast_det.checkpoints.detectron2 import d2_to_model, model_to_d2, model_to_d2_key
 from pycontrast_det.data import DatasetMapper, ShapesParams, build_train_loader, load_records, resolve_dataset, shapes_root
 from pycontrast_det.engine.optim import build_lr_scheduler, build_optimizer
@@ -54,8 +55,8 @@ needs_detectron2 = pytest.mark.skipif(importlib.util.find_spec("detectron2") is 
 def protocol_cfg(*overrides: str) -> Any:
     """The effective config of the shapes protocol of ENTRY (what both engines train), plus ``overrides``; its config
     file as it is, without the entry's config_fixes (the reference in tests/data was made with the file as it is)."""
-    return plan_reproduction(ENTRY, dataset="shapes", output_dir="unused", config="R_50_FPN_1x_rand",
-                             overrides=list(overrides)).config()
+    return plan_reproduction(ENTRY, RunOptions(output_dir=Path("unused")), dataset="shapes",
+                             config="R_50_FPN_1x_rand", overrides=list(overrides)).config()
 
 
 def fill_weights(model: nn.Module) -> None:

@@ -6,10 +6,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..errors import ZooError
 from .options import add_device, add_overrides, load_model, run_device
+
+if TYPE_CHECKING:
+    from ..export.evaluable import EvaluableExport
+    from ..zoo import Zoo
 
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
@@ -68,7 +72,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     entry = zoo.entry(args.entry) if args.entry is not None else None  # a typo fails now, with close names
     if entry is None and args.target in zoo.entries and not Path(args.target).exists():
         entry = zoo.entries[args.target]
-    config = args.config or (str(entry.config_path) if args.entry is not None else None)
+    config = args.config or (str(entry.config_path) if args.entry is not None and entry is not None else None)
     model = _exported(args) or load_model(args.target, config=config, weights=None, device=device,
                                           overrides=args.opts, config_options="--config CFG or --entry NAME")
     dataset = args.dataset or (model.cfg.DATASETS.TEST[0] if len(model.cfg.DATASETS.TEST) else "shapes")
@@ -88,7 +92,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _exported(args: argparse.Namespace) -> Any:
+def _exported(args: argparse.Namespace) -> Optional["EvaluableExport"]:
     """TARGET as an exported ONNX / TorchScript file, ready for ``evaluate()``; None when it is not one."""
     from ..export.metadata import exported_format
 
@@ -109,6 +113,7 @@ def _exported(args: argparse.Namespace) -> Any:
 def run_logs(args: argparse.Namespace) -> int:
     """Handler: a published log against the manifest (and ours beside it), or our run alone; plot."""
     import pycontrast_det as pcd
+    from ..reports.compare import describe_log, side_by_side
     from ..reports.curves import plot_curves
     from ..reports.logs import parse_log
 
@@ -116,7 +121,7 @@ def run_logs(args: argparse.Namespace) -> int:
     if target.exists():  # our own run: no published log needed
         ours = parse_log(target, label="ours")
         print(f"our run: {ours.source}")
-        _describe(ours)
+        _print(describe_log(ours))
         out = plot_curves([ours], args.plot or (target if target.is_dir() else target.parent) / "curves.png",
                           title=str(target))
         print(f"\nplot: {out}")
@@ -133,7 +138,7 @@ def run_logs(args: argparse.Namespace) -> int:
         print(f"published log of {entry.name}: not at hand ({str(exc).splitlines()[0]}); our run alone")
     else:
         print(f"published log of {entry.name}: {path}")
-        _describe(published)
+        _print(describe_log(published))
         for task, label, expected in (("bbox", "box AP", entry.box_ap), ("segm", "mask AP", entry.mask_ap)):
             found = published.final(task).get("AP")
             if found is None:
@@ -145,9 +150,9 @@ def run_logs(args: argparse.Namespace) -> int:
     if args.ours is not None:
         ours = parse_log(args.ours, label="ours")
         print(f"\nour run: {args.ours}")
-        _describe(ours)
+        _print(describe_log(ours))
         if summaries:
-            _side_by_side(summaries[0], ours)
+            _print(side_by_side(summaries[0], ours))
         summaries.insert(0, ours)
     if args.plot is not None:
         out = plot_curves(summaries, args.plot, title=entry.name)
@@ -155,38 +160,12 @@ def run_logs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _published_log(entry: str, zoo: Any) -> Path:
+def _published_log(entry: str, zoo: "Zoo") -> Path:
     from ..checkpoints.sources import fetch_entry_file
 
     return fetch_entry_file(entry, "log", zoo=zoo)
 
 
-def _describe(summary: Any) -> None:
-    """Iterations covered, first and last total loss, final APs."""
-    if summary.losses:
-        first, last = summary.losses[0], summary.losses[-1]
-        print(f"  {len(summary.losses)} loss points, iterations {first.iteration}..{last.iteration}; total_loss "
-              f"{first.total_loss:.3f} -> {last.total_loss:.3f}")
-    for task in ("bbox", "segm"):
-        values = summary.final(task)
-        if values:
-            print(f"  final {task}: " + "  ".join(f"{k} {v:.2f}" for k, v in values.items() if "-" not in k))
-
-
-def _side_by_side(published: Any, ours: Any, rows: int = 8) -> None:
-    """Total loss of both runs at a few of our logged iterations (nearest published point)."""
-    if not ours.losses or not published.losses:
-        return
-    step = max(1, len(ours.losses) // rows)
-    picked = ours.losses[::step][:rows - 1]
-    if picked[-1] is not ours.losses[-1]:
-        picked.append(ours.losses[-1])
-    print(f"\n{'iteration':>10}{'ours':>10}{'published':>12}")
-    for point in picked:
-        theirs: Optional[Any] = published.loss_at(point.iteration)
-        print(f"{point.iteration:>10}{point.total_loss:>10.3f}{theirs.total_loss:>12.3f}"
-              + (f"  (at {theirs.iteration})" if theirs.iteration != point.iteration else ""))
-    for task, label in (("bbox", "box AP"), ("segm", "mask AP")):
-        a, b = ours.final(task).get("AP"), published.final(task).get("AP")
-        if a is not None and b is not None:
-            print(f"{label}: ours {a:.2f}, published {b:.2f} ({a - b:+.2f})")
+def _print(text: str) -> None:
+    if text:
+        print(text)

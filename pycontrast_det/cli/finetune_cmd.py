@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from .runs import add_run_options, passive_cpu_threads, print_result, run_device_of, submit
+from .runs import add_run_options, passive_cpu_threads, print_result, run_options, submit
 
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
@@ -46,18 +46,14 @@ def run_finetune(args: argparse.Namespace) -> int:
     passive_cpu_threads()
     from ..recipes.finetune import finetune, plan_finetune
 
-    plan = plan_finetune(args.source, args.dataset, val=args.val, holdout=args.holdout, schedule=args.schedule,
-                         config=args.config, overrides=args.opts,
-                         output_dir=args.output, device=run_device_of(args), num_gpus=args.num_gpus,
-                         num_machines=args.num_machines, machine_rank=args.machine_rank, dist_url=args.dist_url,
-                         resume=args.resume, overwrite=args.overwrite, amp=args.amp,
-                         scale_to_batch=args.scale_to_batch, export_detectron2=args.export_detectron2)
+    options = run_options(args)
+    plan = plan_finetune(args.source, args.dataset, options, val=args.val, holdout=args.holdout,
+                         schedule=args.schedule, config=args.config, overrides=args.opts)
     if args.launcher != "local":
         if args.dry_run:
             print(plan.render())
-        return submit(args, plan.output_dir, plan.output_dir.name)
+        return submit(args, plan.options, plan.output_dir, plan.output_dir.name)
     if args.dry_run:
         print(plan.render())
         return 0
-    print_result(finetune(plan), plan.output_dir, "fine-tuned")
-    return 0
+    return print_result(finetune(plan), plan.output_dir, "fine-tuned")

@@ -1,5 +1,6 @@
 """What the commands that train (``train``, ``reproduce``, ``finetune``) share: one option set (where, on what, how
-many processes, SLURM), the submission of the command as a SLURM job, and the CPU thread policy.
+many processes, SLURM) read into one :class:`~pycontrast_det.engine.run_options.RunOptions`, the submission of the
+command as a SLURM job, the end of a run as printed, and the CPU thread policy.
 
 No torch at import.
 """
@@ -8,8 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+import sys
 from typing import TYPE_CHECKING, Optional
 
+from ..engine.run_options import LAUNCHERS, RunOptions
 from .options import add_device, add_overrides, planned_device, run_device
 
 if TYPE_CHECKING:
@@ -37,7 +40,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="apply the linear-scaling rule for N images per iteration (lr x N/16, iterations "
                              "x 16/N), e.g. when fewer GPUs than the recipe's 8 hold the batch")
     cluster = parser.add_argument_group("cluster (SLURM through submitit: pip install 'pycontrast-det[slurm]')")
-    cluster.add_argument("--launcher", choices=("local", "slurm", "submitit-local"), default="local",
+    cluster.add_argument("--launcher", choices=LAUNCHERS, default="local",
                          help="local: processes here (default); slurm: submit a SLURM job and print its id and log; "
                               "submitit-local: the same job as local processes, waited for. On preemption or "
                               "timeout the job checkpoints and requeues itself with --resume")
@@ -59,49 +62,54 @@ def passive_cpu_threads() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def run_device_of(args: argparse.Namespace) -> str:
-    """The device of a run: checked against this machine, unless the command only plans (--dry-run) or the run
-    happens elsewhere (--launcher slurm: each task checks it where it runs)."""
-    if args.dry_run or args.launcher != "local":
-        return planned_device(args)
-    return run_device(args)
+def run_options(args: argparse.Namespace) -> RunOptions:
+    """The run options of the command line, once. The device is checked against this machine unless the command
+    only plans (--dry-run) or runs elsewhere (--launcher slurm: each task checks it where it runs)."""
+    device = planned_device(args) if args.dry_run or args.launcher != "local" else run_device(args)
+    return RunOptions(output_dir=Path(args.output) if args.output else None, device=device, num_gpus=args.num_gpus,
+                      num_machines=args.num_machines, machine_rank=args.machine_rank, dist_url=args.dist_url,
+                      resume=args.resume, overwrite=args.overwrite, amp=args.amp, scale_to_batch=args.scale_to_batch,
+                      export_detectron2=args.export_detectron2, launcher=args.launcher, nodes=args.nodes,
+                      gpus_per_node=args.gpus_per_node, partition=args.partition, time=args.time,
+                      slurm_args=tuple(args.slurm_args))
 
 
-def print_result(result: Optional["TrainResult"], output_dir: Path, verb: str) -> None:
-    """What a run printed at the end: where the model is and its AP, or where it stopped (None: another machine)."""
+def print_result(result: Optional["TrainResult"], output_dir: Path, verb: str) -> int:
+    """What a run prints at the end: where the model is and its AP, or where it stopped; the exit code (130 after
+    Ctrl-C). Nothing for None (a process other than global rank 0)."""
     if result is None:
-        return
+        return 0
     if result.interrupted:
-        print(f"stopped by a signal with a checkpoint in {output_dir}; --resume goes on from it")
-        return
+        print(f"{result.interrupted}: stopped with a checkpoint in {output_dir}; --resume goes on from iteration "
+              f"{result.next_iter}", file=sys.stderr)
+        return 130 if result.interrupted == "SIGINT" else 0
     print(f"{verb} to iteration {result.max_iter}: {output_dir / 'model_final.pth'}")
     for task, values in result.metrics.items():
         print(f"{task}: " + "  ".join(f"{k} {v:.2f}" for k, v in values.items()))
+    return 0
 
 
-def submit(args: argparse.Namespace, output_dir: Path, job_name: str) -> int:
-    """--launcher slurm|submitit-local: print (--dry-run) or submit this command as a job; submitit-local waits."""
+def submit(args: argparse.Namespace, options: RunOptions, output_dir: Path, job_name: str) -> int:
+    """--launcher slurm|submitit-local: print (--dry-run) or submit this command as a job; submitit-local waits,
+    stopping every task as soon as one fails (its error raised here)."""
     from .. import cli
-    from ..recipes import slurm
     from ..engine.output import claim_output_dir
+    from ..recipes import slurm
 
-    req = slurm.request(args.launcher, output_dir, job_name, nodes=args.nodes,
-                        gpus_per_node=args.gpus_per_node or args.num_gpus, device=planned_device(args),
-                        partition=args.partition, time=args.time, slurm_args=args.slurm_args)
+    req = slurm.request(options, output_dir, job_name)
     argv = list(args.argv)
     if args.dry_run:
         print(slurm.describe(req, [w for w in argv if w != "--dry-run"]))
         return 0
-    claim_output_dir(output_dir, resume=args.resume, overwrite=args.overwrite)  # refused now, not in the queue
+    claim_output_dir(output_dir, resume=options.resume, overwrite=options.overwrite)  # refused now, not in the queue
     job = slurm.submit(req, cli.main, argv)
-    print(f"submitted job {job.job_id} ({args.launcher}: {req.nodes} node(s) x {req.gpus_per_node} task(s)); "
-          f"log: {job.paths.stdout}")
-    if args.launcher != "submitit-local":
+    print(f"submitted job {job.job_id} ({options.launcher}: {req.nodes} node(s) x {req.gpus_per_node} task(s)); "
+          f"log: {job.paths.stdout}", flush=True)
+    if options.launcher != "submitit-local":
         return 0
-    job.wait()
-    code = job.results()[0]
+    code = slurm.wait(req, job)
     print(f"job {job.job_id} finished with exit code {code}; log: {job.paths.stdout}")
-    return int(code or 0)
+    return code
 
 
-__all__ = ["add_run_options", "passive_cpu_threads", "print_result", "run_device_of", "submit"]
+__all__ = ["add_run_options", "passive_cpu_threads", "print_result", "run_options", "submit"]

@@ -6,10 +6,14 @@ Both take detectron2-style ``KEY VALUE`` config overrides at the end (:mod:`.opt
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Optional
 
+from ..engine.run_options import RunOptions
 from ..errors import ConfigError
-from .runs import add_run_options, passive_cpu_threads, print_result, run_device_of, submit
+from .runs import add_run_options, passive_cpu_threads, print_result, run_options, submit
+
+if TYPE_CHECKING:
+    from ..engine.train import TrainResult
 
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
@@ -58,38 +62,32 @@ def run_reproduce(args: argparse.Namespace) -> int:
     passive_cpu_threads()
     from ..recipes.reproduce import plan_reproduction, reproduce
 
-    device = run_device_of(args)
+    options = run_options(args)
+    if args.launcher != "local" and args.engine != "native":
+        raise ConfigError("--launcher slurm / submitit-local runs the native engine (it checkpoints and requeues "
+                          "on preemption); for --engine detectron2 use detectron2's own SLURM scripts")
+    plan = plan_reproduction(args.entry, options, engine=args.engine, dataset=args.dataset, max_iter=args.max_iter,
+                             overrides=args.opts, pretrain=args.pretrain, config=args.config, schedule=args.schedule)
     if args.launcher != "local":
-        if args.engine != "native":
-            raise ConfigError("--launcher slurm / submitit-local runs the native engine (it checkpoints and requeues "
-                              "on preemption); for --engine detectron2 use detectron2's own SLURM scripts")
-        plan = plan_reproduction(args.entry, engine=args.engine, dataset=args.dataset, max_iter=args.max_iter,
-                                 overrides=args.opts, pretrain=args.pretrain, config=args.config,
-                                 schedule=args.schedule, output_dir=args.output, device=device)
         if args.dry_run:
             print(plan.render())
-        return submit(args, plan.output_dir, plan.entry)
-    reproduce(args.entry, engine=args.engine, dataset=args.dataset, max_iter=args.max_iter, dry_run=args.dry_run,
-              overrides=args.opts, pretrain=args.pretrain, config=args.config, schedule=args.schedule,
-              output_dir=args.output, device=device, num_gpus=args.num_gpus, num_machines=args.num_machines,
-              machine_rank=args.machine_rank, dist_url=args.dist_url, resume=args.resume, overwrite=args.overwrite,
-              amp=args.amp, scale_to_batch=args.scale_to_batch, seeds=args.seeds, export_detectron2=args.export_detectron2)
-    return 0
+        return submit(args, options, plan.output_dir, plan.entry)
+    result = reproduce(plan, seeds=args.seeds, dry_run=args.dry_run)
+    return 130 if result.train_result is not None and result.train_result.interrupted == "SIGINT" else 0
 
 
-def _train_main(config: str, opts: list[str], scale: Any, kwargs: dict) -> Any:
+def _train_main(config: str, opts: list[str], options: RunOptions, dataset: Optional[str]) -> "TrainResult":
     """One training process of ``pycontrast-zoo train`` (module level: spawned processes import it)."""
     from ..config import load_config
-    from ..recipes.scaling import scale_to_batch
     from ..engine.train import train
+    from ..recipes.scaling import scale_to_batch
+    from ..reports.curves_hook import CurvesHook
 
     cfg = load_config(config, opts)
     note = None
-    if scale:
-        cfg, note = scale_to_batch(cfg, scale)
-    result = train(cfg, notes=(note,) if note else (), **kwargs)
-    result.model = None  # returned across processes: results only
-    return result
+    if options.scale_to_batch:
+        cfg, note = scale_to_batch(cfg, options.scale_to_batch)
+    return train(cfg, options, dataset=dataset, notes=(note,) if note else (), hooks=[CurvesHook()])
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -98,25 +96,21 @@ def run_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..config import load_config
-    from ..engine.launch import launch
 
-    device = run_device_of(args)
+    options = run_options(args)
     opts = list(args.opts) + (["OUTPUT_DIR", args.output] if args.output else [])
     if args.dataset is not None:  # its categories set the number of classes (another explicit one is an error)
         from ..recipes.finetune import dataset_classes
 
         opts = dataset_classes(args.dataset, opts)[1] + opts
     cfg = load_config(args.config, opts)  # a bad config fails here, before any process starts
-    output = cfg.OUTPUT_DIR
+    output = Path(cfg.OUTPUT_DIR)
+    options = options.replace(output_dir=output)
     if args.launcher != "local":
-        return submit(args, Path(output), Path(args.config).stem)
+        return submit(args, options, output, Path(args.config).stem)
     if args.dry_run:
-        print(f"train {args.config} on {device} x {args.num_gpus} process(es) x {args.num_machines} machine(s) "
-              f"into {Path(output).resolve()} (SEED {cfg.SEED}); nothing was run")
+        print(f"train {args.config} on {options.describe()} into {output.resolve()} (SEED {cfg.SEED}); nothing was "
+              "run")
         return 0
-    kwargs = {"output_dir": output, "resume": args.resume, "overwrite": args.overwrite, "dataset": args.dataset,
-              "device": device, "amp": args.amp, "export_detectron2": args.export_detectron2}
-    result = launch(_train_main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-                    dist_url=args.dist_url, args=(args.config, opts, args.scale_to_batch, kwargs), device=device)
-    print_result(result, Path(output), "trained")
-    return 0
+    result = options.launch(_train_main, args.config, opts, options, args.dataset)
+    return print_result(result, output, "trained")

@@ -15,8 +15,8 @@ import torch
 
 from ..errors import ConfigError, DatasetError
 from ..images import read_image
+from ..resize import resize_shortest_edge, scaled_size
 from .masks import decode_mask, transform_mask
-from ..modeling.preprocess import resize_shortest_edge, scaled_size
 
 _FORMATS = ("RGB", "BGR")
 _FLIPS = ("horizontal", "vertical", "none")

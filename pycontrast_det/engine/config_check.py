@@ -7,9 +7,12 @@ the ``TrainingSampler``, ``SOLVER.BASE_LR_END`` under ``WarmupMultiStepLR``) cha
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..config import CfgNode
 
 # key -> (the values the trainer implements, what is missing / what to do instead)
 _UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
@@ -29,14 +32,14 @@ _UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
 }
 
 
-def _get(cfg: Any, key: str) -> Any:
+def _get(cfg: "CfgNode", key: str) -> Any:
     node = cfg
     for part in key.split("."):
         node = node[part]
     return list(node) if isinstance(node, tuple) else node
 
 
-def check_engine_config(cfg: Any, world_size: int) -> None:
+def check_engine_config(cfg: "CfgNode", world_size: int) -> None:
     """Raise ConfigError naming the first key the trainer would not honour for ``world_size`` processes."""
     for key, (allowed, why) in _UNSUPPORTED.items():
         value = _get(cfg, key)
@@ -46,7 +49,8 @@ def check_engine_config(cfg: Any, world_size: int) -> None:
     reference = int(cfg.SOLVER.REFERENCE_WORLD_SIZE)
     if reference not in (0, world_size):
         raise ConfigError(f"SOLVER.REFERENCE_WORLD_SIZE = {reference} with {world_size} process(es): detectron2 would "
-                          "rescale the schedule; here set it to 0 and pass --scale-to-batch N (the linear-scaling rule)")
+                          "rescale the schedule; here set it to 0 and pass --scale-to-batch N "
+                          "(the linear-scaling rule)")
     if not len(cfg.DATASETS.TRAIN):
         raise ConfigError("DATASETS.TRAIN names no dataset; name one (or several, trained on as one)")
     if len(cfg.DATASETS.TEST) > 1:

@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from ..config import CfgNode
 
 
 def norm_module_types() -> tuple[type, ...]:
@@ -23,7 +29,7 @@ def norm_module_types() -> tuple[type, ...]:
     return (_BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm, _InstanceNorm)
 
 
-def param_groups(model: Any, solver: Any) -> list[dict[str, Any]]:
+def param_groups(model: "nn.Module", solver: "CfgNode") -> list[dict[str, Any]]:
     """Trainable parameters grouped by their (``lr``, ``weight_decay``), as detectron2's optimizer sees them."""
     norm_types = norm_module_types()
     groups: dict[tuple[float, float], list[Any]] = {}
@@ -45,7 +51,7 @@ def param_groups(model: Any, solver: Any) -> list[dict[str, Any]]:
     return [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in groups.items()]
 
 
-def build_optimizer(cfg: Any, model: Any) -> Any:
+def build_optimizer(cfg: "CfgNode", model: "nn.Module") -> "torch.optim.SGD":
     """torch SGD over :func:`param_groups` with SOLVER.MOMENTUM, NESTEROV and WEIGHT_DECAY as defaults and the
     multi-tensor (foreach) update, as detectron2 builds it."""
     import torch
@@ -58,7 +64,7 @@ def build_optimizer(cfg: Any, model: Any) -> Any:
                            foreach=True)
 
 
-def _check_schedule(solver: Any) -> None:
+def _check_schedule(solver: "CfgNode") -> None:
     if solver.LR_SCHEDULER_NAME != "WarmupMultiStepLR":
         raise ConfigError(f"SOLVER.LR_SCHEDULER_NAME {solver.LR_SCHEDULER_NAME!r} is not supported; "
                           "the PyContrast configs use 'WarmupMultiStepLR'")
@@ -80,7 +86,7 @@ class Schedule:
     warmup_method: str
 
     @classmethod
-    def from_solver(cls, solver: Any) -> "Schedule":
+    def from_solver(cls, solver: "CfgNode") -> "Schedule":
         _check_schedule(solver)
         return cls(tuple(int(s) for s in solver.STEPS if s <= solver.MAX_ITER), int(solver.MAX_ITER),
                    float(solver.GAMMA), int(solver.WARMUP_ITERS), float(solver.WARMUP_FACTOR),
@@ -97,19 +103,19 @@ class Schedule:
         return decay * (self.warmup_factor * (1.0 - alpha) + alpha)
 
 
-def lr_multiplier(solver: Any, iteration: int) -> float:
+def lr_multiplier(solver: "CfgNode", iteration: int) -> float:
     """Factor on each group's base lr after ``iteration`` completed iterations."""
     return Schedule.from_solver(solver)(iteration)
 
 
-def build_lr_scheduler(cfg: Any, optimizer: Any) -> Any:
+def build_lr_scheduler(cfg: "CfgNode", optimizer: "torch.optim.Optimizer") -> "torch.optim.lr_scheduler.LambdaLR":
     """A LambdaLR stepping once per iteration with :func:`lr_multiplier`; its state_dict is plain data."""
     import torch
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, Schedule.from_solver(cfg.SOLVER))
 
 
-def gradient_clipper(cfg: Any) -> Optional[Callable[[Any], None]]:
+def gradient_clipper(cfg: "CfgNode") -> Optional[Callable[["torch.optim.Optimizer"], None]]:
     """``clip(optimizer)`` per SOLVER.CLIP_GRADIENTS (detectron2: 'value' or 'norm' per parameter group,
     'full_model' over all parameters together), or None when disabled."""
     clip = cfg.SOLVER.CLIP_GRADIENTS
@@ -121,7 +127,7 @@ def gradient_clipper(cfg: Any) -> Optional[Callable[[Any], None]]:
     if kind not in ("value", "norm", "full_model"):
         raise ConfigError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE must be value, norm or full_model, got {kind!r}")
 
-    def _clip(optimizer: Any) -> None:
+    def _clip(optimizer: "torch.optim.Optimizer") -> None:
         if kind == "full_model":
             params = [p for group in optimizer.param_groups for p in group["params"]]
             torch.nn.utils.clip_grad_norm_(params, value, norm_type)
@@ -133,3 +139,12 @@ def gradient_clipper(cfg: Any) -> Optional[Callable[[Any], None]]:
                 torch.nn.utils.clip_grad_norm_(group["params"], value, norm_type)
 
     return _clip
+
+
+def describe_schedule(solver: "CfgNode") -> str:
+    """BASE_LR, warmup, lr steps and the lr of the last iteration, one line (the plans print it: a warmup longer
+    than a shortened run shows as a tiny final lr)."""
+    last = float(solver.BASE_LR) * lr_multiplier(solver, int(solver.MAX_ITER) - 1)
+    steps = ", ".join(str(s) for s in solver.STEPS if s < solver.MAX_ITER) or "no step"
+    return (f"{solver.BASE_LR:g}, warmup {solver.WARMUP_ITERS} iterations, x{solver.GAMMA:g} at {steps}; "
+            f"{last:.3g} at the last iteration")

@@ -1,11 +1,11 @@
 """The output folder of a run: refuse to mix two runs in one folder, and leave nothing behind when a run fails
 before it recorded anything.
 
-A run writes into ``OUTPUT_DIR``: config.yaml, log.txt, metrics.json, checkpoints, inference/, curves.png
-(and for ``reproduce``: plan.txt, the converted pretrain, seed_*/ for ``--seeds``). A folder that already
-holds anything is refused unless the run resumes (``--resume``: append to it) or replaces the previous one
-(``--overwrite``: the files a run writes are deleted first; anything else in the folder is left alone).
-``slurm/`` (the launcher's job files, see :mod:`pycontrast_det.recipes.slurm`) never counts as a run.
+A run writes into ``OUTPUT_DIR``: config.yaml, log.txt, metrics.json, checkpoints, inference/, curves.png,
+TensorBoard events (and for ``reproduce``: plan.txt, the converted pretrain, seed_*/ for ``--seeds``). A folder that
+already holds anything is refused unless the run resumes (``--resume``: append to it) or replaces the previous one
+(``--overwrite``: the files a run writes are deleted first; anything else in the folder is left alone). ``slurm/``
+(the launcher's job files, see :mod:`pycontrast_det.recipes.slurm`) never counts as a run.
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from ..errors import ConfigError
 
 LAUNCHER_DIR = "slurm"
 _RUN_FILES = ("config.yaml", "log.txt", "metrics.json", "last_checkpoint", "curves.png", "plan.txt")
-_RUN_PATTERNS = ("model_*.pth", "pretrain_*.pkl", ".*.tmp", "inference", "seed_*", "detectron2")
+_RUN_PATTERNS = ("model_*.pth", "pretrain_*.pkl", ".*.tmp", "inference", "seed_*", "detectron2",
+                 "events.out.tfevents.*")
 
 
 def run_files(folder: Path) -> list[Path]:

@@ -71,7 +71,8 @@ def update_bn_stats(model: Any, batches: Iterable[Any], num_iter: int) -> int:
     used = 0
     try:
         with torch.no_grad():
-            for used, inputs in enumerate(itertools.islice(batches, num_iter), start=1):
+            for inputs in itertools.islice(batches, num_iter):
+                used += 1
                 sizes.clear()
                 model(inputs)
                 for index, (bn, layer_stats) in enumerate(zip(layers, stats)):

@@ -2,13 +2,16 @@
 iterations (all processes agree with one all-reduce), saves a checkpoint of the last finished iteration and
 returns, so the job can be requeued with ``--resume`` and go on exactly where it stopped.
 
-Installed by the SLURM launcher (:mod:`pycontrast_det.recipes.slurm`) for its preemption and timeout signals;
-without :func:`install` nothing changes and the trainer never checks.
+Installed by the SLURM launcher (:mod:`pycontrast_det.recipes.slurm`) for its preemption and timeout signals.
+Ctrl-C (SIGINT) works the same way while the training loop runs (:func:`ctrl_c_stops_after_the_step`): the first
+one stops after the step with a checkpoint, a second one interrupts at once.
 """
 from __future__ import annotations
 
+import contextlib
 import signal
-from typing import Any, Sequence
+import threading
+from typing import Any, Iterator, Sequence
 
 _state = {"installed": False, "requested": False, "signal": "", "stopped": False}
 
@@ -29,6 +32,29 @@ def installed() -> bool:
     return bool(_state["installed"])
 
 
+@contextlib.contextmanager
+def ctrl_c_stops_after_the_step() -> Iterator[None]:
+    """Within: the first SIGINT asks to stop after the step (as a preemption signal does), the second raises
+    KeyboardInterrupt at once. The previous handler is back afterwards (only the main thread can do this)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: Any) -> None:
+        if _state["requested"]:
+            signal.signal(signal.SIGINT, previous)
+            _state["requested"] = False  # answered: by stopping at once
+            raise KeyboardInterrupt
+        _handler(signum, frame)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def requested() -> bool:
     """True once one of the installed signals arrived in this process."""
     return bool(_state["requested"])
@@ -40,8 +66,10 @@ def received() -> str:
 
 
 def mark_stopped() -> None:
-    """Called by the trainer once it saved its checkpoint and stopped early because of a signal."""
+    """Called by the trainer once it saved its checkpoint and stopped early because of a signal (the request is
+    then answered: a later run in this process starts afresh)."""
     _state["stopped"] = True
+    _state["requested"] = False
 
 
 def stopped() -> bool:
@@ -49,4 +77,4 @@ def stopped() -> bool:
     return bool(_state["stopped"])
 
 
-__all__ = ["install", "installed", "mark_stopped", "received", "requested", "stopped"]
+__all__ = ["ctrl_c_stops_after_the_step", "install", "installed", "mark_stopped", "received", "requested", "stopped"]

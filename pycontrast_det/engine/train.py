@@ -18,19 +18,30 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence, Union
 
 from .. import atomic
 from ..checkpoints.weights import resolve_weights
 from ..errors import ConfigError, DatasetError, NonFiniteLossError
 from ..utils import comm
+from ..utils.events import loss_order, progress, setup_logger
 from . import preempt
-from .checkpoint import FINAL_NAME, LAST_CHECKPOINT, Checkpointer, periodic_name
+from .checkpoint import LAST_CHECKPOINT, Checkpointer
 from .config_check import check_engine_config
-from ..utils.events import MetricsWriter, loss_order, progress, setup_logger
+from .hooks import (EvalHook, HookBase, PeriodicCheckpointer, PeriodicWriter, Preemption, PreciseBN,
+                    TensorboardWriter, Timer)
 from .optim import build_lr_scheduler, build_optimizer, gradient_clipper
-from .output import claim_output_dir, removed_if_nothing_recorded
+from .output import Claim, claim_output_dir, removed_if_nothing_recorded
 from .precise_bn import update_bn_stats
+from .run_options import RunOptions
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..config import CfgNode
+    from ..data.catalog import DatasetSpec
+    from ..evaluation import EvalResult
+    from ..modeling.meta_arch import MaskRCNN
 
 
 @dataclass
@@ -44,11 +55,16 @@ class TrainResult:
     detectron2_checkpoint: Optional[Path]  # model_final_detectron2.pth (detectron2 keys) when asked for, rank 0
     last_losses: dict[str, float] = field(default_factory=dict)  # process-averaged, last iteration
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> metric -> value (percent)
-    evaluation: Any = None               # the final EvalResult (evaluation.evaluator), None if not evaluated
+    evaluation: Optional["EvalResult"] = None  # the final evaluation, None if not evaluated
     seconds: float = 0.0                 # wall time of the training loop
-    model: Any = field(default=None, repr=False)  # the trained model (this process's copy; not sent between processes)
+    model: Optional["MaskRCNN"] = field(default=None, repr=False)  # this process's trained model
     seed: int = 0                        # the seed the run used (SEED, or the one picked for SEED < 0)
-    interrupted: bool = False            # stopped on a preemption signal after saving a checkpoint (engine.preempt)
+    interrupted: str = ""                # the signal (SIGINT, SIGTERM, ...) that stopped it early with a checkpoint
+    next_iter: int = 0                   # where --resume goes on (max_iter when finished)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Results only when sent between processes: the model stays in the process that trained it."""
+        return {**self.__dict__, "model": None}
 
 
 # what a seed is for: the initial weights, one iteration of one rank, one PreciseBN pass
@@ -74,7 +90,7 @@ def _seed_rngs(seed: int, *key: int) -> None:
     random.seed(int(state[1]))
 
 
-def _pick_seed(cfg: Any) -> int:
+def _pick_seed(cfg: "CfgNode") -> int:
     """SEED, or for SEED < 0 a random one (the same on every process)."""
     seed = int(cfg.SEED)
     if seed < 0:
@@ -82,7 +98,7 @@ def _pick_seed(cfg: Any) -> int:
     return int(comm.broadcast_object(seed))
 
 
-def _use_amp(cfg: Any, amp: Optional[bool], device: Any) -> bool:
+def _use_amp(cfg: "CfgNode", amp: Optional[bool], device: "torch.device") -> bool:
     enabled = bool(cfg.SOLVER.AMP.ENABLED) if amp is None else bool(amp)
     if enabled and device.type != "cuda":
         raise ConfigError("mixed precision (SOLVER.AMP.ENABLED / --amp) needs a CUDA device; "
@@ -90,7 +106,8 @@ def _use_amp(cfg: Any, amp: Optional[bool], device: Any) -> bool:
     return enabled
 
 
-def evaluation_dataset(name: str, train_names: Sequence[str], train_spec: Any) -> tuple[Any, Optional[str]]:
+def evaluation_dataset(name: str, train_names: Sequence[str],
+                       train_spec: "DatasetSpec") -> tuple["DatasetSpec", Optional[str]]:
     """The split a run evaluates on for DATASETS.TEST ``name`` and, when that is the training data, a sentence
     saying so. A dataset that is also DATASETS.TRAIN (``--dataset PATH``) without a val split is evaluated on its
     train split."""
@@ -109,7 +126,7 @@ def evaluation_dataset(name: str, train_names: Sequence[str], train_spec: Any) -
     return spec, None
 
 
-def _datasets(cfg: Any) -> tuple[Any, Optional[Any], Optional[str]]:
+def _datasets(cfg: "CfgNode") -> tuple["DatasetSpec", Optional["DatasetSpec"], Optional[str]]:
     """(train spec, test spec or None, a warning when the test images are the training images)."""
     from ..data import resolve_datasets
 
@@ -119,7 +136,8 @@ def _datasets(cfg: Any) -> tuple[Any, Optional[Any], Optional[str]]:
     return (train_spec, *evaluation_dataset(cfg.DATASETS.TEST[0], cfg.DATASETS.TRAIN, train_spec))
 
 
-def _effective_config(cfg: Any, dataset: Optional[Union[str, os.PathLike]], device: Any) -> Any:
+def _effective_config(cfg: "CfgNode", dataset: Optional[Union[str, os.PathLike]], device: "torch.device"
+                      ) -> "CfgNode":
     """``cfg`` as this run uses it: DATASETS.TRAIN/TEST set to ``dataset`` when given, MODEL.DEVICE the device."""
     out = cfg.clone()
     out.defrost()
@@ -130,7 +148,7 @@ def _effective_config(cfg: Any, dataset: Optional[Union[str, os.PathLike]], devi
     return out.freeze()
 
 
-def _with_seed(cfg: Any, seed: int) -> Any:
+def _with_seed(cfg: "CfgNode", seed: int) -> "CfgNode":
     out = cfg.clone()
     out.defrost()
     out.SEED = int(seed)
@@ -161,21 +179,24 @@ def _check_finite(losses: Mapping[str, float], iteration: int) -> None:
                                  + _ADVICE)
 
 
-class _Trainer:
-    """One process's share of a run; :func:`train` drives it."""
+class Trainer:
+    """One process's share of a run: the model, its optimizer and the loop over steps, with hooks called before
+    training, after each step and after training (:meth:`build_hooks`). :func:`train` builds and runs one."""
 
-    def __init__(self, cfg: Any, output_dir: Path, device: Any, amp: bool, logger: logging.Logger,
-                 seed: int) -> None:
+    def __init__(self, cfg: "CfgNode", output_dir: Path, device: "torch.device", amp: bool, logger: logging.Logger,
+                 seed: int, train_spec: "DatasetSpec", test_spec: Optional["DatasetSpec"]) -> None:
         import torch
 
         from ..modeling import build_model
+        from ..utils.events import MetricsWriter
 
         self.cfg, self.output_dir, self.device, self.amp, self.logger = cfg, output_dir, device, amp, logger
+        self.train_spec, self.test_spec = train_spec, test_spec
         self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
         self.max_iter = int(cfg.SOLVER.MAX_ITER)
         self.seed = seed
         _seed_rngs(seed, _INIT)
-        self.model = build_model(cfg).to(device)
+        self.model: "MaskRCNN" = build_model(cfg).to(device)
         if device.type == "cpu" and self.world_size > 1:
             _naive_sync_bn_on_cpu(self.model)  # before the optimizer sees the parameters
         self.optimizer = build_optimizer(cfg, self.model)
@@ -183,24 +204,84 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp)
         self.clip = gradient_clipper(cfg)
         self.checkpointer = Checkpointer(self.model, output_dir, optimizer=self.optimizer, scheduler=self.scheduler,
-                                         scaler=self.scaler, arch=self.model.arch, keep=int(cfg.SOLVER.CHECKPOINTS_KEPT))
+                                         scaler=self.scaler, arch=self.model.arch,
+                                         keep=int(cfg.SOLVER.CHECKPOINTS_KEPT))
+        self.writer = MetricsWriter(logger, output_dir, self.max_iter, enabled=self.rank == 0)
+        # the loop's state, read by the hooks
+        self.start_iter = self.iter = 0
+        self.losses: dict[str, float] = {}
+        self.lr = self.step_time = self.data_time = self.seconds = 0.0
+        self.saved_iter = -1                     # the iteration of the newest checkpoint this run saved
+        self.interrupted = ""                    # the signal that stopped the loop early ("" if none)
+        self.latest_eval: Optional[tuple[int, dict[str, dict[str, float]]]] = None  # (iteration, metrics)
+        self.evaluation: Optional["EvalResult"] = None  # the final evaluation
+        self.final_checkpoint: Optional[Path] = None
+        self.detectron2_checkpoint: Optional[Path] = None
+        self.hooks: list[HookBase] = []
+
+    def build_hooks(self, *, log_period: int = 20, evaluate_at_end: bool = True,
+                    export_detectron2: bool = False) -> list[HookBase]:
+        """The built-in hooks, in the order they are called (detectron2's order; the reason for each place)."""
+        cfg = self.cfg
+        eval_period = int(cfg.TEST.EVAL_PERIOD)
+        hooks: list[HookBase] = [
+            Timer(),  # first: times the loop, not the hooks' setup
+            PeriodicWriter(log_period),  # the step's losses are logged before anything else can fail
+        ]
+        if cfg.TEST.PRECISE_BN.ENABLED:
+            hooks.append(PreciseBN(eval_period))  # before the checkpoint and evaluation, which use its statistics
+        hooks.append(PeriodicCheckpointer(int(cfg.SOLVER.CHECKPOINT_PERIOD), export_detectron2))  # before the
+        # evaluation: a crash in evaluation keeps the weights
+        if self.test_spec is not None:
+            hooks.append(EvalHook(eval_period, evaluate_at_end))  # after PreciseBN and the checkpoint
+        if TensorboardWriter.available():
+            hooks.append(TensorboardWriter(log_period))  # after the evaluation: writes its AP at the same step
+        hooks.append(Preemption())  # last of the step: the checkpoint it may save holds every update of the step
+        return hooks
+
+    def register_hooks(self, hooks: Sequence[HookBase]) -> None:
+        """Add ``hooks`` (called after those already registered)."""
+        for hook in hooks:
+            hook.trainer = self
+        self.hooks.extend(hooks)
+
+    @property
+    def trained_to_the_end(self) -> bool:
+        """True after a loop that ran steps and reached MAX_ITER (not stopped by a signal)."""
+        return not self.interrupted and self.start_iter < self.max_iter
 
     def save(self, name: str, iteration: int) -> Optional[Path]:
         """A checkpoint after ``iteration`` with what a resume needs (seed) and the config that trained it."""
+        self.saved_iter = iteration
         return self.checkpointer.save(name, iteration, seed=self.seed, config=self.cfg.dump())
 
-    def precise_bn(self, spec: Any, iteration: int) -> None:
-        """PreciseBN after ``iteration`` on a stream of its own (seeded from the iteration): training data unaffected."""
+    def precise_bn(self, iteration: int) -> None:
+        """PreciseBN after ``iteration`` on a stream of its own (seeded from the iteration): training data
+        unaffected."""
         from ..data import build_train_loader
 
         count = int(self.cfg.TEST.PRECISE_BN.NUM_ITER)
         started = time.perf_counter()
         _seed_rngs(self.seed, _PRECISE_BN, self.rank, iteration)  # the RoI sampling in the forward passes
-        batches = build_train_loader(self.cfg, spec, rank=self.rank, world_size=self.world_size,
+        batches = build_train_loader(self.cfg, self.train_spec, rank=self.rank, world_size=self.world_size,
                                      seed=derived_seed(self.seed, _PRECISE_BN, iteration))
         used = update_bn_stats(self.model, progress(batches, count, "PreciseBN", self.logger), count)
         self.logger.info(f"PreciseBN: BatchNorm statistics recomputed over {used} batches per process, averaged "
                          f"across processes ({time.perf_counter() - started:.1f} s)")
+
+    def evaluate(self, iteration: int) -> "EvalResult":
+        """COCO metrics of the (bare) model on the test split after ``iteration``: every process infers on its
+        share, rank 0 scores once; logged and written to metrics.json."""
+        from ..evaluation import evaluate
+
+        assert self.test_spec is not None
+        spec = self.test_spec
+        self.logger.info(f"Evaluating on {spec.name} ({spec.json_file})")
+        result = evaluate(self.model, dataset=spec, output_dir=self.output_dir / "inference", rank=self.rank,
+                          world_size=self.world_size, log=self.logger)
+        self.writer.write_eval(iteration, result.metrics)
+        self.latest_eval = (iteration, dict(result.metrics))
+        return result
 
     def restore(self, resume: bool) -> tuple[int, int]:
         """(start iteration, seed): from the last checkpoint when resuming, else 0 and a fresh seed with the
@@ -227,7 +308,7 @@ class _Trainer:
         for line in report.summary():
             (self.logger.warning if line in report.warnings() else self.logger.info)(f"Initial weights: {line}")
 
-    def wrap(self) -> Any:
+    def wrap(self) -> "torch.nn.Module":
         """The model as the training step calls it: DDP across processes, the bare model otherwise."""
         if self.world_size == 1:
             return self.model
@@ -237,11 +318,12 @@ class _Trainer:
 
         ids = [self.device.index] if self.device.type == "cuda" else None
         # buffers are never broadcast in forward: SyncBN keeps every rank's running statistics equal already
-        sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-                else "broadcast_buffers")
-        return DistributedDataParallel(self.model, device_ids=ids, **{sync: False})
+        parameters = inspect.signature(DistributedDataParallel).parameters
+        sync = "forward_sync_buffers" if "forward_sync_buffers" in parameters else "broadcast_buffers"
+        no_buffer_sync: dict[str, Any] = {sync: False}
+        return DistributedDataParallel(self.model, device_ids=ids, **no_buffer_sync)
 
-    def step(self, model: Any, batch: Any, iteration: int) -> dict[str, float]:
+    def step(self, model: "torch.nn.Module", batch: Any, iteration: int) -> dict[str, float]:
         """Forward, loss check, backward, clip, SGD step, lr step; returns the process-averaged losses."""
         import torch
 
@@ -263,8 +345,41 @@ class _Trainer:
         self.scheduler.step()
         return losses
 
+    def run(self, start_iter: int) -> TrainResult:
+        """The loop from ``start_iter`` to SOLVER.MAX_ITER (or a stop signal), with the hooks around it."""
+        self.start_iter = start_iter
+        model = self.wrap()
+        model.train()
+        batches = _train_stream(self.cfg, self.train_spec, self.seed, start_iter)
+        for hook in self.hooks:
+            hook.before_train()
+        with preempt.ctrl_c_stops_after_the_step():
+            for iteration in range(start_iter, self.max_iter):
+                self.iter = iteration
+                _seed_rngs(self.seed, _ITERATION, self.rank, self.iter)
+                tick = time.perf_counter()
+                batch = next(batches)
+                self.data_time = time.perf_counter() - tick
+                self.lr = self.optimizer.param_groups[0]["lr"]
+                losses = self.step(model, batch, self.iter)
+                self.losses = {k: losses[k] for k in loss_order(list(losses))}
+                self.step_time = time.perf_counter() - tick
+                for hook in self.hooks:
+                    hook.after_step()
+                if self.interrupted:
+                    break
+        for hook in self.hooks:
+            hook.after_train()
+        comm.barrier()
+        return TrainResult(output_dir=self.output_dir, start_iter=start_iter, max_iter=self.max_iter,
+                           final_checkpoint=self.final_checkpoint, detectron2_checkpoint=self.detectron2_checkpoint,
+                           last_losses=self.losses, evaluation=self.evaluation,
+                           metrics=dict(self.evaluation.metrics) if self.evaluation else {}, seconds=self.seconds,
+                           model=self.model, seed=self.seed, interrupted=self.interrupted,
+                           next_iter=self.iter + 1 if self.interrupted else self.max_iter)
 
-def _naive_sync_bn_on_cpu(model: Any) -> None:
+
+def _naive_sync_bn_on_cpu(model: "torch.nn.Module") -> None:
     """Swap torch SyncBatchNorm layers for the modeling package's NaiveSyncBatchNorm (same parameters, buffers
     and, on CPU, the same all-reduce arithmetic): DistributedDataParallel refuses SyncBatchNorm on CPU."""
     import torch.nn as nn
@@ -280,7 +395,7 @@ def _naive_sync_bn_on_cpu(model: Any) -> None:
                 setattr(parent, name, naive)
 
 
-def _train_stream(cfg: Any, spec: Any, seed: int, start_iter: int) -> Iterator[Any]:
+def _train_stream(cfg: "CfgNode", spec: "DatasetSpec", seed: int, start_iter: int) -> Iterator[Any]:
     """This rank's batches from iteration ``start_iter`` on (the stream is a function of seed and position, so a
     resumed run sees exactly the batches the interrupted one would have)."""
     from ..data import build_train_loader
@@ -289,48 +404,49 @@ def _train_stream(cfg: Any, spec: Any, seed: int, start_iter: int) -> Iterator[A
                               start_iter=start_iter)
 
 
-def train(cfg: Any, *, output_dir: Union[str, os.PathLike], resume: bool = False, overwrite: bool = False,
-          dataset: Optional[Union[str, os.PathLike]] = None, device: Union[str, Any] = "cpu",
-          amp: Optional[bool] = None, evaluate_at_end: bool = True, log_period: int = 20,
-          notes: Sequence[str] = (), export_detectron2: bool = False,
-          reference_log: Optional[Union[str, os.PathLike]] = None, output_checked: bool = False) -> TrainResult:
+def train(cfg: "CfgNode", options: Optional[RunOptions] = None, *, dataset: Optional[Union[str, os.PathLike]] = None,
+          evaluate_at_end: bool = True, log_period: int = 20, notes: Sequence[str] = (),
+          hooks: Sequence[HookBase] = (), output_checked: bool = False) -> TrainResult:
     """Train ``cfg``'s model as detectron2 would and evaluate it on DATASETS.TEST (or ``dataset``'s val split).
 
     Args:
         cfg: the config (a key the trainer does not implement is refused before anything runs).
-        output_dir: the run's folder; refused when it holds anything, unless ``resume`` (continue from its
-            ``last_checkpoint``) or ``overwrite`` (delete the previous run's files first).
+        options: where and how (default ``RunOptions()``): ``output_dir`` (default cfg.OUTPUT_DIR) is refused when
+            it holds anything, unless ``resume`` (continue from its ``last_checkpoint``) or ``overwrite`` (delete
+            the previous run's files first); ``device``, ``amp`` (CUDA only; default SOLVER.AMP.ENABLED),
+            ``export_detectron2`` (also write model_final_detectron2.pth, detectron2's names).
         dataset: train on this dataset's train split and evaluate on its val split (instead of DATASETS).
-        device, amp: where to train; mixed precision (CUDA only; default SOLVER.AMP.ENABLED).
         evaluate_at_end: run the final evaluation (TEST.EVAL_PERIOD evaluations run regardless).
         log_period: iterations between log lines.
         notes: logged first (e.g. the linear-scaling rule applied to ``cfg``).
-        export_detectron2: also write model_final_detectron2.pth (the weights under detectron2's names).
-        reference_log: a published log drawn beside this run in curves.png.
-        output_checked: the caller claimed ``output_dir`` already (``reproduce``, which writes its plan and the
-            converted pretrain there first): the folder is not checked again.
+        hooks: called after the built-in ones (:class:`~pycontrast_det.engine.hooks.HookBase`).
+        output_checked: the caller claimed the output folder already (``reproduce``, which writes its plan and
+            the converted pretrain there first): the folder is not checked again.
 
-    Call it in each process of a group (see :func:`launch`) or alone. Files (rank 0): log.txt, metrics.json,
-    config.yaml (with the seed used), ``model_{iter:07d}.pth`` every SOLVER.CHECKPOINT_PERIOD (the newest
-    SOLVER.CHECKPOINTS_KEPT kept), model_final.pth, inference/, curves.png. A start that fails before anything
-    was recorded leaves no folder behind.
+    Call it in each process of a group (see :meth:`RunOptions.launch`) or alone. Files (rank 0): log.txt,
+    metrics.json, config.yaml (with the seed used), ``model_{iter:07d}.pth`` every SOLVER.CHECKPOINT_PERIOD (the
+    newest SOLVER.CHECKPOINTS_KEPT kept), model_final.pth, inference/, TensorBoard events when tensorboard is
+    installed. A start that fails before anything was recorded leaves no folder behind. Ctrl-C stops after the
+    step with a checkpoint (``interrupted`` "SIGINT"); a second Ctrl-C interrupts at once.
     """
     from ..modeling.device import resolve_device
 
-    output_dir = Path(output_dir)
+    options = options or RunOptions()
+    output_dir = Path(options.output_dir if options.output_dir is not None else cfg.OUTPUT_DIR)
+    resume = options.resume
     rank, world_size = comm.get_rank(), comm.get_world_size()
     logger = setup_logger(None, rank)
-    device = resolve_device(device)
+    device = resolve_device(options.device)
     cfg = _effective_config(cfg, dataset, device)
     check_engine_config(cfg, world_size)
-    use_amp = _use_amp(cfg, amp, device)
+    use_amp = _use_amp(cfg, options.amp, device)
     if device.type == "cuda":
         import torch
 
         torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
 
-    def start() -> Any:  # rank 0, while the others wait: nothing is written before this has passed
-        claim = None if output_checked else claim_output_dir(output_dir, resume=resume, overwrite=overwrite)
+    def start() -> Optional[Claim]:  # rank 0, while the others wait: nothing is written before this has passed
+        claim = None if output_checked else claim_output_dir(output_dir, resume=resume, overwrite=options.overwrite)
         _datasets(cfg)  # generated (shapes) or checked now
         if cfg.MODEL.WEIGHTS and not (resume and (output_dir / LAST_CHECKPOINT).is_file()):
             resolve_weights(str(cfg.MODEL.WEIGHTS))
@@ -354,7 +470,7 @@ def train(cfg: Any, *, output_dir: Union[str, os.PathLike], resume: bool = False
                     f"{', '.join(train_spec.category_names)}")
         logger.info(f"Training on {train_spec.name} ({world_size} process(es), {device}, "
                     f"{cfg.SOLVER.IMS_PER_BATCH} images/iteration, AMP {'on' if use_amp else 'off'})")
-        trainer = _Trainer(cfg, output_dir, device, use_amp, logger, _pick_seed(cfg))
+        trainer = Trainer(cfg, output_dir, device, use_amp, logger, _pick_seed(cfg), train_spec, test_spec)
         trainer.model.classes = train_spec.categories  # stored in every checkpoint: the names travel with the weights
         start_iter, seed = trainer.restore(resume)
         if start_iter == 0 and int(cfg.SEED) < 0:
@@ -362,99 +478,7 @@ def train(cfg: Any, *, output_dir: Union[str, os.PathLike], resume: bool = False
         trainer.cfg = cfg = _with_seed(cfg, seed)
         if rank == 0:
             atomic.write_text(output_dir / "config.yaml", cfg.dump())
-        return _run(trainer, cfg, train_spec, test_spec, start_iter, log_period=log_period,
-                    evaluate_at_end=evaluate_at_end, export_detectron2=export_detectron2,
-                    reference_log=reference_log)
-
-
-def _run(trainer: _Trainer, cfg: Any, train_spec: Any, test_spec: Any, start_iter: int, *, log_period: int,
-         evaluate_at_end: bool, export_detectron2: bool, reference_log: Optional[Union[str, os.PathLike]]
-         ) -> TrainResult:
-    """The training loop from ``start_iter``, then PreciseBN, the final checkpoint and evaluation, curves.png."""
-    rank, output_dir, logger, max_iter = trainer.rank, trainer.output_dir, trainer.logger, trainer.max_iter
-    model = trainer.wrap()
-    model.train()
-    writer = MetricsWriter(logger, output_dir, max_iter, enabled=rank == 0)
-    batches = _train_stream(cfg, train_spec, trainer.seed, start_iter)
-    checkpoint_period, eval_period = int(cfg.SOLVER.CHECKPOINT_PERIOD), int(cfg.TEST.EVAL_PERIOD)
-    watch_signals = preempt.installed()
-    precise_bn = bool(cfg.TEST.PRECISE_BN.ENABLED)
-    losses: dict[str, float] = {}
-    interrupted = False
-    started = time.perf_counter()
-    for iteration in range(start_iter, max_iter):
-        _seed_rngs(trainer.seed, _ITERATION, rank, iteration)
-        tick = time.perf_counter()
-        batch = next(batches)
-        data_time = time.perf_counter() - tick
-        lr = trainer.optimizer.param_groups[0]["lr"]
-        losses = trainer.step(model, batch, iteration)
-        writer.put({k: losses[k] for k in loss_order(losses)}, lr=lr, time=time.perf_counter() - tick,
-                   data_time=data_time)
-        last = iteration == max_iter - 1
-        if (iteration + 1) % log_period == 0 or last:
-            writer.write(iteration)
-        if last:
-            break
-        # detectron2's hook order after a step: PreciseBN, checkpoint, evaluation (each at its period, not the last)
-        evaluate_now = eval_period > 0 and (iteration + 1) % eval_period == 0
-        if evaluate_now and precise_bn:
-            trainer.precise_bn(train_spec, iteration)
-        saved = checkpoint_period > 0 and (iteration + 1) % checkpoint_period == 0
-        if saved:
-            trainer.save(periodic_name(iteration), iteration)
-        if evaluate_now and test_spec is not None:
-            writer.write_eval(iteration, _evaluation(trainer.model, test_spec, output_dir, logger).metrics)
-        if watch_signals and comm.any_process(preempt.requested()):
-            if not saved:
-                trainer.save(periodic_name(iteration), iteration)
-            logger.warning(f"{preempt.received() or 'a signal'}: stopped after iteration {iteration} with a "
-                           f"checkpoint; --resume goes on from iteration {iteration + 1}")
-            preempt.mark_stopped()
-            interrupted = True
-            break
-    seconds = time.perf_counter() - started
-
-    final = d2_final = None
-    if not interrupted and start_iter < max_iter:
-        if precise_bn:
-            trainer.precise_bn(train_spec, max_iter - 1)
-        final = trainer.save(FINAL_NAME, max_iter - 1)
-        if export_detectron2:
-            d2_final = trainer.checkpointer.export_detectron2(FINAL_NAME)
-    elif rank == 0 and not interrupted:
-        final = output_dir / f"{FINAL_NAME}.pth"
-    comm.barrier()
-
-    evaluation = None
-    if not interrupted and evaluate_at_end and test_spec is not None:
-        evaluation = _evaluation(trainer.model, test_spec, output_dir, logger)
-        writer.write_eval(max_iter - 1, evaluation.metrics)
-    if rank == 0 and not interrupted:
-        _write_curves(output_dir, reference_log, logger)
-    comm.barrier()
-    return TrainResult(output_dir=output_dir, start_iter=start_iter, max_iter=max_iter,
-                       final_checkpoint=final, detectron2_checkpoint=d2_final, last_losses=losses,
-                       metrics=dict(evaluation.metrics) if evaluation else {}, evaluation=evaluation,
-                       seconds=seconds, model=trainer.model, seed=trainer.seed, interrupted=interrupted)
-
-
-def _evaluation(model: Any, spec: Any, output_dir: Path, logger: logging.Logger) -> Any:
-    """COCO metrics of the (bare) model on ``spec``: every process infers on its share, rank 0 scores once."""
-    from ..evaluation import evaluate
-
-    logger.info(f"Evaluating on {spec.name} ({spec.json_file})")
-    return evaluate(model, dataset=spec, output_dir=output_dir / "inference", rank=comm.get_rank(),
-                    world_size=comm.get_world_size(), log=logger)
-
-
-def _write_curves(output_dir: Path, reference_log: Optional[Union[str, os.PathLike]], logger: logging.Logger) -> None:
-    """output_dir/curves.png: this run's losses, lr and AP, beside the reference (published) log when given."""
-    from ..reports.curves import plot_curves
-    from ..reports.logs import parse_log
-
-    summaries = [parse_log(output_dir / "metrics.json", label="ours")]
-    if reference_log is not None:
-        summaries.append(parse_log(reference_log, label="published"))
-    path = plot_curves(summaries, output_dir / "curves.png", title=output_dir.name)
-    logger.info(f"Curves: {path}")
+        trainer.register_hooks(trainer.build_hooks(log_period=log_period, evaluate_at_end=evaluate_at_end,
+                                                   export_detectron2=options.export_detectron2))
+        trainer.register_hooks(hooks)
+        return trainer.run(start_iter)

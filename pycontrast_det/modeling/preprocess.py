@@ -1,36 +1,12 @@
-"""detectron2's test-time resize, reproduced exactly: PIL bilinear on the uint8 image, int(x + 0.5) sizes."""
+"""detectron2's test-time resize inside the model: the rule itself (:mod:`pycontrast_det.resize`, shared with the
+data mapper) and the same resize in tensor operations, for exported models."""
 from __future__ import annotations
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
+from ..resize import resize_shortest_edge, scaled_size
 from .boxes import size_tensor
-
-
-def scaled_size(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
-    """(new_h, new_w) for ResizeShortestEdge: shortest edge to ``short``, longest capped at ``max_size``."""
-    scale = short * 1.0 / min(h, w)
-    newh, neww = (short, scale * w) if h < w else (scale * h, short)
-    if max(newh, neww) > max_size:
-        rescale = max_size * 1.0 / max(newh, neww)
-        newh, neww = newh * rescale, neww * rescale
-    return int(newh + 0.5), int(neww + 0.5)
-
-
-def resize_shortest_edge(image: np.ndarray, short: int, max_size: int) -> np.ndarray:
-    """Resize an HWC uint8 image as detectron2's ``ResizeShortestEdge`` + ``ResizeTransform`` do."""
-    if image.dtype != np.uint8:
-        raise TypeError(f"resize_shortest_edge expects a uint8 image, got {image.dtype}")
-    h, w = image.shape[:2]
-    newh, neww = scaled_size(h, w, short, max_size)
-    if (newh, neww) == (h, w):
-        return image
-    squeeze = image.ndim == 3 and image.shape[2] == 1
-    pil = Image.fromarray(image[:, :, 0] if squeeze else image)
-    out = np.asarray(pil.resize((neww, newh), Image.Resampling.BILINEAR))
-    return out[:, :, None] if squeeze else out
 
 
 # The same resize in tensor operations, so that an exported model (traced: sizes are 0-dim tensors, no Python
@@ -98,3 +74,6 @@ def resize_shortest_edge_tensor(image: Tensor, short: int, max_size: int) -> Ten
     horizontal = _resample_rows(pixels.transpose(0, 1), x_index, x_fixed).transpose(0, 1)  # (H, neww, C)
     y_index, y_fixed = _bilinear_taps(h, newh)
     return _resample_rows(horizontal, y_index, y_fixed).to(torch.float32)
+
+
+__all__ = ["resize_shortest_edge", "resize_shortest_edge_tensor", "scaled_size", "traced_scaled_size"]

@@ -1,10 +1,10 @@
 """Shell command lines as the plans print them (``reproduce``, ``finetune``): quoting that keeps config literals
-readable, long commands wrapped with ``\\`` continuations, and the ``pycontrast-zoo train`` command of a run."""
+readable, and long commands wrapped with ``\\`` continuations (a run's ``pycontrast-zoo train`` words:
+:meth:`pycontrast_det.engine.run_options.RunOptions.train_words`)."""
 from __future__ import annotations
 
 import shlex
-from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Sequence
 
 WIDTH = 110  # printed lines are wrapped to this width
 
@@ -36,20 +36,4 @@ def wrap(words: Sequence[object], pairs: Sequence[object]) -> str:
     return "\n".join(lines + [current])
 
 
-def train_words(config: Union[str, Path], *, device: str, num_gpus: int, num_machines: int = 1,
-                machine_rank: int = 0, dist_url: str = "auto", resume: bool = False, amp: Optional[bool] = None,
-                scale_to_batch: Optional[int] = None) -> list[str]:
-    """The program and options of the ``pycontrast-zoo train`` command of a run (its KEY VALUE pairs go after)."""
-    words = ["pycontrast-zoo", "train", "--config", str(config), "--device", device, "--num-gpus", str(num_gpus)]
-    if num_machines > 1:
-        words += ["--num-machines", str(num_machines), "--machine-rank", str(machine_rank), "--dist-url", dist_url]
-    if resume:
-        words.append("--resume")
-    if amp:
-        words.append("--amp")
-    if scale_to_batch:
-        words += ["--scale-to-batch", str(scale_to_batch)]
-    return words
-
-
-__all__ = ["WIDTH", "join", "quote", "train_words", "wrap"]
+__all__ = ["WIDTH", "join", "quote", "wrap"]

@@ -9,9 +9,12 @@ any COCO json) are registered with ``register_coco_instances``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..errors import Detectron2NotInstalledError
+
+if TYPE_CHECKING:
+    from .reproduce import ReproducePlan
 
 INSTALL_HINT = ("install it (https://detectron2.readthedocs.io/en/latest/tutorials/install.html, e.g. "
                 "pip install 'git+https://github.com/facebookresearch/detectron2.git') or use --engine native")
@@ -92,7 +95,7 @@ def _register_datasets(cfg: Any) -> None:
             register_coco_instances(name, {}, str(spec.json_file), str(spec.image_root))
 
 
-def _d2_main(plan: Any) -> Optional[dict]:
+def _d2_main(plan: "ReproducePlan") -> Optional[dict]:
     """One detectron2 training process: prepare (rank 0), register, train, return the final evaluation."""
     from detectron2.engine import DefaultTrainer
     from detectron2.evaluation import COCOEvaluator
@@ -107,7 +110,7 @@ def _d2_main(plan: Any) -> Optional[dict]:
                        stride_in_1x1=ours.MODEL.RESNETS.STRIDE_IN_1X1)
     d2comm.synchronize()
     register_res5_extra_norm()
-    cfg = _to_detectron2_cfg(ours, plan.device)
+    cfg = _to_detectron2_cfg(ours, plan.options.device)
     cfg.OUTPUT_DIR = str(Path(plan.output_dir) / "detectron2")
     cfg.freeze()
     # as tools/train_net.py's default_setup: SEED + rank seeds torch, numpy and random (and so the sampler)
@@ -121,24 +124,25 @@ def _d2_main(plan: Any) -> Optional[dict]:
 
     Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=plan.resume)
+    trainer.resume_or_load(resume=plan.options.resume)
     trainer.train()
     # DefaultTrainer.train() returns results only when TEST.EXPECTED_RESULTS is set; its eval hook keeps them
     results = getattr(trainer, "_last_eval_results", None) or {}
     return {task: dict(values) for task, values in results.items()}
 
 
-def train_with_detectron2(plan: Any) -> Optional[dict]:
+def train_with_detectron2(plan: "ReproducePlan") -> Optional[dict]:
     """Run ``plan`` with detectron2's DefaultTrainer (and detectron2's launcher); rank 0's metrics
     (task -> metric -> AP in percent), None elsewhere."""
     require_detectron2()
     from detectron2.engine import launch
 
-    if plan.num_gpus == 1 and plan.num_machines == 1:
+    options = plan.options
+    if options.num_gpus == 1 and options.num_machines == 1:
         return _d2_main(plan)
-    launch(_d2_main, plan.num_gpus, num_machines=plan.num_machines, machine_rank=plan.machine_rank,
-           dist_url=plan.dist_url, args=(plan,))
-    if plan.machine_rank != 0:
+    launch(_d2_main, options.num_gpus, num_machines=options.num_machines, machine_rank=options.machine_rank,
+           dist_url=options.dist_url, args=(plan,))
+    if options.machine_rank != 0:
         return None
     from ..reports.logs import parse_log
 

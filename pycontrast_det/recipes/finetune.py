@@ -19,9 +19,10 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
+from typing import IO, TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
 from ..config import override_value
+from ..engine.run_options import RunOptions
 from ..errors import ConfigError
 from . import commands
 from .finetune_data import DataChoice, absolute_name, choose_data, class_overrides
@@ -137,17 +138,13 @@ class FinetunePlan:
     categories: "CategoryMap"
     schedule: Schedule
     overrides: tuple[str, ...]      # everything on top of ``config``, the user's last
-    output_dir: Path
-    device: str = "cpu"
-    num_gpus: int = 1
-    num_machines: int = 1
-    machine_rank: int = 0
-    dist_url: str = "auto"
-    resume: bool = False
-    overwrite: bool = False
-    amp: Optional[bool] = None
-    export_detectron2: bool = False
+    options: RunOptions             # where and how it runs (its output_dir absolute, never None)
     notes: tuple[str, ...] = ()
+
+    @property
+    def output_dir(self) -> Path:
+        assert self.options.output_dir is not None
+        return self.options.output_dir
 
     def cfg(self) -> "CfgNode":
         """The effective config, frozen."""
@@ -159,10 +156,7 @@ class FinetunePlan:
         """The equivalent ``pycontrast-zoo train`` command (None when the config lives in a checkpoint)."""
         if not isinstance(self.config, Path):
             return None
-        return commands.join([*commands.train_words(self.config, device=self.device, num_gpus=self.num_gpus,
-                                                    num_machines=self.num_machines, machine_rank=self.machine_rank,
-                                                    dist_url=self.dist_url, resume=self.resume, amp=self.amp),
-                              *self.overrides])
+        return commands.join([*self.options.replace(scale_to_batch=None).train_words(self.config), *self.overrides])
 
     def render(self) -> str:
         """The plan as ``pycontrast-zoo finetune`` prints it."""
@@ -172,7 +166,7 @@ class FinetunePlan:
                  f"  weights:  {self.source} (class-dependent layers re-initialised when their shapes differ)",
                  f"  schedule: {self.schedule.describe()}",
                  f"  output:   {self.output_dir}",
-                 f"  device:   {self.device} x {self.num_gpus} process(es)",
+                 f"  device:   {self.options.describe()}",
                  f"  overrides: {commands.join(self.overrides)}"]
         lines += [f"  note: {note}" for note in self.notes]
         lines += ["dataset:", *(f"  {line}" for line in self.data.lines())]
@@ -206,13 +200,11 @@ def _source_config(source: str, config: Optional[Union[str, os.PathLike]]
     return resolved.config, resolved.origin, resolved.fixes
 
 
-def plan_finetune(source: Union[str, os.PathLike], dataset: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
-                  *, val: Optional[Union[str, os.PathLike]] = None, holdout: Optional[float] = None,
-                  schedule: Union[str, int, None] = None, config: Optional[Union[str, os.PathLike]] = None,
-                  overrides: Sequence[str] = (), output_dir: Optional[Union[str, os.PathLike]] = None,
-                  device: str = "cpu", num_gpus: int = 1, num_machines: int = 1, machine_rank: int = 0,
-                  dist_url: str = "auto", resume: bool = False, overwrite: bool = False, amp: Optional[bool] = None,
-                  scale_to_batch: Optional[int] = None, export_detectron2: bool = False) -> FinetunePlan:
+def plan_finetune(source: Union[str, os.PathLike],
+                  dataset: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
+                  options: Optional[RunOptions] = None, *, val: Optional[Union[str, os.PathLike]] = None,
+                  holdout: Optional[float] = None, schedule: Union[str, int, None] = None,
+                  config: Optional[Union[str, os.PathLike]] = None, overrides: Sequence[str] = ()) -> FinetunePlan:
     """Decide a fine-tuning run; reads the manifest, the dataset's annotations and the source's config only.
 
     Args:
@@ -226,11 +218,10 @@ def plan_finetune(source: Union[str, os.PathLike], dataset: Union[str, os.PathLi
         schedule: ``short`` (default), ``1x``, or a number of iterations.
         config: a config instead of the source's.
         overrides: ``KEY VALUE`` pairs applied last (SOLVER values replace the schedule's).
-        output_dir: default ``output/finetune_<source>_<dataset>``.
-        device, num_gpus, num_machines, machine_rank, dist_url, resume, overwrite, amp, export_detectron2: as for
-            ``train``.
-        scale_to_batch: images per iteration (default 2 per process); the lr is scaled linearly to it.
+        options: where and how, as for ``train`` (output default ``output/finetune_<source>_<dataset>``); its
+            ``scale_to_batch`` is the batch (default 2 images per process), the lr scaled linearly to it.
     """
+    options = options or RunOptions()
     if len(overrides) % 2:
         raise ConfigError(f"overrides must be KEY VALUE pairs; got an odd number: {list(overrides)}")
     source, user = os.fspath(source), [str(o) for o in overrides]
@@ -242,19 +233,15 @@ def plan_finetune(source: Union[str, os.PathLike], dataset: Union[str, os.PathLi
     base = load_config(config_path, [*fixes, *user])
     datasets = [dataset] if isinstance(dataset, (str, os.PathLike)) else list(dataset)
     data = choose_data(datasets, base, user, val=val, holdout=holdout)
-    sched = finetune_schedule(schedule or DEFAULT_SCHEDULE, data.images, base, num_gpus * num_machines, user,
-                              batch=scale_to_batch)
+    sched = finetune_schedule(schedule or DEFAULT_SCHEDULE, data.images, base, options.world_size, user,
+                              batch=options.scale_to_batch)
     name = " + ".join(absolute_name(d) for d in datasets)
-    out = Path(output_dir) if output_dir is not None else DEFAULT_OUTPUT_ROOT / (
-        f"finetune_{Path(source).stem}_{Path(absolute_name(datasets[0])).name}")
+    out = options.output(DEFAULT_OUTPUT_ROOT / f"finetune_{Path(source).stem}_{Path(absolute_name(datasets[0])).name}")
     ours = [*fixes, *data.overrides, "MODEL.WEIGHTS", source, "DATASETS.TRAIN", repr(data.train_names),
-            "DATASETS.TEST", repr((data.test_name,)), *sched.overrides(), "OUTPUT_DIR", str(out.resolve())]
+            "DATASETS.TEST", repr((data.test_name,)), *sched.overrides(), "OUTPUT_DIR", str(out)]
     plan = FinetunePlan(source=source, config=config_path, config_origin=origin, dataset=name, data=data,
                         categories=data.train.categories, schedule=sched, overrides=tuple(ours + user),
-                        output_dir=out.resolve(), device=device, num_gpus=int(num_gpus),
-                        num_machines=int(num_machines), machine_rank=int(machine_rank), dist_url=dist_url,
-                        resume=resume, overwrite=overwrite, amp=amp, export_detectron2=export_detectron2,
-                        notes=data.notes)
+                        options=options.replace(output_dir=out), notes=data.notes)
     plan.cfg()  # a bad override fails now, before anything is trained
     return plan
 
@@ -262,23 +249,20 @@ def plan_finetune(source: Union[str, os.PathLike], dataset: Union[str, os.PathLi
 def _worker(plan: FinetunePlan, log_period: int, evaluate_at_end: bool) -> "TrainResult":
     """One training process of a fine-tuning run (module level: spawned processes import it)."""
     from ..engine.train import train
+    from ..reports.curves_hook import CurvesHook
 
-    result = train(plan.cfg(), output_dir=plan.output_dir, resume=plan.resume, overwrite=plan.overwrite,
-                   device=plan.device, amp=plan.amp, export_detectron2=plan.export_detectron2,
-                   notes=(f"fine-tuning {plan.source}: {plan.schedule.describe()}", *plan.data.lines()),
-                   log_period=log_period, evaluate_at_end=evaluate_at_end)
-    result.model = None  # returned across processes: results only
-    return result
+    return train(plan.cfg(), plan.options,
+                 notes=(f"fine-tuning {plan.source}: {plan.schedule.describe()}", *plan.data.lines()),
+                 log_period=log_period, evaluate_at_end=evaluate_at_end, hooks=[CurvesHook()])
 
 
 def finetune(plan: FinetunePlan, *, log_period: int = 20, evaluate_at_end: bool = True,
-             stream: Any = None) -> Optional["TrainResult"]:
-    """Print ``plan`` to ``stream`` (default stdout) and train it; rank 0's result (None on other machines)."""
-    from ..engine.launch import launch
-
-    print(plan.render(), file=stream or sys.stdout, flush=True)
-    return launch(_worker, plan.num_gpus, num_machines=plan.num_machines, machine_rank=plan.machine_rank,
-                  dist_url=plan.dist_url, args=(plan, log_period, evaluate_at_end), device=plan.device)
+             stream: Optional[IO[str]] = None) -> Optional["TrainResult"]:
+    """Print ``plan`` to ``stream`` (default stdout; global rank 0 only) and train it; rank 0's result (None in
+    the other processes)."""
+    if plan.options.starts_rank_0():
+        print(plan.render(), file=stream or sys.stdout, flush=True)
+    return plan.options.launch(_worker, plan, log_period, evaluate_at_end)
 
 
 __all__ = ["FinetunePlan", "SCHEDULES", "Schedule", "dataset_classes", "finetune", "finetune_schedule",

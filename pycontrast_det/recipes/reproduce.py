@@ -5,31 +5,35 @@ evaluate -> measured AP beside the published one.
 touches neither the network nor the disk; a real run prints a short header and writes the full plan (every
 override, both commands) to ``OUTPUT/plan.txt``. On COCO the entry's config is followed exactly. On the
 built-in ``shapes`` dataset the *shapes protocol* (:data:`SHAPES_PROTOCOL`) shrinks inputs, RoI samples and
-the schedule so that the whole pipeline runs on two CPU cores in about five minutes (quiet machine); its AP is a check that
-the pipeline learns, not a number comparable to COCO's. ``seeds=N`` runs the protocol N times (SEED, SEED+1,
+the schedule so that the whole pipeline runs on two CPU cores in about five minutes (quiet machine); its AP is a
+check that the pipeline learns, not a number comparable to COCO's. ``seeds=N`` runs the protocol N times (SEED, SEED+1,
 ...) and prints each AP's mean and standard deviation, to tell noise from a real difference.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import statistics
-import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 from .. import atomic
+from ..engine.output import claim_output_dir, removed_if_nothing_recorded
+from ..engine.run_options import RunOptions
 from ..errors import ConfigError, ZooError
 from ..utils import comm
-from . import commands
 from ..utils.events import strict_json
-from ..engine.output import claim_output_dir, removed_if_nothing_recorded
+from . import commands
 
 if TYPE_CHECKING:
     from ..checkpoints import ConversionReport
+    from ..config import CfgNode
+    from ..engine.output import Claim
+    from ..engine.train import TrainResult
+    from ..evaluation import EvalResult
+    from ..zoo import DetectorEntry, Zoo
 
 ENGINES = ("native", "detectron2")
 DEFAULT_OUTPUT_ROOT = Path("output")
@@ -40,6 +44,7 @@ COCO_RECIPE_GPUS = 8  # every published row: 8 GPUs x 2 images
 # PreciseBN's 200 batches included (forward only, about a minute here), since with 20 the same trained weights
 # scored anywhere between 47 and 59 mask AP, depending on which 40 images the statistics came from.
 SHAPES_ITERS = 240
+_SHAPES_WARMUP = 50  # iterations of warmup in SHAPES_ITERS; a shorter run (--max-iter) scales it
 SHAPES_PROTOCOL: tuple[tuple[str, str, str], ...] = (
     ("INPUT.MIN_SIZE_TRAIN", "(96,)", "images are 128-160 px; 96 keeps every shape >= 24 px and is fast"),
     ("INPUT.MAX_SIZE_TRAIN", "200", "never binding at this size"),
@@ -88,28 +93,24 @@ class ReproducePlan:
     dataset: str                     # "coco" (the published protocol) or the dataset given
     protocol_overrides: tuple[str, ...]  # KEY VALUE pairs: the entry's config_fixes, the dataset protocol, --max-iter
     user_overrides: tuple[str, ...]      # the user's KEY VALUE pairs, applied last
-    output_dir: Path
-    device: str
-    num_gpus: int
-    num_machines: int = 1
-    machine_rank: int = 0
-    dist_url: str = "auto"
-    resume: bool = False
-    amp: Optional[bool] = None
+    options: RunOptions                  # where and how it runs (its output_dir absolute, never None)
     published: Optional[TableRow] = None
     table_rows: tuple[TableRow, ...] = ()
     notes: tuple[str, ...] = ()
     command_notes: tuple[str, ...] = ()  # about running the detectron2 command (plan.txt and --dry-run only)
     user_pretrain: Optional[Path] = None
-    scale_to_batch: Optional[int] = None
-    export_detectron2: bool = False
+
+    @property
+    def output_dir(self) -> Path:
+        assert self.options.output_dir is not None
+        return self.options.output_dir
 
     @property
     def weights_source(self) -> str:
         """What ``weights`` is converted from: the user's pretrain file, else the zoo pretrain's name."""
         return str(self.user_pretrain) if self.user_pretrain is not None else self.pretrain
 
-    def config(self) -> Any:
+    def config(self) -> "CfgNode":
         """The effective config: ``config_path`` with ``overrides`` (then ``scale_to_batch``) applied, frozen."""
         return self._scaled()[0]
 
@@ -117,12 +118,13 @@ class ReproducePlan:
         """What the linear-scaling rule changed, or None when it was not asked for."""
         return self._scaled()[1]
 
-    def _scaled(self) -> tuple[Any, Optional[str]]:
+    def _scaled(self) -> tuple["CfgNode", Optional[str]]:
         from ..config import load_config
         from .scaling import scale_to_batch
 
         cfg = load_config(self.config_path, self.overrides(self.weights))
-        return scale_to_batch(cfg, self.scale_to_batch) if self.scale_to_batch else (cfg, None)
+        batch = self.options.scale_to_batch
+        return scale_to_batch(cfg, batch) if batch else (cfg, None)
 
     def overrides(self, weights: str) -> list[str]:
         """All KEY VALUE pairs on top of ``config_path``: protocol, MODEL.WEIGHTS, OUTPUT_DIR, then the user's."""
@@ -131,21 +133,18 @@ class ReproducePlan:
 
     def _native_words(self) -> tuple[list[str], list[str]]:
         """(program and options, KEY VALUE overrides) of the ``pycontrast-zoo train`` command."""
-        words = commands.train_words(self.config_path, device=self.device, num_gpus=self.num_gpus,
-                                     num_machines=self.num_machines, machine_rank=self.machine_rank,
-                                     dist_url=self.dist_url, resume=self.resume, amp=self.amp,
-                                     scale_to_batch=self.scale_to_batch)
-        return words, self.overrides(self.weights)
+        return self.options.train_words(self.config_path), self.overrides(self.weights)
 
     def _detectron2_words(self) -> tuple[list[str], list[str]]:
         """(program and options, KEY VALUE overrides) of the stock detectron2 command."""
-        gpus = self.num_gpus if self.dataset != "coco" or self.num_gpus > 1 else COCO_RECIPE_GPUS
+        processes = self.options.processes_per_machine
+        gpus = processes if self.dataset != "coco" or processes > 1 else COCO_RECIPE_GPUS
         overrides = self.overrides(self.detectron2_weights)
         overrides[overrides.index("OUTPUT_DIR") + 1] = str(self.output_dir / "detectron2")
         words = ["python", "tools/train_net.py", "--num-gpus", str(gpus), "--config-file", str(self.config_path)]
-        if self.resume:
+        if self.options.resume:
             words.append("--resume")
-        if self.scale_to_batch:  # detectron2 has no such flag: spell the scaled values out
+        if self.options.scale_to_batch:  # detectron2 has no such flag: spell the scaled values out
             solver = self.config().SOLVER
             overrides += ["SOLVER.IMS_PER_BATCH", str(solver.IMS_PER_BATCH), "SOLVER.BASE_LR", f"{solver.BASE_LR:g}",
                           "SOLVER.MAX_ITER", str(solver.MAX_ITER), "SOLVER.STEPS", str(tuple(solver.STEPS)),
@@ -163,20 +162,23 @@ class ReproducePlan:
 
     def header(self) -> str:
         """The short plan a run prints before it starts (no line longer than about 110 characters)."""
+        from ..engine.optim import describe_schedule
+
+        cfg = self.config()
         lines = [f"reproduce {self.entry} ({self.detector.upper()} {self.schedule}, engine {self.engine})",
                  f"  config:   {self.config_path}",
                  f"  pretrain: {self.pretrain}" + (f" <- {self.pretrain_source}" if self.pretrain_source else ""),
                  f"  weights:  {self.weights or '(random init)'}",
                  f"  dataset:  {self.dataset}",
                  f"  output:   {self.output_dir}",
-                 f"  device:   {self.device} x {self.num_gpus} process(es)"
-                 + (f" x {self.num_machines} machines" if self.num_machines > 1 else ""),
-                 f"  seed:     {self.config().SEED}" + (" (a random one, printed when the run starts)"
-                                                        if int(self.config().SEED) < 0 else "")]
+                 f"  device:   {self.options.describe()}",
+                 f"  lr:       {describe_schedule(cfg.SOLVER)}",
+                 f"  seed:     {cfg.SEED}" + (" (a random one, printed when the run starts)" if int(cfg.SEED) < 0
+                                              else "")]
         if self.published is not None:
             lines.append(f"  published: box AP {self.published.box_ap:.1f}, mask AP {self.published.mask_ap:.1f} "
                          "(COCO val2017)")
-        notes = list(self.notes) + ([self.scaling_note() or ""] if self.scale_to_batch else [])
+        notes = list(self.notes) + ([self.scaling_note() or ""] if self.options.scale_to_batch else [])
         lines += [textwrap.fill(note, commands.WIDTH, initial_indent="  note: ", subsequent_indent="        ")
                   for note in notes]
         return "\n".join(lines)
@@ -200,13 +202,13 @@ class ReproduceResult:
     plan: ReproducePlan
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # with several seeds: the mean
     comparison: str = ""
-    train_result: Any = None
+    train_result: Optional["TrainResult"] = None
     dry_run: bool = False
     seeds: list[int] = field(default_factory=list)            # the seeds run (one, or --seeds N of them)
     runs: list[dict[str, dict[str, float]]] = field(default_factory=list)  # each seed's metrics, same order
 
 
-def _entry_for_schedule(zoo: Any, entry: Any, schedule: Optional[str]) -> Any:
+def _entry_for_schedule(zoo: "Zoo", entry: "DetectorEntry", schedule: Optional[str]) -> "DetectorEntry":
     """The zoo entry with ``entry``'s detector and pretrain trained for ``schedule`` (None: ``entry``)."""
     if schedule is None or schedule == entry.schedule:
         return entry
@@ -219,7 +221,7 @@ def _entry_for_schedule(zoo: Any, entry: Any, schedule: Optional[str]) -> Any:
                       f"{entry.pretrain!r} with that schedule (it has: {', '.join(known)})")
 
 
-def _self_supervised_config(entry: Any) -> Path:
+def _self_supervised_config(entry: "DetectorEntry") -> Path:
     """The RGB / stride-in-3x3 config (``*_infomin``) PyContrast uses for every self-supervised row."""
     from ..config import resolve_config_path
 
@@ -243,16 +245,17 @@ def _dataset_overrides(dataset: Optional[str], max_iter: Optional[int]) -> tuple
             overrides += [key, value]
         # strictly increasing and inside the run: detectron2's scheduler refuses repeated milestones
         steps = sorted({s for s in (int(iters * 0.75), int(iters * 0.9)) if 0 < s < iters})
-        overrides += ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", str(tuple(steps))]
-        notes = [f"shapes protocol: {iters} iterations, lr steps at 75% and 90%, small inputs and RPN/RoI "
-                 "samples (see SHAPES_PROTOCOL); architecture, norms and init as the entry. A pipeline check: "
-                 "its AP is measured on synthetic shapes, not on COCO"]
+        overrides += ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", str(tuple(steps)),
+                      "SOLVER.WARMUP_ITERS", str(round(_SHAPES_WARMUP * iters / SHAPES_ITERS))]
+        notes = [f"shapes protocol: {iters} iterations, lr steps at 75% and 90%, warmup scaled with them, small "
+                 "inputs and RPN/RoI samples (see SHAPES_PROTOCOL); architecture, norms and init as the entry. "
+                 "A pipeline check: its AP is measured on synthetic shapes, not on COCO"]
         return overrides, "shapes", notes
     name = str(Path(dataset).resolve()) if Path(dataset).exists() else str(dataset)  # absolute for the commands
     from ..engine.train import evaluation_dataset
 
     train = resolve_dataset(name, split="train")
-    val, warning = evaluation_dataset(name, name, train)
+    val, warning = evaluation_dataset(name, (name,), train)
     overrides = ["DATASETS.TRAIN", f"({name!r},)", "DATASETS.TEST", f"({name!r},)",
                  "MODEL.ROI_HEADS.NUM_CLASSES", str(train.num_classes)]
     if max_iter is not None:
@@ -262,7 +265,7 @@ def _dataset_overrides(dataset: Optional[str], max_iter: Optional[int]) -> tuple
     return overrides, str(dataset), notes
 
 
-def _pretrain_plan(zoo: Any, entry: Any, pretrain_path: Optional[Union[str, os.PathLike]],
+def _pretrain_plan(zoo: "Zoo", entry: "DetectorEntry", pretrain_path: Optional[Union[str, os.PathLike]],
                    output_dir: Path) -> tuple[str, Optional[str], str, str, Optional[Path]]:
     """(pretrain label, source description, weights file, detectron2 weights, user path)."""
     if pretrain_path is not None:
@@ -284,15 +287,13 @@ def _pretrain_plan(zoo: Any, entry: Any, pretrain_path: Optional[Union[str, os.P
     return pretrain.name, f"{pretrain.method}: {pretrain.file.urls[0]}", weights, d2_weights, None
 
 
-def plan_reproduction(entry: str, *, engine: str = "native", dataset: Optional[str] = None,
-                      max_iter: Optional[int] = None, overrides: Sequence[str] = (),
+def plan_reproduction(entry: str, options: Optional[RunOptions] = None, *, engine: str = "native",
+                      dataset: Optional[str] = None, max_iter: Optional[int] = None, overrides: Sequence[str] = (),
                       pretrain: Optional[Union[str, os.PathLike]] = None,
-                      config: Optional[Union[str, os.PathLike]] = None, schedule: Optional[str] = None,
-                      output_dir: Optional[Union[str, os.PathLike]] = None, device: str = "cpu",
-                      num_gpus: int = 1, num_machines: int = 1, machine_rank: int = 0, dist_url: str = "auto",
-                      resume: bool = False, amp: Optional[bool] = None,
-                      scale_to_batch: Optional[int] = None, export_detectron2: bool = False) -> ReproducePlan:
-    """Decide everything :func:`reproduce` will do; reads the manifest and configs only."""
+                      config: Optional[Union[str, os.PathLike]] = None, schedule: Optional[str] = None
+                      ) -> ReproducePlan:
+    """Decide everything :func:`reproduce` will do; reads the manifest and configs only. ``options``: where and
+    how (default: ``RunOptions()``, output ``output/ENTRY[_user][_DATASET]``)."""
     from ..config import resolve_config_path
     from ..zoo import load_manifest
 
@@ -305,12 +306,12 @@ def plan_reproduction(entry: str, *, engine: str = "native", dataset: Optional[s
     zoo = load_manifest()
     base = zoo.entry(entry)
     target = _entry_for_schedule(zoo, base, schedule)
-    out = (Path(output_dir) if output_dir is not None else DEFAULT_OUTPUT_ROOT / (
-        f"{target.name}{'_user' if pretrain else ''}{'' if dataset in (None, 'coco') else '_' + Path(str(dataset)).name}"
-    )).resolve()
+    options = options or RunOptions()
+    suffix = ("_user" if pretrain else "") + ("" if dataset in (None, "coco") else "_" + Path(str(dataset)).name)
+    out = options.output(DEFAULT_OUTPUT_ROOT / f"{target.name}{suffix}")
     notes: list[str] = []
     if config is not None:
-        config_path = resolve_config_path(config)
+        config_path = resolve_config_path(os.fspath(config))
     elif pretrain is not None:
         config_path = _self_supervised_config(target)
         notes.append("--pretrain: the self-supervised protocol (RGB input, ImageNet mean/std, stride in the 3x3 "
@@ -341,12 +342,14 @@ def plan_reproduction(entry: str, *, engine: str = "native", dataset: Optional[s
         entry=target.name, detector=target.detector, schedule=target.schedule, engine=engine,
         config_path=config_path, pretrain=label, pretrain_source=source, weights=weights,
         detectron2_weights=d2_weights, dataset=data_label, protocol_overrides=tuple(data_overrides),
-        user_overrides=tuple(str(o) for o in overrides), output_dir=out, device=device,
-        num_gpus=int(num_gpus), num_machines=int(num_machines), machine_rank=int(machine_rank), dist_url=dist_url,
-        resume=resume, amp=amp, published=published, table_rows=rows if pretrain is not None else (),
-        notes=tuple(notes), command_notes=tuple(command_notes), user_pretrain=user_path,
-        scale_to_batch=scale_to_batch, export_detectron2=export_detectron2)
-    plan.config()  # a bad override or config fails now, before anything is fetched
+        user_overrides=tuple(str(o) for o in overrides), options=options.replace(output_dir=out),
+        published=published, table_rows=rows if pretrain is not None else (), notes=tuple(notes),
+        command_notes=tuple(command_notes), user_pretrain=user_path)
+    solver = plan.config().SOLVER  # a bad override or config fails now, before anything is fetched
+    if max_iter is not None and int(solver.WARMUP_ITERS) >= int(solver.MAX_ITER):
+        raise ConfigError(f"the warmup of {solver.WARMUP_ITERS} iterations is longer than --max-iter {max_iter}: the "
+                          f"lr would never reach SOLVER.BASE_LR; add SOLVER.WARMUP_ITERS {max(1, int(max_iter) // 10)} "
+                          "(a tenth of the run) or a longer --max-iter")
     return plan
 
 
@@ -364,19 +367,6 @@ def prepare_weights(plan: ReproducePlan, *, quiet: bool = False) -> Optional["Co
                           hint=f" (config {plan.config_path.name}; pass a matching --config)")
 
 
-def _native_worker(plan: ReproducePlan, reference_log: Optional[Path]) -> Any:
-    """One training process: rank 0 prepares the weights and data while the others wait, then all train."""
-    from ..engine.train import train
-
-    comm.main_process_first(lambda: (prepare_weights(plan), _generate_datasets(plan)))
-    note = plan.scaling_note()
-    result = train(plan.config(), output_dir=plan.output_dir, resume=plan.resume, device=plan.device, amp=plan.amp,
-                   notes=(note,) if note else (), output_checked=True, reference_log=reference_log,
-                   export_detectron2=plan.export_detectron2)
-    result.model = None  # returned across processes: results only
-    return result
-
-
 def _generate_datasets(plan: ReproducePlan) -> None:
     """Resolve (and for shapes, generate into the cache) the train and test data once, on rank 0."""
     from ..data import resolve_dataset
@@ -387,7 +377,7 @@ def _generate_datasets(plan: ReproducePlan) -> None:
         resolve_dataset(name)
 
 
-def compare(plan: ReproducePlan, measured: Any) -> str:
+def compare(plan: ReproducePlan, measured: Union["EvalResult", dict[str, dict[str, float]]]) -> str:
     """Measured AP (an EvalResult, or task -> metric -> value) beside the published row; with --pretrain also
     beside every published row of the same detector and schedule."""
     from ..evaluation import EvalResult
@@ -410,45 +400,157 @@ def _ap(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def reproduce(entry: str, *, engine: str = "native", dataset: Optional[str] = None, max_iter: Optional[int] = None,
-              dry_run: bool = False, overrides: Sequence[str] = (),
-              pretrain: Optional[Union[str, os.PathLike]] = None, config: Optional[Union[str, os.PathLike]] = None,
-              schedule: Optional[str] = None, output_dir: Optional[Union[str, os.PathLike]] = None,
-              device: str = "cpu", num_gpus: int = 1, num_machines: int = 1, machine_rank: int = 0,
-              dist_url: str = "auto", resume: bool = False, overwrite: bool = False, amp: Optional[bool] = None,
-              scale_to_batch: Optional[int] = None, seeds: int = 1, export_detectron2: bool = False,
-              stream: Any = None) -> ReproduceResult:
-    """Plan, fetch and convert, train, evaluate and compare one table row (see the module docstring).
+def reproduce(plan: ReproducePlan, *, seeds: int = 1, dry_run: bool = False) -> ReproduceResult:
+    """Fetch and convert, train, evaluate and compare ``plan``'s table row (see the module docstring); printed on
+    stdout by the process of global rank 0 only.
 
-    ``seeds`` > 1 runs the protocol with seeds SEED, SEED+1, ... into ``OUTPUT/seed_<s>/`` and compares their
-    mean (± std) with the published row. ``overwrite`` replaces a previous run in the output folder (a
-    non-empty folder is refused otherwise, unless ``resume``). ``stream`` receives the printed plan and
-    comparison (default stdout).
+    ``seeds`` > 1 runs the protocol with seeds SEED, SEED+1, ... into ``OUTPUT/seed_<s>/`` (each keeping only its
+    final weights) and compares their mean (± std) with the published row, once. A non-empty output folder is
+    refused unless ``plan.options`` resumes or overwrites; only global rank 0 claims and writes it, whichever
+    launcher started the processes.
     """
-    out = stream or sys.stdout
     if int(seeds) < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
-    plan = plan_reproduction(entry, engine=engine, dataset=dataset, max_iter=max_iter, overrides=overrides,
-                             pretrain=pretrain, config=config, schedule=schedule, output_dir=output_dir,
-                             device=device, num_gpus=num_gpus, num_machines=num_machines, machine_rank=machine_rank,
-                             dist_url=dist_url, resume=resume, amp=amp, scale_to_batch=scale_to_batch,
-                             export_detectron2=export_detectron2)
     if dry_run:
-        print(plan.render(), file=out, flush=True)
+        print(plan.render(), flush=True)
         return ReproduceResult(plan=plan, dry_run=True)
-    main_machine = plan.machine_rank == 0
-    claim = claim_output_dir(plan.output_dir, resume=resume, overwrite=overwrite) if main_machine else None
-    print(plan.header(), file=out, flush=True)
+    main = plan.options.starts_rank_0()
+    if main:
+        print(plan.header(), flush=True)
+    if plan.engine == "detectron2":
+        runs = _detectron2_runs(plan, int(seeds))
+    else:
+        reference = _cached_published_log(plan.entry) if main else None
+        runs = plan.options.launch(_native_worker, plan, int(seeds), reference)
+    if not runs:  # not the process of global rank 0
+        return ReproduceResult(plan=plan)
+    if runs[-1].interrupted:
+        print(f"stopped by {runs[-1].interrupted} with a checkpoint in {runs[-1].output_dir}; --resume goes on "
+              "from it", flush=True)
+        return ReproduceResult(plan=plan, train_result=runs[-1].train_result)
+    return _compared(plan, runs)
+
+
+@dataclass
+class _Run:
+    """One seed's outcome, as either engine reports it."""
+
+    seed: int
+    metrics: dict[str, dict[str, float]]
+    evaluation: Optional["EvalResult"] = None
+    train_result: Optional["TrainResult"] = None
+    output_dir: Optional[Path] = None
+    interrupted: str = ""
+
+
+def _for_seed(plan: ReproducePlan, seed: int) -> ReproducePlan:
+    """``plan`` with SEED ``seed``, into ``OUTPUT/seed_<seed>``."""
+    return dataclasses.replace(plan, options=plan.options.replace(output_dir=plan.output_dir / f"seed_{seed}"),
+                               user_overrides=(*plan.user_overrides, "SEED", str(seed)))
+
+
+def _seeds(plan: ReproducePlan, count: int) -> list[int]:
+    """SEED (one run) or SEED, SEED+1, ... (a random base for SEED < 0, printed)."""
+    base = int(plan.config().SEED)
+    if count == 1:
+        return [base]
+    if base < 0:
+        base = int.from_bytes(os.urandom(4), "little") & 0x3FFFFFFF
+        print(f"SEED {plan.config().SEED}: seeds start at {base} (SEED {base} --seeds {count} repeats them)",
+              flush=True)
+    return [base + k for k in range(count)]
+
+
+def _start(plan: ReproducePlan, *, weights: bool = True) -> "Claim":
+    """Global rank 0, while the others wait: claim the output folder, write plan.txt, fetch and convert the
+    pretrain (``weights``), generate the data; a failure removes the folder it made."""
+    options = plan.options
+    claim = claim_output_dir(plan.output_dir, resume=options.resume, overwrite=options.overwrite)
+    with removed_if_nothing_recorded(claim):
+        plan.output_dir.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(plan.output_dir / "plan.txt", plan.render() + "\n")
+        if weights:
+            prepare_weights(plan)
+        _generate_datasets(plan)
+    print(f"  the full plan (every override, both commands): {plan.output_dir / 'plan.txt'}", flush=True)
+    return claim
+
+
+def _native_worker(plan: ReproducePlan, count: int, reference: Optional[Path]) -> list[_Run]:
+    """One training process: rank 0 starts the run (:func:`_start`) while the others wait, then all train each
+    seed in turn."""
+    import contextlib
+
+    from ..engine.train import train
+    from ..reports.curves_hook import CurvesHook
+
+    claim = comm.main_process_first(lambda: _start(plan))
+    main = comm.is_main_process()
+    seeds = comm.broadcast_object(_seeds(plan, count) if main else None)
+    note = plan.scaling_note()
+    runs: list[_Run] = []
     with removed_if_nothing_recorded(claim) if claim is not None else contextlib.nullcontext():
-        if main_machine:
-            plan.output_dir.mkdir(parents=True, exist_ok=True)
-            atomic.write_text(plan.output_dir / "plan.txt", plan.render() + "\n")
-            print(f"  the full plan (every override, both commands): {plan.output_dir / 'plan.txt'}", file=out,
-                  flush=True)
-        reference = _cached_published_log(plan.entry) if engine == "native" and main_machine else None
-        if int(seeds) == 1:
-            return _reproduce_once(plan, reference, out)
-        return _reproduce_seeds(plan, int(seeds), reference, out)
+        for k, seed in enumerate(seeds):
+            sub = plan if count == 1 else _for_seed(plan, seed)
+            if count > 1 and main:
+                print(f"--- seed {seed} ({k + 1} of {count}): {sub.output_dir}", flush=True)
+            result = train(sub.config(), sub.options, notes=(note,) if note else (), output_checked=True,
+                           hooks=[CurvesHook(reference)])
+            runs.append(_Run(result.seed, dict(result.metrics), result.evaluation, result, sub.output_dir,
+                             result.interrupted))
+            if result.interrupted:
+                break
+            if count > 1 and main:
+                _keep_final_weights(sub.output_dir)
+    return runs
+
+
+def _keep_final_weights(folder: Path) -> None:
+    """Delete the periodic checkpoints of a finished seed (they serve a resume only; model_final.pth stays)."""
+    from ..engine.checkpoint import FINAL_NAME
+
+    for path in folder.glob("model_*.pth"):
+        if path.name != f"{FINAL_NAME}.pth":
+            path.unlink()
+
+
+def _detectron2_runs(plan: ReproducePlan, count: int) -> Optional[list[_Run]]:
+    """Each seed through detectron2's DefaultTrainer (it launches its own processes); None on other machines."""
+    import contextlib
+
+    from .d2_backend import require_detectron2, train_with_detectron2
+
+    require_detectron2()
+    claim = _start(plan, weights=False) if plan.options.machine_rank == 0 else None  # the backend converts them
+    runs: list[_Run] = []
+    with removed_if_nothing_recorded(claim) if claim is not None else contextlib.nullcontext():
+        for seed in _seeds(plan, count):
+            sub = plan if count == 1 else _for_seed(plan, seed)
+            metrics = train_with_detectron2(sub)
+            if metrics is None:
+                return None
+            runs.append(_Run(seed, dict(metrics), output_dir=sub.output_dir))
+    return runs
+
+
+def _compared(plan: ReproducePlan, runs: Sequence[_Run]) -> ReproduceResult:
+    """The measured AP beside the published row, printed once (with several seeds: their mean ± std and each
+    seed's AP, also written to ``OUTPUT/seeds.json``)."""
+    seeds, metrics = [r.seed for r in runs], [r.metrics for r in runs]
+    if len(runs) == 1:
+        text = compare(plan, runs[0].evaluation or runs[0].metrics)
+        print(text, flush=True)
+        return ReproduceResult(plan=plan, metrics=metrics[0], comparison=text, train_result=runs[0].train_result,
+                               seeds=seeds, runs=metrics)
+    mean, std = _mean_std(metrics)
+    first = runs[0].evaluation
+    measured = dataclasses.replace(first, metrics=mean) if first is not None else mean
+    text = "\n".join([f"mean of {len(runs)} seeds ({', '.join(map(str, seeds))}):", compare(plan, measured),
+                      _seed_table(seeds, metrics, mean, std)])
+    print(text, flush=True)
+    atomic.write_text(plan.output_dir / "seeds.json",
+                      strict_json({"seeds": seeds, "runs": metrics, "mean": mean, "std": std}) + "\n")
+    return ReproduceResult(plan=plan, metrics=mean, comparison=text, seeds=seeds, runs=metrics)
 
 
 def _cached_published_log(entry: str) -> Optional[Path]:
@@ -461,70 +563,16 @@ def _cached_published_log(entry: str) -> Optional[Path]:
         return None
 
 
-def _reproduce_once(plan: ReproducePlan, reference: Optional[Path], out: Any) -> ReproduceResult:
-    """Train and evaluate ``plan`` once (either engine) and print the comparison (machine of rank 0)."""
-    if plan.engine == "detectron2":
-        from .d2_backend import train_with_detectron2
-
-        result = train_with_detectron2(plan)
-        measured: Any = result or {}
-    else:
-        from ..engine.launch import launch
-
-        result = launch(_native_worker, plan.num_gpus, num_machines=plan.num_machines, machine_rank=plan.machine_rank,
-                        dist_url=plan.dist_url, args=(plan, reference), device=plan.device)
-        measured = (result.evaluation or dict(result.metrics)) if result is not None else {}
-    if result is None:  # not the machine of global rank 0
-        return ReproduceResult(plan=plan)
-    if getattr(result, "interrupted", False):
-        print(f"stopped by a signal with a checkpoint in {plan.output_dir}; --resume goes on from it", file=out)
-        return ReproduceResult(plan=plan, train_result=result)
-    text = compare(plan, measured)
-    print(text, file=out, flush=True)
-    native = plan.engine == "native"
-    metrics = dict(result.metrics) if native else dict(result)
-    seed = result.seed if native else int(plan.config().SEED)
-    return ReproduceResult(plan=plan, metrics=metrics, comparison=text, train_result=result if native else None,
-                           seeds=[seed], runs=[metrics])
-
-
-def _reproduce_seeds(plan: ReproducePlan, count: int, reference: Optional[Path], out: Any) -> ReproduceResult:
-    """``count`` runs of ``plan`` with seeds SEED, SEED+1, ... (a random base for SEED < 0), then their mean ± std
-    beside the published row; also written to ``OUTPUT/seeds.json``."""
-    base = int(plan.config().SEED)
-    if base < 0:
-        base = int.from_bytes(os.urandom(4), "little") & 0x3FFFFFFF
-        print(f"SEED {plan.config().SEED}: seeds start at {base} (SEED {base} --seeds {count} repeats them)",
-              file=out, flush=True)
-    seeds = [base + k for k in range(count)]
-    runs: list[ReproduceResult] = []
-    for k, seed in enumerate(seeds):
-        print(f"--- seed {seed} ({k + 1} of {count}): {plan.output_dir / f'seed_{seed}'}", file=out, flush=True)
-        sub = dataclasses.replace(plan, output_dir=plan.output_dir / f"seed_{seed}",
-                                  user_overrides=(*plan.user_overrides, "SEED", str(seed)))
-        runs.append(_reproduce_once(sub, reference, out))
-    if not runs[0].runs:  # not the machine of global rank 0
-        return ReproduceResult(plan=plan, seeds=seeds)
-    metrics = [r.metrics for r in runs]
-    mean, std = _mean_std(metrics)
-    first = runs[0].train_result.evaluation if runs[0].train_result is not None else None
-    measured = dataclasses.replace(first, metrics=mean) if first is not None else mean
-    text = "\n".join([f"mean of {count} seeds ({', '.join(map(str, seeds))}):", compare(plan, measured),
-                      _seed_table(seeds, metrics, mean, std)])
-    print(text, file=out, flush=True)
-    atomic.write_text(plan.output_dir / "seeds.json",
-                      strict_json({"seeds": seeds, "runs": metrics, "mean": mean, "std": std}) + "\n")
-    return ReproduceResult(plan=plan, metrics=mean, comparison=text, seeds=seeds, runs=metrics)
-
-
-def _mean_std(runs: Sequence[dict[str, dict[str, float]]]) -> tuple[dict, dict]:
+def _mean_std(runs: Sequence[dict[str, dict[str, float]]]
+              ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
     """Per task and metric: the mean and the sample standard deviation over ``runs`` (metrics all runs have)."""
     mean: dict[str, dict[str, float]] = {}
     std: dict[str, dict[str, float]] = {}
     for task in runs[0]:
         for metric in runs[0][task]:
-            values = [r.get(task, {}).get(metric) for r in runs]
-            if any(v is None or v != v for v in values):  # missing, or NaN (no such objects)
+            found = [r.get(task, {}).get(metric) for r in runs]
+            values = [v for v in found if v is not None and v == v]
+            if len(values) < len(found):  # missing, or NaN (no such objects)
                 continue
             mean.setdefault(task, {})[metric] = statistics.fmean(values)
             std.setdefault(task, {})[metric] = statistics.stdev(values) if len(values) > 1 else 0.0

@@ -7,12 +7,15 @@ lr-per-image), as detectron2's ``auto_scale_workers`` does.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 
+if TYPE_CHECKING:
+    from ..config import CfgNode
 
-def scale_to_batch(cfg: Any, ims_per_batch: int) -> tuple[Any, str]:
+
+def scale_to_batch(cfg: "CfgNode", ims_per_batch: int) -> tuple["CfgNode", str]:
     """A clone of ``cfg`` rescaled to ``ims_per_batch`` images per iteration, and a sentence saying what
     changed (for the log). ``cfg`` itself is not modified."""
     old = int(cfg.SOLVER.IMS_PER_BATCH)

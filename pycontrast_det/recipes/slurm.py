@@ -1,13 +1,15 @@
 """Run a ``train`` or ``reproduce`` command as a SLURM job through submitit (``--launcher slurm``), or as
 submitit's local job (``--launcher submitit-local``: real processes on this machine, CPU ranks on gloo).
 
-Every task of the job runs the same command with ``--launcher local``; submitit's environment gives each its
-rank, world size and master address, which :func:`~pycontrast_det.engine.launch.launch` joins as under
-torchrun. On preemption or timeout, SLURM sends submitit's signal (``SIGUSR2`` by default, ``--signal``
-90 s before the time limit) or ``SIGTERM``: the trainer stops after the iteration it is in, saves a checkpoint
+Every task of the job runs the same command with ``--launcher local``; submitit's environment gives each its rank,
+world size and master address, which :func:`~pycontrast_det.engine.launch.launch` joins as under torchrun. A task
+that fails exits non-zero and the others are stopped at once: by srun (``--kill-on-bad-exit``) under SLURM, by
+:func:`wait` for submitit-local; its one-line error is in its log and, for submitit-local, printed by the waiting
+command. On preemption or timeout, SLURM sends submitit's signal (``SIGUSR2`` by default, ``--signal`` 90 s before
+the time limit) or ``SIGTERM``: the trainer stops after the iteration it is in, saves a checkpoint
 (:mod:`pycontrast_det.engine.preempt`) and the job is requeued with ``--resume``, so it goes on from that
-checkpoint. submitit's files (sbatch script, pickles, one log per task) go to ``OUTPUT/slurm/``.
-submitit is an optional dependency (``pip install 'pycontrast-det[slurm]'``).
+checkpoint. submitit's files (sbatch script, pickles, one log per task) go to ``OUTPUT/slurm/``. submitit is an
+optional dependency (``pip install 'pycontrast-det[slurm]'``).
 """
 from __future__ import annotations
 
@@ -19,12 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from ..errors import ConfigError, MissingDependencyError
 from ..engine import preempt
 from ..engine.output import LAUNCHER_DIR
+from ..engine.run_options import LAUNCHERS, RunOptions
+from ..errors import ConfigError, MissingDependencyError, RankFailedError
 
-LAUNCHERS = ("local", "slurm", "submitit-local")
 SIGNAL_DELAY_S = 120  # the preemption signal comes this long before the time limit: time for one step and a save
+SRUN_ARGS = ("--kill-on-bad-exit=1",)  # a task that exits non-zero ends the job's other tasks at once
+_POLL_S = 0.5  # how often the submitit-local wait looks at the tasks
 
 
 def _submitit() -> Any:
@@ -83,7 +87,8 @@ class SlurmRequest:
     def parameters(self) -> dict[str, Any]:
         """submitit's SLURM parameters (the keyword names of its sbatch writer)."""
         params: dict[str, Any] = {"job_name": self.job_name, "time": self.time_min, "nodes": self.nodes,
-                                  "ntasks_per_node": self.gpus_per_node, "signal_delay_s": SIGNAL_DELAY_S}
+                                  "ntasks_per_node": self.gpus_per_node, "signal_delay_s": SIGNAL_DELAY_S,
+                                  "srun_args": list(SRUN_ARGS)}
         if self.cuda:
             params["gpus_per_node"] = self.gpus_per_node
         if self.partition:
@@ -93,18 +98,33 @@ class SlurmRequest:
         return params
 
 
-def request(launcher: str, output_dir: Path, job_name: str, *, nodes: int, gpus_per_node: int, device: str,
-            partition: Optional[str], time: str, slurm_args: Sequence[str]) -> SlurmRequest:
+def request(options: RunOptions, output_dir: Path, job_name: str) -> SlurmRequest:
     """Check the launcher options and describe the job (nothing is submitted)."""
+    launcher, nodes, tasks = options.launcher, options.nodes, options.processes_per_machine
     if launcher not in LAUNCHERS[1:]:
         raise ConfigError(f"--launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
-    if nodes < 1 or gpus_per_node < 1:
-        raise ConfigError(f"--nodes and --gpus-per-node must be >= 1, got {nodes} and {gpus_per_node}")
+    if nodes < 1 or tasks < 1:
+        raise ConfigError(f"--nodes and --gpus-per-node must be >= 1, got {nodes} and {tasks}")
     if launcher == "submitit-local" and nodes != 1:
         raise ConfigError("--launcher submitit-local runs on this machine: use --nodes 1")
     return SlurmRequest(launcher=launcher, folder=Path(output_dir).resolve() / LAUNCHER_DIR, job_name=job_name,
-                        nodes=nodes, gpus_per_node=gpus_per_node, cuda=not str(device).startswith("cpu"),
-                        partition=partition, time_min=parse_time(time), extra=parse_slurm_args(slurm_args))
+                        nodes=nodes, gpus_per_node=tasks, cuda=not str(options.device).startswith("cpu"),
+                        partition=options.partition, time_min=parse_time(options.time),
+                        extra=parse_slurm_args(options.slurm_args))
+
+
+def task_argv(argv: Sequence[str]) -> list[str]:
+    """The command each task runs: ``argv`` with its launcher replaced by ``--launcher local``."""
+    words: list[str] = []
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == "--launcher":
+            skip = True
+        elif not word.startswith("--launcher="):
+            words.append(word)
+    return words + ["--launcher", "local"]
 
 
 def with_resume(argv: Sequence[str]) -> list[str]:
@@ -126,9 +146,11 @@ class Job:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         environment = submitit.JobEnvironment()
         preempt.install([environment._usr_sig(), signal.SIGTERM])
-        code = self.main(self.argv + ["--launcher", "local"])
+        code = self.main(task_argv(self.argv))
         if preempt.stopped():
             _requeue(environment, started)
+        if code:  # the command printed its error: exit non-zero, so that the launcher stops the other tasks
+            raise RankFailedError(f"task {environment.global_rank} ended with exit code {code}")
         return code
 
     def checkpoint(self) -> Any:
@@ -160,13 +182,13 @@ def _sbatch_text(req: SlurmRequest) -> str:
 def describe(req: SlurmRequest, argv: Sequence[str]) -> str:
     """The exact submission (``--dry-run``): the sbatch script and the command every task runs."""
     _submitit()
-    task = shlex.join(["pycontrast-zoo", *argv, "--launcher", "local"])
+    task = shlex.join(["pycontrast-zoo", *task_argv(argv)])
     lines = [f"submission ({req.launcher}): {req.nodes} node(s) x {req.gpus_per_node} task(s), "
              f"{req.time_min} min, files in {req.folder}"]
     if req.launcher == "slurm":
         lines += ["sbatch script:", _sbatch_text(req).rstrip()]
     lines += [f"each task runs: {task}", "on SIGUSR2/SIGTERM: checkpoint, then requeue with: "
-              + shlex.join(["pycontrast-zoo", *with_resume(argv), "--launcher", "local"])]
+              + shlex.join(["pycontrast-zoo", *task_argv(with_resume(argv))])]
     return "\n".join(lines)
 
 
@@ -186,8 +208,65 @@ def submit(req: SlurmRequest, main: Callable[[list[str]], int], argv: Sequence[s
             raise ConfigError(f"--launcher slurm: {exc} (--dry-run prints the submission; --launcher "
                               "submitit-local runs it here)") from None
         executor.update_parameters(**req.parameters())
-    return executor.submit(Job(main, argv))
+    job = executor.submit(Job(main, argv))
+    _drop_pattern_folder(req)
+    return job
+
+
+def _drop_pattern_folder(req: SlurmRequest) -> None:
+    """Remove the empty ``slurm/%j`` folder submitit makes under the pattern's own name (the job's files are in
+    ``slurm/<job id>``)."""
+    pattern = req.job_folder
+    if pattern.is_dir() and not any(pattern.iterdir()):
+        pattern.rmdir()
+
+
+def wait(req: SlurmRequest, job: Any) -> int:
+    """Wait for a submitit-local job; as soon as one task has failed, stop the others and raise its error
+    (RankFailedError with the one line it printed). Returns rank 0's exit code."""
+    try:
+        return _wait(job, req.nodes * req.gpus_per_node)
+    finally:
+        _drop_pattern_folder(req)
+
+
+def _wait(job: Any, tasks: int) -> int:
+    while not job.done():
+        failed = [job.task(k) for k in range(tasks) if _failed(job.task(k))]
+        if failed:
+            first = min(failed, key=lambda task: task.paths.result_pickle.stat().st_mtime)  # the cause, not a peer
+            job.cancel()  # the controller stops every task
+            deadline = time.monotonic() + 30
+            while not job.done() and time.monotonic() < deadline:
+                time.sleep(_POLL_S)
+            raise RankFailedError(f"{_task_error(first)} (task {first.task_id} of job {job.job_id}; log: "
+                                  f"{first.paths.stderr})")
+        time.sleep(_POLL_S)
+    return int(job.results()[0] or 0)
+
+
+def _failed(task: Any) -> bool:
+    """Whether a submitit task has ended with an exception (its result file says so)."""
+    from submitit.core.utils import pickle_load
+
+    path = task.paths.result_pickle
+    try:
+        return path.exists() and pickle_load(path)[0] == "error"
+    except (OSError, EOFError):  # being written
+        return False
+
+
+def _task_error(task: Any) -> str:
+    """The one-line error a task's command printed (``pycontrast-zoo CMD: error: ...``), else a pointer to its log."""
+    try:
+        lines = task.paths.stderr.read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    for line in reversed(lines):
+        if line.startswith("pycontrast-zoo ") and ": error: " in line:
+            return line.split(": error: ", 1)[1]
+    return "a task failed"
 
 
 __all__ = ["Job", "LAUNCHERS", "SlurmRequest", "describe", "parse_slurm_args", "parse_time", "request", "submit",
-           "with_resume"]
+           "task_argv", "wait", "with_resume"]

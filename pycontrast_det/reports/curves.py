@@ -1,11 +1,11 @@
 """Pictures of training runs: losses, learning rate and AP against iteration, one line style per source.
 
-``plot_curves([ours, published], "curves.png")`` draws three panels (losses, lr, AP), sharing the iteration
-axis; the first run is drawn solid, the next dashed. Every curve is labelled by its source (the :class:`~pycontrast_det.reports.logs.LogSummary` label: "ours", "published", ...). A run
-whose length differs from the first one's by more than 2x (the shapes protocol's 240 iterations beside a
-published 90k-iteration COCO log) is drawn against its own iteration axis at the top of each panel, so that
-both curves fill the width. matplotlib is a dependency of the package (a bare Figure: no display, no pyplot
-state).
+``plot_curves([ours, published], "curves.png")`` draws three panels (losses, lr, AP), sharing the iteration axis;
+the first run is drawn solid, the next dashed. Every curve is labelled by its source (the
+:class:`~pycontrast_det.reports.logs.LogSummary` label: "ours", "published", ...). A run whose length differs from
+the first one's by more than 2x (the shapes protocol's 240 iterations beside a published 90k-iteration COCO log) is
+drawn against its own iteration axis at the top of each panel, so that both curves fill the width. matplotlib is a
+dependency of the package (a bare Figure: no display, no pyplot state).
 """
 from __future__ import annotations
 
