@@ -30,8 +30,8 @@ _API = {
     # drawing
     "draw": "visualize",
     # evaluation, engine, recipes
-    "evaluate": "evaluation", "train": "engine", "reproduce": "recipes", "finetune": "recipes",
-    "plan_finetune": "recipes",
+    "evaluate": "evaluation", "train": "engine", "Trainer": "engine", "HookBase": "engine", "RunOptions": "engine",
+    "reproduce": "recipes", "finetune": "recipes", "plan_finetune": "recipes",
     # export
     "export": "export", "load_exported": "export", "ExportedModel": "export",
 }

@@ -14,6 +14,7 @@ from typing import Any, Optional
 import pytest
 import yaml
 
+from pycontrast_det.engine import RunOptions
 from pycontrast_det import zoo
 from pycontrast_det.cli import main
 from pycontrast_det.config import load_config
@@ -318,9 +319,10 @@ def test_finetune_plans_with_the_config_fixes(tmp_path):
     from pycontrast_det.recipes.finetune import plan_finetune
     from test_finetune import make_dataset
 
-    plan = plan_finetune(RAND_1X, make_dataset(tmp_path / "data"), schedule="4", output_dir=tmp_path / "out")
+    plan = plan_finetune(RAND_1X, make_dataset(tmp_path / "data"), schedule="4",
+                         options=RunOptions(output_dir=tmp_path / "out"))
     cfg = plan.cfg()
     assert cfg.INPUT.FORMAT == "RGB" and list(cfg.MODEL.PIXEL_MEAN) == TORCHVISION_MEAN
     assert "INPUT.FORMAT RGB" in (plan.command() or "")
     assert plan_finetune(RAND_1X, tmp_path / "data", schedule="4", config="R_50_FPN_1x_rand",
-                         output_dir=tmp_path / "out2").cfg().INPUT.FORMAT == "BGR"  # --config: as given
+                         options=RunOptions(output_dir=tmp_path / "out2")).cfg().INPUT.FORMAT == "BGR"  # as given

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_util
 
+from pycontrast_det.engine import RunOptions
 import pycontrast_det as pcd
 from pycontrast_det.cli import main
 from pycontrast_det.data import ShapesParams
@@ -205,7 +206,7 @@ def runs(tmp_path_factory, shapes, d2_fixtures):
             out = tmp_path_factory.mktemp(f"run-{kind}")
             plan = plan_finetune(d2_fixtures / "fpn" / "weights_fp16.pth",
                                  [dataset_arg(k, r) for k, r in zip(kinds, roots)], schedule="2",
-                                 output_dir=out, overrides=RUN)
+                                 options=RunOptions(output_dir=out), overrides=RUN)
             printed = io.StringIO()
             result = finetune(plan, log_period=1, stream=printed)
             done[kind] = (root, plan, result, printed.getvalue(), (out / "log.txt").read_text())

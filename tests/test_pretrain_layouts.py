@@ -12,6 +12,7 @@ import pytest
 import torch
 import torchvision
 
+from pycontrast_det.engine import RunOptions
 from pycontrast_det.checkpoints import convert_to_detectron2, open_weights
 from pycontrast_det.checkpoints.encoders import EncoderChoice
 from pycontrast_det.checkpoints.names import Kind, parse_name, split_choice
@@ -343,7 +344,8 @@ def test_finetune_takes_a_chosen_encoder(layout_files, tmp_path):
     from pycontrast_det.recipes.finetune import plan_finetune
 
     spec = f"{layout_files['byol']}#key=target_network_state_dict"
-    plan = plan_finetune(spec, "shapes", config="R_50_FPN_1x_infomin", output_dir=tmp_path / "ft")
+    plan = plan_finetune(spec, "shapes", config="R_50_FPN_1x_infomin",
+                         options=RunOptions(output_dir=tmp_path / "ft"))
     weights = plan.cfg().MODEL.WEIGHTS
     assert weights == spec
     opened = open_weights(weights)
@@ -351,4 +353,4 @@ def test_finetune_takes_a_chosen_encoder(layout_files, tmp_path):
     assert opened.encoder.chosen.location == "target_network_state_dict.encoder"
     assert opened.encoder.reason == "chosen by hand"
     with pytest.raises(ConfigError, match="no config is stored with these weights"):
-        plan_finetune(str(layout_files["byol"]), "shapes", output_dir=tmp_path / "ft2")
+        plan_finetune(str(layout_files["byol"]), "shapes", options=RunOptions(output_dir=tmp_path / "ft2"))

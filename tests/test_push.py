@@ -19,6 +19,7 @@ import pytest
 import torch
 import yaml
 
+from pycontrast_det.engine import RunOptions
 import pycontrast_det as pcd
 from pycontrast_det.checkpoints.published import read_checksums
 from pycontrast_det.cli import main
@@ -83,7 +84,8 @@ def pushed(tmp_path_factory, d2_fixtures):
             mp.delenv(var, raising=False)
         dataset = make_dataset(base / "blorbs")
         run = base / "run"
-        plan = plan_finetune(ENTRY, dataset, schedule="2", output_dir=run, overrides=TINY + ["SOLVER.STEPS", "()"])
+        plan = plan_finetune(ENTRY, dataset, schedule="2", options=RunOptions(output_dir=run),
+                             overrides=TINY + ["SOLVER.STEPS", "()"])
         finetune(plan, log_period=1, evaluate_at_end=True, stream=StringIO())
         (base / "hub").mkdir()
         with FakeHub(base / "hub") as hub:

@@ -32,7 +32,8 @@ from torch import nn
 
 from pycontrast_det.engine import RunOptions
 from pycontrast_det.checkpoints.detectron2 import d2_to_model, model_to_d2, model_to_d2_key
-from pycontrast_det.data import DatasetMapper, ShapesParams, build_train_loader, load_records, resolve_dataset, shapes_root
+from pycontrast_det.data import (DatasetMapper, ShapesParams, build_train_loader, load_records, resolve_dataset,
+                                 shapes_root)
 from pycontrast_det.engine.optim import build_lr_scheduler, build_optimizer
 from pycontrast_det.engine.precise_bn import update_bn_stats
 from pycontrast_det.recipes.reproduce import plan_reproduction

@@ -119,7 +119,7 @@ def precise_bn() -> list:
     per_batch: list[list[torch.Tensor]] = [[] for _ in bns]
     with torch.no_grad():
         for x in batches:
-            for i, bn in enumerate(bns):
+            for bn in bns:
                 bn.momentum = 1.0
             model(x)
             for i, bn in enumerate(bns):
