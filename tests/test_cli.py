@@ -172,7 +172,8 @@ def test_predict_skips_bad_images_writes_the_others_and_exits_2(user, tmp_path, 
     out = tmp_path / "out"
     torch.manual_seed(0)
     code = main([*user.argv, "predict", USER, str(first), str(text), str(tmp_path / "5.png"), str(third),
-                 str(truncated), "--out", str(out), "--device", "cpu", "--score-thresh", "0", "--batch-size", "2", *SMALL])
+                 str(truncated), "--out", str(out), "--device", "cpu", "--score-thresh", "0", "--batch-size", "2",
+                 *SMALL])
     assert code == 2
     captured = capsys.readouterr()
     summary = captured.err.splitlines()[-1]
