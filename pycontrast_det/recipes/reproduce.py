@@ -327,6 +327,10 @@ def plan_reproduction(entry: str, options: Optional[RunOptions] = None, *, engin
     data_overrides, data_label, data_notes = _dataset_overrides(dataset, max_iter)
     if config is None and pretrain is None:  # the entry's own config: its manifest config_fixes come first
         data_overrides = [*target.config_overrides, *data_overrides]
+        if target.config_fixes:
+            notes.append(f"config_fixes from the manifest: {commands.join(target.config_overrides)}")
+    notes += [f"known issue ({issue.url}): `pycontrast-zoo info {target.name}` says what is established"
+              for issue in target.known_issues]
     notes += data_notes
     command_notes: list[str] = []
     if data_label != "coco":
