@@ -75,7 +75,7 @@ def test_install_with_target_lists_informs_and_plans(wheel, tmp_path):
 
 def test_install_with_prefix_finds_its_data(wheel, tmp_path):
     prefix = tmp_path / "prefix"
-    _install(wheel, ["--prefix", str(prefix)])
+    _install(wheel, ["--prefix", str(prefix), "--ignore-installed"])  # never uninstall the running environment's copy
     (site,) = prefix.glob("lib/python*/site-packages")
     work = tmp_path / "work"
     work.mkdir()
