@@ -236,6 +236,19 @@ def test_predict_takes_an_exported_file_as_its_model(exported, d2_fixtures: Path
     assert json.loads((tmp_path / "results.json").read_text()) == line["detections"]
 
 
+def test_predict_refuses_a_torchscript_file_not_exported_here_unless_trusted(exported, d2_fixtures: Path,
+                                                                              tmp_path: Path, monkeypatch,
+                                                                              capsys) -> None:
+    path, _ = exported("fpn", "torchscript")
+    monkeypatch.setenv("PYCONTRAST_ZOO_HOME", str(tmp_path / "another_cache"))  # its trust record is empty
+    image = str(d2_fixtures / "images" / "chelsea.png")
+    assert main(["predict", str(path), image, "--out", str(tmp_path / "no"), "--no-draw"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "can run code when it is loaded" in line and "--trust" in line and not (tmp_path / "no").exists()
+    assert main(["predict", str(path), image, "--out", str(tmp_path / "yes"), "--no-draw", "--trust"]) == 0
+    assert (tmp_path / "yes" / "predictions.jsonl").read_text().count("\n") == 1
+
+
 def test_evaluate_takes_an_exported_file(exported, d2_fixtures: Path, tmp_path: Path, capsys) -> None:
     from pycontrast_det.coco_classes import COCO_CATEGORIES
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from ..errors import ZooError
-from .options import add_device, add_overrides, load_model, run_device
+from .options import add_device, add_overrides, add_trust, load_model, run_device
 
 if TYPE_CHECKING:
     from ..export.evaluable import EvaluableExport
@@ -42,6 +42,7 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     ev.add_argument("--backend", default="auto", choices=("auto", "pycocotools", "faster-coco-eval"),
                     help="COCOeval implementation (default: faster-coco-eval when installed)")
     ev.add_argument("--num-workers", metavar="N", type=int, default=0, help="data loading processes (default: 0)")
+    add_trust(ev)
     add_overrides(ev)
     ev.set_defaults(func=run_evaluate)
 
@@ -107,7 +108,7 @@ def _exported(args: argparse.Namespace) -> Optional["EvaluableExport"]:
     from ..export import load_exported
     from ..export.evaluable import EvaluableExport
 
-    return EvaluableExport(load_exported(args.target))
+    return EvaluableExport(load_exported(args.target, trusted=args.trust))
 
 
 def run_logs(args: argparse.Namespace) -> int:

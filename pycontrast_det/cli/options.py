@@ -80,6 +80,14 @@ def add_device(parser: argparse.ArgumentParser) -> None:
                              "auto: cuda when available, else cpu)")
 
 
+def add_trust(parser: argparse.ArgumentParser) -> None:
+    """The ``--trust`` option of the commands that run an exported file (TorchScript runs code when loaded)."""
+    parser.add_argument("--trust", action="store_true",
+                        help="load an exported TorchScript file that was not exported on this machine (a "
+                             "TorchScript archive runs code when it is loaded: only a file you trust; ONNX files "
+                             "need no trust)")
+
+
 def planned_device(args: argparse.Namespace) -> str:
     """The device a command asks for, unchecked (a plan may be for another machine): --device, else MODEL.DEVICE
     among the overrides, else auto."""
@@ -117,4 +125,5 @@ def load_model(source: Optional[str], *, config: Optional[str], weights: Optiona
     return load(resolved, weights=weights, device=device, overrides=list(overrides))
 
 
-__all__ = ["EPILOG", "OverridesParser", "add_device", "add_overrides", "load_model", "planned_device", "run_device"]
+__all__ = ["EPILOG", "OverridesParser", "add_device", "add_overrides", "add_trust", "load_model", "planned_device",
+           "run_device"]

@@ -20,7 +20,7 @@ from ..checkpoints.published import is_published_folder
 from ..errors import DatasetError, ZooError
 from ..export.metadata import exported_format
 from ..zoo import load_manifest
-from .options import add_device, add_overrides, load_model, run_device
+from .options import add_device, add_overrides, add_trust, load_model, run_device
 from .predict_inputs import IMAGE_EXTENSIONS, assign_image_ids, dataset_image_ids, expand_inputs, png_names
 
 if TYPE_CHECKING:
@@ -83,6 +83,7 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                         help="inference precision: fp32, or autocast to fp16 (CUDA only) or bf16 "
                              "(default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no line per image")
+    add_trust(parser)
     add_overrides(parser)
     parser.set_defaults(func=run_predict)
 
@@ -176,7 +177,7 @@ def _load(entry: Optional[str], args: argparse.Namespace) -> Union["MaskRCNN", "
 
     assert entry is not None
     print(f"model: {entry} (exported, {exported})")
-    return load_exported(entry)
+    return load_exported(entry, trusted=args.trust)
 
 
 def _readable(images: Sequence[_Image], skipped: list[str]) -> Iterator[tuple[_Image, "np.ndarray"]]:
