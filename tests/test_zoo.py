@@ -273,6 +273,11 @@ def test_not_yaml_and_missing_file(tmp_path):
     unsafe.write_text("schema_version: !!python/object/apply:os.system ['echo hi']\n")
     with pytest.raises(ManifestError, match="not valid YAML"):
         zoo.load_manifest([unsafe])
+    for text in ("", "# nothing yet\n", "{}\n"):  # an empty manifest says what one holds
+        empty = tmp_path / "empty.yaml"
+        empty.write_text(text)
+        with pytest.raises(ManifestError, match="the manifest is empty; a manifest holds schema_version: 1"):
+            zoo.load_manifest([empty])
 
 
 def test_merge_overrides_entry_by_entry_and_env_var(tmp_path, monkeypatch):

@@ -63,7 +63,11 @@ def read_layer(path: Path) -> Layer:
         raise ctx.error(f"line {dup.second}", f"{dup.key!r} defined twice (first at line {dup.first})") from None
     except yaml.YAMLError as exc:
         raise ManifestError(f"{yaml_problem(path, exc)} (not valid YAML)") from None
-    check_keys(ctx, "top level", data if data is not None else {}, ("schema_version",),
+    if data is None or data == {}:
+        raise ManifestError(f"{path}: the manifest is empty; a manifest holds schema_version: {SCHEMA_VERSION}, "
+                            "'merge: true' to add to the shipped zoo, and 'pretrains:' / 'entries:' records laid out as "
+                            "in the shipped zoo.yaml")
+    check_keys(ctx, "top level", data, ("schema_version",),
                 ("merge", "entries", "pretrains"))
     version = data["schema_version"]
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
