@@ -65,8 +65,8 @@ def read_layer(path: Path) -> Layer:
         raise ManifestError(f"{yaml_problem(path, exc)} (not valid YAML)") from None
     if data is None or data == {}:
         raise ManifestError(f"{path}: the manifest is empty; a manifest holds schema_version: {SCHEMA_VERSION}, "
-                            "'merge: true' to add to the shipped zoo, and 'pretrains:' / 'entries:' records laid out as "
-                            "in the shipped zoo.yaml")
+                            "'merge: true' to add to the shipped zoo, and 'pretrains:' / 'entries:' records laid out "
+                            "as in the shipped zoo.yaml")
     check_keys(ctx, "top level", data, ("schema_version",),
                 ("merge", "entries", "pretrains"))
     version = data["schema_version"]
